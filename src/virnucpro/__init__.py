@@ -1,0 +1,1 @@
+"""VirNucPro as a Snakemake pipeline: the logic behind each rule."""
