@@ -1,0 +1,243 @@
+"""DNABERT-S (Zhou et al. 2024), for packed batches, loaded from a local HuggingFace directory.
+
+DNABERT-S is DNABERT-2's MosaicBERT: a BERT encoder with no position embeddings, ALiBi attention
+biases instead, a gated-GELU feed-forward block and post-LayerNorm residuals. The public checkpoint
+ships its own code (`bert_layers.py`, loaded with `trust_remote_code`); this module re-implements
+the architecture under the checkpoint's parameter names, so that `pytorch_model.bin` or
+`model.safetensors` loads directly, and runs it on packed sequences.
+
+VirNucPro's nucleotide feature is the mean of the last hidden states over all tokens, [CLS] and
+[SEP] included.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from virnucpro.models.checkpoint import assign_weights, weights_fingerprint
+from virnucpro.models.packing import PackedSequences, mean_pool, padded_attention
+
+
+@dataclass(frozen=True)
+class DnabertSConfig:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 2
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> DnabertSConfig:
+        values = json.loads(Path(path).read_text())
+        try:
+            return cls(**{name: values[name] for name in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                          "num_attention_heads", "intermediate_size")},
+                       layer_norm_eps=values.get("layer_norm_eps", 1e-12),
+                       type_vocab_size=values.get("type_vocab_size", 2))
+        except KeyError as missing:
+            raise ValueError(f"{path}: config.json lacks {missing}") from None
+
+    def to_json(self) -> dict:
+        return {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": self.vocab_size,
+                "hidden_size": self.hidden_size, "num_hidden_layers": self.num_hidden_layers,
+                "num_attention_heads": self.num_attention_heads, "intermediate_size": self.intermediate_size,
+                "layer_norm_eps": self.layer_norm_eps, "type_vocab_size": self.type_vocab_size,
+                "hidden_act": "gelu", "attention_probs_dropout_prob": 0.0, "hidden_dropout_prob": 0.1,
+                "alibi_starting_size": 512, "max_position_embeddings": 512, "pad_token_id": 0}
+
+
+def alibi_slopes(heads: int) -> list[float]:
+    """ALiBi's per-head slopes (Press et al.): a geometric series from 2^(-8/n); for a head count that
+    is not a power of two, the closest power's series plus every other slope of the next one."""
+    def power_of_two_slopes(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(heads).is_integer():
+        return power_of_two_slopes(heads)
+    closest = 2 ** math.floor(math.log2(heads))
+    return power_of_two_slopes(closest) + alibi_slopes(2 * closest)[0::2][: heads - closest]
+
+
+# Modules named like DNABERT-S's `bert_layers.py`, so that state-dict keys match the checkpoint.
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: DnabertSConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: DnabertSConfig):
+        super().__init__()
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: DnabertSConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: DnabertSConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+
+class BertGatedLinearUnitMLP(nn.Module):
+    def __init__(self, config: DnabertSConfig):
+        super().__init__()
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: DnabertSConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.mlp = BertGatedLinearUnitMLP(config)
+        self.heads = config.num_attention_heads
+        self.intermediate_size = config.intermediate_size
+
+    def forward(self, x: torch.Tensor, packed: PackedSequences, alibi: torch.Tensor) -> torch.Tensor:
+        dtype = self.attention.self.Wqkv.weight.dtype
+        q, k, v = self.attention.self.Wqkv(x.to(dtype)).view(x.shape[0], 3, self.heads, -1).unbind(1)
+        context = padded_attention(q, k, v, packed, bias=alibi).reshape(x.shape[0], -1)
+        out = self.attention.output
+        x = F.layer_norm(x + out.dense(context).float(), x.shape[-1:], out.LayerNorm.weight, out.LayerNorm.bias,
+                         out.LayerNorm.eps)
+        mlp = self.mlp
+        gated, linear = mlp.gated_layers(x.to(dtype)).split(self.intermediate_size, dim=-1)
+        hidden = mlp.wo(F.gelu(gated) * linear).float()
+        return F.layer_norm(x + hidden, x.shape[-1:], mlp.layernorm.weight, mlp.layernorm.bias, mlp.layernorm.eps)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: DnabertSConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class DnabertS(nn.Module):
+    def __init__(self, config: DnabertSConfig):
+        super().__init__()
+        self.config = config
+        self.fingerprint: str | None = None  # set by load_dnabert_s, from the checkpoint's weights
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.register_buffer("slopes", torch.tensor(alibi_slopes(config.num_attention_heads)), persistent=False)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.hidden_size
+
+    def alibi(self, length: int) -> torch.Tensor:
+        """Symmetric ALiBi bias [heads, length, length]: -slope * |i - j|."""
+        position = torch.arange(length, device=self.slopes.device)
+        distance = (position[None, :] - position[:, None]).abs()
+        return -self.slopes[:, None, None] * distance[None]
+
+    def forward(self, packed: PackedSequences) -> torch.Tensor:
+        """Last hidden states [T, H] in float32 for a packed batch of [CLS] ... [SEP] tokens."""
+        embeddings = self.embeddings
+        x = embeddings.word_embeddings(packed.tokens).float() + embeddings.token_type_embeddings.weight[0].float()
+        x = F.layer_norm(x, x.shape[-1:], embeddings.LayerNorm.weight, embeddings.LayerNorm.bias,
+                         embeddings.LayerNorm.eps)
+        alibi = self.alibi(packed.max_len)
+        for layer in self.encoder.layer:
+            x = layer(x, packed, alibi)
+        return x
+
+    def embed(self, packed: PackedSequences) -> torch.Tensor:
+        """VirNucPro's nucleotide feature: mean over all tokens, [CLS] and [SEP] included, [B, H]."""
+        return mean_pool(self(packed), packed, skip_ends=False)
+
+
+class DnaTokenizer:
+    """DNABERT-S's BPE tokenizer, read from `tokenizer.json` with the `tokenizers` library."""
+
+    def __init__(self, path: str | os.PathLike):
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(os.fspath(path))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        probe = self._tokenizer.encode("ACGT").ids
+        cls_id, sep_id = self._tokenizer.token_to_id("[CLS]"), self._tokenizer.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None or probe[0] != cls_id or probe[-1] != sep_id:
+            raise ValueError(f"{path}: the tokenizer does not wrap sequences in [CLS] ... [SEP]")
+        self.vocab_size = self._tokenizer.get_vocab_size()
+
+    def encode(self, sequences: list[str]) -> list[np.ndarray]:
+        return [np.asarray(encoding.ids, dtype=np.int64) for encoding in self._tokenizer.encode_batch(sequences)]
+
+
+def load_dnabert_s(directory: str | os.PathLike, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> tuple[DnabertS, DnaTokenizer]:
+    """Load a DNABERT-S directory (config.json, model.safetensors or pytorch_model.bin, tokenizer.json).
+
+    The pooler and any masked-LM head in the checkpoint are not used and are skipped; a `bert.`
+    prefix (checkpoints saved from BertForMaskedLM) is removed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: DNABERT-S model must be a directory with config.json and weights")
+    config = DnabertSConfig.from_json(directory / "config.json")
+    tokenizer = DnaTokenizer(directory / "tokenizer.json")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model only {config.vocab_size}")
+    state = _read_weights(directory)
+    state = {key.removeprefix("bert."): value for key, value in state.items()}
+    state = {key: value for key, value in state.items() if key.startswith(("embeddings.", "encoder."))}
+    state.pop("embeddings.position_ids", None)
+    with torch.device("meta"):
+        model = DnabertS(config)
+    assign_weights(model, state, device, dtype, directory)
+    model.fingerprint = weights_fingerprint(state["embeddings.word_embeddings.weight"])
+    model.slopes = torch.tensor(alibi_slopes(config.num_attention_heads), device=device)
+    return model.eval(), tokenizer
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    if (directory / "model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        return load_file(directory / "model.safetensors")
+    if (directory / "pytorch_model.bin").exists():
+        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
+    raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def save_dnabert_s(model: DnabertS, tokenizer_json: str | os.PathLike, directory: str | os.PathLike,
+                   weights: str = "model.safetensors", dtype: torch.dtype = torch.float32) -> None:
+    """Write `model` as a HuggingFace-style DNABERT-S directory (the built-in model and test fakes)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(model.config.to_json(), indent=2) + "\n")
+    shutil.copyfile(tokenizer_json, directory / "tokenizer.json")
+    state = {key: value.detach().to("cpu", dtype).contiguous() for key, value in model.state_dict().items()}
+    if weights == "model.safetensors":
+        save_file(state, directory / weights)
+    else:
+        torch.save(state, directory / weights)

@@ -1,0 +1,235 @@
+"""ESM-2 protein language model (Lin et al. 2023), for packed batches, loaded from fair-esm checkpoints.
+
+The architecture is fair-esm's `ESM2`: token embedding scaled for token dropout, pre-LayerNorm
+transformer layers with rotary position embeddings, and a final LayerNorm. What differs is the
+execution: sequences are packed end to end with no padding, Q, K and V come from one fused matrix
+multiply, attention runs through FlashAttention's variable-length kernel on a GPU, and the weights
+may be bf16 while LayerNorm, rotary tables and the residual stream stay in float32.
+
+VirNucPro's protein feature is the mean, over the residues only (not BOS/EOS), of the last layer's
+representation after the final LayerNorm (`repr_layers=[36]` of ESM-2 3B).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from virnucpro.models.checkpoint import assign_weights, load_checkpoint, weights_fingerprint
+from virnucpro.models.packing import PackedSequences, mean_pool, padded_attention
+
+# fair-esm's "ESM-1b" alphabet, used by every ESM-2 model: four specials, the residues, padding to a
+# multiple of eight, then <mask>.
+ALPHABET = (
+    "<cls>", "<pad>", "<eos>", "<unk>",
+    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C",
+    "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
+)
+CLS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 32
+
+# ESM-2 trains with token dropout: 15% of tokens are chosen, 80% of those masked, and the embeddings
+# are rescaled by (1 - 0.12) / (1 - observed mask ratio). Inputs here never contain <mask>, so the
+# factor is the constant 0.88.
+TOKEN_DROPOUT_SCALE = 1 - 0.15 * 0.8
+
+# Heads of the published ESM-2 sizes, by width, for checkpoints whose config cannot be read.
+_HEADS_BY_WIDTH = {320: 20, 480: 20, 640: 20, 1280: 20, 2560: 40, 5120: 40}
+
+_RESIDUE_TOKEN = np.full(256, UNK, dtype=np.int64)
+for _index, _token in enumerate(ALPHABET):
+    if len(_token) == 1:
+        _RESIDUE_TOKEN[ord(_token)] = _index
+
+
+def tokenize(protein: str) -> np.ndarray:
+    """<cls> residues <eos>, as fair-esm's batch converter encodes a sequence."""
+    residues = _RESIDUE_TOKEN[np.frombuffer(protein.encode("ascii"), dtype=np.uint8)]
+    return np.concatenate(([CLS], residues, [EOS]))
+
+
+@dataclass(frozen=True)
+class ESM2Config:
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    token_dropout: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"esm2_t{self.num_layers}_{self.embed_dim}d"
+
+
+class ESM2Layer(nn.Module):
+    def __init__(self, config: ESM2Config):
+        super().__init__()
+        dim = config.embed_dim
+        self.heads = config.attention_heads
+        self.head_dim = dim // self.heads
+        self.self_attn_layer_norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.final_layer_norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor, packed: PackedSequences, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        dtype = self.qkv.weight.dtype
+        h = F.layer_norm(x, x.shape[-1:], self.self_attn_layer_norm.weight, self.self_attn_layer_norm.bias)
+        q, k, v = self.qkv(h.to(dtype)).view(-1, 3, self.heads, self.head_dim).unbind(1)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        x = x + self.out_proj(attention(q, k, v, packed).reshape(-1, self.heads * self.head_dim)).float()
+        h = F.layer_norm(x, x.shape[-1:], self.final_layer_norm.weight, self.final_layer_norm.bias)
+        return x + self.fc2(F.gelu(self.fc1(h.to(dtype)))).float()
+
+
+class ESM2(nn.Module):
+    def __init__(self, config: ESM2Config):
+        super().__init__()
+        self.config = config
+        self.fingerprint: str | None = None  # set by load_esm2, from the checkpoint's weights
+        self.embed_tokens = nn.Embedding(len(ALPHABET), config.embed_dim, padding_idx=PAD)
+        self.layers = nn.ModuleList(ESM2Layer(config) for _ in range(config.num_layers))
+        self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim)
+        head_dim = config.embed_dim // config.attention_heads
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)),
+                             persistent=False)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embed_dim
+
+    def forward(self, packed: PackedSequences) -> torch.Tensor:
+        """Final-layer states [T, E] in float32 for a packed batch of <cls> protein <eos> tokens."""
+        x = self.embed_tokens(packed.tokens).float()
+        if self.config.token_dropout:
+            x = x * TOKEN_DROPOUT_SCALE
+        angles = packed.positions.float()[:, None] * self.inv_freq[None, :]
+        angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # [T, 1, head_dim]
+        cos, sin = angles.cos(), angles.sin()
+        for layer in self.layers:
+            x = layer(x, packed, cos, sin)
+        return F.layer_norm(x, x.shape[-1:], self.emb_layer_norm_after.weight, self.emb_layer_norm_after.bias)
+
+    def embed(self, packed: PackedSequences) -> torch.Tensor:
+        """VirNucPro's protein feature: mean over residues of the final states, [B, E] float32."""
+        return mean_pool(self(packed), packed, skip_ends=True)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding as fair-esm applies it (rotate-half), computed in float32."""
+    x32 = x.float()
+    first, second = x32.chunk(2, dim=-1)
+    return (x32 * cos + torch.cat((-second, first), dim=-1) * sin).to(x.dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
+    """Softmax(QK^T / sqrt(d)) V within each packed sequence; [T, heads, head_dim] in and out."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        from torch.nn.attention.varlen import varlen_attn
+
+        return varlen_attn(q, k, v, packed.cu_seqlens, packed.cu_seqlens, packed.max_len, packed.max_len)
+    return padded_attention(q, k, v, packed)
+
+
+# ---------------------------------------------------------------------------------------------
+# fair-esm checkpoint format: {"model": state dict with "encoder.sentence_encoder." (and
+# "encoder.") prefixes and separate q/k/v projections, "cfg": {"model": Namespace(...)}}
+
+
+def _read_config(checkpoint: dict, state: dict[str, torch.Tensor], path) -> ESM2Config:
+    layers = 1 + max((int(m.group(1)) for m in map(re.compile(r"layers\.(\d+)\.").match, state) if m), default=-1)
+    if "embed_tokens.weight" not in state or layers == 0:
+        raise ValueError(f"{path}: not an ESM-2 checkpoint (no embed_tokens or transformer layers)")
+    width = state["embed_tokens.weight"].shape[1]
+    model_cfg = checkpoint.get("cfg", {}).get("model") if isinstance(checkpoint.get("cfg"), dict) else None
+    heads = getattr(model_cfg, "encoder_attention_heads", None) or _HEADS_BY_WIDTH.get(width)
+    if heads is None:
+        raise ValueError(f"{path}: cannot tell the number of attention heads of a {width}-wide ESM-2 model")
+    token_dropout = getattr(model_cfg, "token_dropout", True)
+    return ESM2Config(num_layers=layers, embed_dim=width, attention_heads=int(heads), token_dropout=bool(token_dropout))
+
+
+def load_esm2(path: str | os.PathLike, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32) -> ESM2:
+    """Load a fair-esm ESM-2 checkpoint (e.g. `esm2_t36_3B_UR50D.pt`) onto `device`.
+
+    Matrix weights become `dtype`; LayerNorms and the rotary frequencies stay float32. The weights go
+    straight from the memory-mapped file to the device, so a 3B model needs no second copy in RAM.
+    """
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise ValueError(f"{path}: not a fair-esm checkpoint (expected a dict with a 'model' state dict)")
+    state = {re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", key): value
+             for key, value in checkpoint["model"].items()}
+    config = _read_config(checkpoint, state, path)
+    with torch.device("meta"):
+        model = ESM2(config)
+    converted = {"embed_tokens.weight": state["embed_tokens.weight"]}
+    for name in ("weight", "bias"):
+        converted[f"emb_layer_norm_after.{name}"] = state[f"emb_layer_norm_after.{name}"]
+    for index in range(config.num_layers):
+        prefix = f"layers.{index}."
+        for name in ("weight", "bias"):
+            converted[f"{prefix}qkv.{name}"] = torch.cat(
+                [state[f"{prefix}self_attn.{p}_proj.{name}"] for p in ("q", "k", "v")])
+            converted[f"{prefix}out_proj.{name}"] = state[f"{prefix}self_attn.out_proj.{name}"]
+            for module in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
+                converted[f"{prefix}{module}.{name}"] = state[f"{prefix}{module}.{name}"]
+    assign_weights(model, converted, device, dtype, path)
+    model.fingerprint = weights_fingerprint(state["embed_tokens.weight"])
+    # fair-esm loads the rotary frequencies stored in the checkpoint (possibly rounded to fp16) over
+    # the ones it computes; use the stored ones too, so that positions rotate exactly as there.
+    stored_frequencies = state.get("layers.0.self_attn.rot_emb.inv_freq")
+    head_dim = config.embed_dim // config.attention_heads
+    model.inv_freq = (stored_frequencies.float() if stored_frequencies is not None
+                      else 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))).to(device)
+    return model.eval()
+
+
+def save_fair_esm_checkpoint(model: ESM2, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> None:
+    """Write `model` in fair-esm's checkpoint layout, loadable by `esm.pretrained` and `load_esm2`.
+
+    Used to make the built-in default model and the small fakes the tests load; the LM head, which
+    VirNucPro does not use, is written with fresh weights so that fair-esm finds every key it expects.
+    """
+    from argparse import Namespace
+
+    config, body = model.config, {}
+    width = config.embed_dim
+    body["embed_tokens.weight"] = model.embed_tokens.weight
+    for index, layer in enumerate(model.layers):
+        prefix = f"layers.{index}."
+        for name in ("weight", "bias"):
+            q, k, v = getattr(layer.qkv, name).chunk(3)
+            for projection, tensor in zip(("q", "k", "v"), (q, k, v)):
+                body[f"{prefix}self_attn.{projection}_proj.{name}"] = tensor
+            body[f"{prefix}self_attn.out_proj.{name}"] = getattr(layer.out_proj, name)
+            for module in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
+                body[f"{prefix}{module}.{name}"] = getattr(getattr(layer, module), name)
+        body[f"{prefix}self_attn.rot_emb.inv_freq"] = model.inv_freq.float()
+    body["emb_layer_norm_after.weight"] = model.emb_layer_norm_after.weight
+    body["emb_layer_norm_after.bias"] = model.emb_layer_norm_after.bias
+    generator = torch.Generator().manual_seed(0)
+    lm_head = {
+        "lm_head.weight": model.embed_tokens.weight,
+        "lm_head.bias": torch.zeros(len(ALPHABET)),
+        "lm_head.dense.weight": torch.randn(width, width, generator=generator) / math.sqrt(width),
+        "lm_head.dense.bias": torch.zeros(width),
+        "lm_head.layer_norm.weight": torch.ones(width),
+        "lm_head.layer_norm.bias": torch.zeros(width),
+    }
+    state = {f"encoder.sentence_encoder.{key}": value for key, value in body.items()}
+    state.update({f"encoder.{key}": value for key, value in lm_head.items()})
+    state = {key: value.detach().to("cpu", torch.float32 if key.endswith("inv_freq") else dtype).contiguous()
+             for key, value in state.items()}
+    cfg = Namespace(encoder_layers=config.num_layers, encoder_embed_dim=width,
+                    encoder_ffn_embed_dim=4 * width, encoder_attention_heads=config.attention_heads,
+                    token_dropout=config.token_dropout, arch="ESM-2")
+    torch.save({"model": state, "cfg": {"model": cfg}}, path)
