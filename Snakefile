@@ -1,0 +1,25 @@
+# VirNucPro as a Snakemake pipeline: finds viral sequences in DNA reads or contigs.
+#
+#   snakemake --cores 16 --resources gpu=1                     # the built-in demo
+#   snakemake --cores 16 --resources gpu=1 --config input=reads.fa expected_length=500
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/classify.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
+        "results/timing_report.md",

@@ -1,0 +1,42 @@
+"""Turning the validated config into what the Snakemake rules need (samples, shards, paths)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_SEQUENCE_SUFFIXES = (".gz", ".xz", ".bz2", ".fa", ".fasta", ".fna", ".ffn", ".fq", ".fastq")
+
+
+def sample_name_from_path(path: str) -> str:
+    """A sample name for `--config input=<file>`: the file name without sequence/compression suffixes."""
+    name = Path(path).name
+    while name.lower().endswith(_SEQUENCE_SUFFIXES):
+        name = name[: name.rindex(".")]
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", name).lstrip("_-")
+    return name or "sample"
+
+
+def resolve_samples(config: dict) -> dict[str, str]:
+    """Sample name -> input file: `input` (one file) when given, else the `samples` table."""
+    if config.get("input"):
+        return {sample_name_from_path(config["input"]): config["input"]}
+    samples = config.get("samples") or {}
+    if not samples:
+        raise ValueError("config: no input; give --config input=<fasta> or a 'samples' table")
+    for name in samples:
+        if not _SAMPLE_NAME.match(name):
+            raise ValueError(f"config: sample name '{name}' may only use letters, digits, '_' and '-'")
+    return dict(samples)
+
+
+def resolve_shard_count(setting: int | str, gpus: int | None) -> int:
+    """`shards: auto` is one shard per GPU given with --resources gpu=N, and at least one."""
+    if setting == "auto":
+        return max(1, int(gpus or 0))
+    return int(setting)
+
+
+def resolve_classifier_path(config: dict) -> str:
+    return config["models"]["classifier"].format(expected_length=config["expected_length"])

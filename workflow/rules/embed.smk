@@ -1,0 +1,52 @@
+# Stages 5-6: DNABERT-S embeddings of the nucleotide frames, ESM-2 embeddings of the protein
+# frames. One job per shard and model; each job leases a GPU of its own (see virnucpro.devices).
+
+
+rule embed_dnabert_s:
+    input:
+        records="results/{sample}/shards/nucleotide/{shard}.fa",
+        model=config["models"]["dnabert_s"],
+    output:
+        features=temp("results/{sample}/features/dnabert_s/{shard}.parquet"),
+    params:
+        kind="dnabert_s",
+        device=config["embedding"]["device"],
+        token_budget=token_budget("dnabert_s"),
+        lock_dir=config["embedding"]["gpu_lock_dir"],
+    threads: 4
+    resources:
+        gpu=GPU_PER_JOB,
+    log:
+        log="results/logs/embed_dnabert_s/{sample}.{shard}.log",
+        telemetry="results/telemetry/embed_dnabert_s/{sample}.{shard}.json",
+    benchmark:
+        "results/benchmarks/embed_dnabert_s/{sample}.{shard}.tsv"
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../scripts/embed.py"
+
+
+rule embed_esm2:
+    input:
+        records="results/{sample}/shards/protein/{shard}.faa",
+        model=config["models"]["esm2"],
+    output:
+        features=temp("results/{sample}/features/esm2/{shard}.parquet"),
+    params:
+        kind="esm2",
+        device=config["embedding"]["device"],
+        token_budget=token_budget("esm2"),
+        lock_dir=config["embedding"]["gpu_lock_dir"],
+    threads: 4
+    resources:
+        gpu=GPU_PER_JOB,
+    log:
+        log="results/logs/embed_esm2/{sample}.{shard}.log",
+        telemetry="results/telemetry/embed_esm2/{sample}.{shard}.json",
+    benchmark:
+        "results/benchmarks/embed_esm2/{sample}.{shard}.tsv"
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../scripts/embed.py"

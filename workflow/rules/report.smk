@@ -1,0 +1,21 @@
+# The timing report: every job's telemetry in one table, and a per-stage summary.
+
+
+rule timing_report:
+    input:
+        expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
+    output:
+        table="results/telemetry.parquet",
+        summary="results/timing_report.tsv",
+        report="results/timing_report.md",
+    params:
+        telemetry=telemetry_paths(),
+    log:
+        log="results/logs/timing_report/all.all.log",
+        telemetry="results/telemetry/timing_report/all.all.json",
+    benchmark:
+        "results/benchmarks/timing_report/all.all.tsv"
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../scripts/timing_report.py"

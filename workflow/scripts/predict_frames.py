@@ -1,0 +1,16 @@
+# Stage 8: MLP prediction for every frame of one shard.
+import functools
+
+import torch
+
+from virnucpro.models.classifier import check_compatible, load_classifier
+from virnucpro.prediction import predict_frames
+from virnucpro.telemetry import JobTelemetry
+
+with JobTelemetry.from_snakemake(snakemake, "predict_frames") as telemetry:
+    torch.set_num_threads(snakemake.threads)
+    model, info = load_classifier(snakemake.input.classifier, snakemake.params.classifier_expected_length)
+    check = functools.partial(check_compatible, info, snakemake.params.expected_length)
+    frames = predict_frames(model, snakemake.input.features, snakemake.output.predictions, check)
+    telemetry.records_in = telemetry.records_out = frames
+    telemetry.details = {"classifier": info.path, "classifier_format": info.source}
