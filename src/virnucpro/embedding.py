@@ -45,6 +45,7 @@ class Embedder:
     kind: str
     model: torch.nn.Module
     tokenize: Callable[[list[str]], list[np.ndarray]]
+    pad_id: int
     source: str
 
     @property
@@ -70,12 +71,12 @@ def load_embedder(kind: str, path: str | os.PathLike, device: torch.device) -> E
         from virnucpro.models.dnabert_s import load_dnabert_s
 
         model, tokenizer = load_dnabert_s(path, device, dtype)
-        return Embedder(kind, model, tokenizer.encode, os.fspath(path))
+        return Embedder(kind, model, tokenizer.encode, tokenizer.pad_id, os.fspath(path))
     if kind == "esm2":
-        from virnucpro.models.esm2 import load_esm2, tokenize
+        from virnucpro.models.esm2 import PAD, load_esm2, tokenize
 
         model = load_esm2(path, device, dtype)
-        return Embedder(kind, model, lambda proteins: [tokenize(p) for p in proteins], os.fspath(path))
+        return Embedder(kind, model, lambda proteins: [tokenize(p) for p in proteins], PAD, os.fspath(path))
     raise ValueError(f"unknown embedding model kind '{kind}', expected one of {MODEL_KINDS}")
 
 
@@ -130,7 +131,7 @@ def plan_batches(token_counts: np.ndarray, token_budget: int) -> list[np.ndarray
     return batches
 
 
-def _packed_batches(sequences: list[str], tokenize, token_budget: int, pin: bool,
+def _packed_batches(sequences: list[str], tokenize, pad_id: int, token_budget: int, pin: bool,
                     window: int = 16384) -> Iterator[tuple[torch.Tensor, PackedSequences]]:
     """Tokenize `sequences` window by window and yield (sequence indices, packed batch).
 
@@ -148,7 +149,7 @@ def _packed_batches(sequences: list[str], tokenize, token_budget: int, pin: bool
             batches = batches[:-1]  # keep the partial batch for the next window
         used = 0
         for batch in batches:
-            packed = PackedSequences.from_token_lists([pending_tokens[i] for i in batch])
+            packed = PackedSequences.from_token_lists([pending_tokens[i] for i in batch], pad_id)
             indices = torch.from_numpy(pending_index + batch)
             yield (indices.pin_memory(), packed.pin_memory()) if pin else (indices, packed)
             used = int(batch[-1]) + 1
@@ -222,7 +223,7 @@ def embed_sequences(embedder: Embedder, sequences: list[str], device: torch.devi
         first, second = packed.split()
         return torch.cat((run(first), run(second)))
 
-    batches = _Prefetcher(_packed_batches(ordered, embedder.tokenize, stats.token_budget, pin=cuda))
+    batches = _Prefetcher(_packed_batches(ordered, embedder.tokenize, embedder.pad_id, stats.token_budget, pin=cuda))
     with torch.inference_mode():
         waited = time.perf_counter()
         for indices, packed in batches:
@@ -233,7 +234,7 @@ def embed_sequences(embedder: Embedder, sequences: list[str], device: torch.devi
             packed = packed.to(device, non_blocking=cuda)
             started = _event(cuda)
             pooled = run(packed)
-            output[order_on_device[indices.to(device, non_blocking=cuda)]] = pooled
+            output[order_on_device[indices.to(device, non_blocking=cuda)]] = pooled[: len(indices)]
             timings.append((started, _event(cuda)))
             waited = time.perf_counter()
     result = output.cpu().numpy()

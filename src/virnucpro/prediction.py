@@ -23,15 +23,20 @@ FRAME_PREDICTION_SCHEMA = pa.schema(
 
 
 def frame_probabilities(model: MLPClassifier, features: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-    """Softmax class probabilities [rows, 2] float32 for merged feature vectors."""
+    """Softmax class probabilities [rows, 2] float32 for merged feature vectors.
+
+    Batches are padded to a multiple of 8 rows: matrix-multiply libraries use other kernels for a
+    handful of rows, and a frame's scores must not depend on where a shard happens to end.
+    """
     if features.shape[1] != model.hidden_layer.in_features:
         raise ValueError(f"features have {features.shape[1]} values, the classifier expects "
                          f"{model.hidden_layer.in_features}")
     out = np.empty((len(features), 2), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(features), batch_size):
-            logits = model(torch.from_numpy(features[start : start + batch_size]))
-            out[start : start + batch_size] = torch.softmax(logits, dim=1).numpy()
+            batch = torch.from_numpy(features[start : start + batch_size])
+            padded = torch.nn.functional.pad(batch, (0, 0, 0, -len(batch) % 8))
+            out[start : start + batch_size] = torch.softmax(model(padded), dim=1)[: len(batch)].numpy()
     return out
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.models.checkpoint import assign_weights, weights_fingerprint
-from virnucpro.models.packing import PackedSequences, mean_pool, padded_attention
+from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class BertLayer(nn.Module):
     def forward(self, x: torch.Tensor, packed: PackedSequences, alibi: torch.Tensor) -> torch.Tensor:
         dtype = self.attention.self.Wqkv.weight.dtype
         q, k, v = self.attention.self.Wqkv(x.to(dtype)).view(x.shape[0], 3, self.heads, -1).unbind(1)
-        context = padded_attention(q, k, v, packed, bias=alibi).reshape(x.shape[0], -1)
+        context = attention_within_sequences(q, k, v, packed, bias=alibi).reshape(x.shape[0], -1)
         out = self.attention.output
         x = F.layer_norm(x + out.dense(context).float(), x.shape[-1:], out.LayerNorm.weight, out.LayerNorm.bias,
                          out.LayerNorm.eps)
@@ -183,6 +183,8 @@ class DnaTokenizer:
         cls_id, sep_id = self._tokenizer.token_to_id("[CLS]"), self._tokenizer.token_to_id("[SEP]")
         if cls_id is None or sep_id is None or probe[0] != cls_id or probe[-1] != sep_id:
             raise ValueError(f"{path}: the tokenizer does not wrap sequences in [CLS] ... [SEP]")
+        pad_id = self._tokenizer.token_to_id("[PAD]")
+        self.pad_id = 0 if pad_id is None else pad_id
         self.vocab_size = self._tokenizer.get_vocab_size()
 
     def encode(self, sequences: list[str]) -> list[np.ndarray]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.models.checkpoint import assign_weights, load_checkpoint, weights_fingerprint
-from virnucpro.models.packing import PackedSequences, mean_pool, padded_attention
+from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
 
 # fair-esm's "ESM-1b" alphabet, used by every ESM-2 model: four specials, the residues, padding to a
 # multiple of eight, then <mask>.
@@ -135,7 +135,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedS
         from torch.nn.attention.varlen import varlen_attn
 
         return varlen_attn(q, k, v, packed.cu_seqlens, packed.cu_seqlens, packed.max_len, packed.max_len)
-    return padded_attention(q, k, v, packed)
+    return attention_within_sequences(q, k, v, packed)
 
 
 # ---------------------------------------------------------------------------------------------

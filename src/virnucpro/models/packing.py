@@ -3,6 +3,15 @@
 The embedding models run their matrix multiplies on the packed tokens [T, E]. Attention needs to
 know where each sequence starts (`cu_seqlens`, as FlashAttention's varlen kernels take it) and
 where each token sits in its sequence (`positions`, for rotary embeddings and ALiBi).
+
+Where attention goes through `scaled_dot_product_attention` instead of a varlen kernel, no
+sequence is padded: on a GPU the sequences of equal length share one call, on the CPU each
+sequence has its own. On the CPU that makes a sequence's embedding bit-for-bit the same whatever
+else is in its batch, and so independent of batching and sharding: CPU kernels round differently
+depending on how many matrices share a call. For the same reason pooling uses a deterministic
+segment reduction, and batches are topped up with one dummy sequence to a whole multiple of 64
+tokens, since matrix-multiply libraries switch kernels for very few rows (the dummy's output is
+dropped).
 """
 
 from __future__ import annotations
@@ -15,85 +24,95 @@ import torch.nn.functional as F
 
 
 @dataclass
+class LengthGroup:
+    length: int
+    token_index: torch.Tensor  # [sequences of this length, length]: their tokens' rows in the batch
+
+
+@dataclass
 class PackedSequences:
     tokens: torch.Tensor  # [T] token ids
     cu_seqlens: torch.Tensor  # [B + 1] int32 start offsets, cu_seqlens[-1] == T
     positions: torch.Tensor  # [T] position of each token in its sequence
     segments: torch.Tensor  # [T] index of each token's sequence
+    lengths: torch.Tensor  # [B] tokens per sequence
     max_len: int
+    groups: list[LengthGroup]
 
     @classmethod
-    def from_token_lists(cls, token_lists: list[np.ndarray]) -> PackedSequences:
+    def from_token_lists(cls, token_lists: list[np.ndarray], pad_id: int | None = None,
+                         multiple: int = 64) -> PackedSequences:
+        """Pack `token_lists`; with `pad_id`, a dummy sequence of it tops the batch up to a multiple
+        of `multiple` tokens (it comes last, and its pooled row is to be ignored)."""
+        remainder = sum(len(t) for t in token_lists) % multiple
+        if pad_id is not None and remainder:
+            token_lists = [*token_lists, np.full(multiple - remainder, pad_id, dtype=np.int64)]
         lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
-        cu_seqlens = np.zeros(len(lengths) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=cu_seqlens[1:])
-        segments = np.repeat(np.arange(len(lengths)), lengths)
-        positions = np.arange(int(cu_seqlens[-1])) - np.repeat(cu_seqlens[:-1].astype(np.int64), lengths)
+        starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        groups = []
+        for length in np.unique(lengths):
+            first_tokens = starts[:-1][lengths == length]
+            groups.append(LengthGroup(int(length), torch.from_numpy(first_tokens[:, None] + np.arange(length))))
         return cls(
             tokens=torch.from_numpy(np.concatenate(token_lists).astype(np.int64)),
-            cu_seqlens=torch.from_numpy(cu_seqlens),
-            positions=torch.from_numpy(positions),
-            segments=torch.from_numpy(segments),
+            cu_seqlens=torch.from_numpy(starts.astype(np.int32)),
+            positions=torch.from_numpy(np.arange(int(starts[-1])) - np.repeat(starts[:-1], lengths)),
+            segments=torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)),
+            lengths=torch.from_numpy(lengths),
             max_len=int(lengths.max()),
+            groups=groups,
         )
 
     @property
     def num_sequences(self) -> int:
-        return self.cu_seqlens.numel() - 1
+        return self.lengths.numel()
 
     @property
     def num_tokens(self) -> int:
         return self.tokens.numel()
 
-    def lengths(self) -> torch.Tensor:
-        return self.cu_seqlens[1:] - self.cu_seqlens[:-1]
+    def _map(self, function) -> PackedSequences:
+        return PackedSequences(function(self.tokens), function(self.cu_seqlens), function(self.positions),
+                               function(self.segments), function(self.lengths), self.max_len,
+                               [LengthGroup(g.length, function(g.token_index)) for g in self.groups])
 
     def pin_memory(self) -> PackedSequences:
-        return PackedSequences(self.tokens.pin_memory(), self.cu_seqlens.pin_memory(), self.positions.pin_memory(),
-                               self.segments.pin_memory(), self.max_len)
+        return self._map(torch.Tensor.pin_memory)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> PackedSequences:
-        return PackedSequences(
-            self.tokens.to(device, non_blocking=non_blocking),
-            self.cu_seqlens.to(device, non_blocking=non_blocking),
-            self.positions.to(device, non_blocking=non_blocking),
-            self.segments.to(device, non_blocking=non_blocking),
-            self.max_len,
-        )
+        return self._map(lambda tensor: tensor.to(device, non_blocking=non_blocking))
 
     def split(self) -> tuple[PackedSequences, PackedSequences]:
         """Two halves by sequence count, for retrying a batch that ran out of memory."""
+        tokens, lengths = self.tokens.cpu(), self.lengths.cpu()
         half = self.num_sequences // 2
-        cut = int(self.cu_seqlens[half])
-        lengths = self.lengths()
-        first = PackedSequences(self.tokens[:cut], self.cu_seqlens[: half + 1], self.positions[:cut],
-                                self.segments[:cut], int(lengths[:half].max()))
-        second = PackedSequences(self.tokens[cut:], self.cu_seqlens[half:] - cut, self.positions[cut:],
-                                 self.segments[cut:] - half, int(lengths[half:].max()))
-        return first, second
+        cut = int(lengths[:half].sum())
+        halves = (PackedSequences.from_token_lists(list(torch.split(tokens[:cut], lengths[:half].tolist()))),
+                  PackedSequences.from_token_lists(list(torch.split(tokens[cut:], lengths[half:].tolist()))))
+        return tuple(h.to(self.tokens.device) for h in halves)
 
 
-def packed_to_padded(x: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
-    """[T, ...] -> [B, max_len, ...], zeros where a sequence is shorter than max_len."""
-    padded = x.new_zeros((packed.num_sequences, packed.max_len, *x.shape[1:]))
-    padded[packed.segments, packed.positions] = x
-    return padded
-
-
-def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
+def attention_within_sequences(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
+                               bias: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of each sequence over itself, for packed q, k, v of shape [T, heads, head_dim].
 
-    The sequences are padded to max_len for `scaled_dot_product_attention`; padded keys are masked
-    out. `bias` [heads, max_len, max_len] is added to the scores (ALiBi).
+    `bias` [heads, L, L] (ALiBi), for L at least the longest sequence, is added to the scores.
     """
-    q, k, v = (packed_to_padded(t, packed).transpose(1, 2) for t in (q, k, v))  # [B, heads, L, D]
-    key_is_real = torch.arange(packed.max_len, device=q.device) < packed.lengths().to(q.device)[:, None]
-    mask = key_is_real[:, None, None, :]
-    if bias is not None:
-        mask = bias[None].to(q.dtype).masked_fill(~mask, float("-inf"))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return out.transpose(1, 2)[packed.segments, packed.positions]
+    out = torch.empty_like(q)
+    if q.is_cuda:
+        for group in packed.groups:
+            index = group.token_index
+            q_g, k_g, v_g = (t[index].transpose(1, 2) for t in (q, k, v))  # [n, heads, L, D]
+            mask = None if bias is None else bias[:, : group.length, : group.length].to(q.dtype)
+            out[index] = F.scaled_dot_product_attention(q_g, k_g, v_g, attn_mask=mask).transpose(1, 2)
+        return out
+    bounds = packed.cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        q_s, k_s, v_s = (t[start:end].transpose(0, 1).contiguous()[None] for t in (q, k, v))  # [1, heads, L, D]
+        mask = None if bias is None else bias[:, : end - start, : end - start].to(q.dtype)
+        out[start:end] = F.scaled_dot_product_attention(q_s, k_s, v_s, attn_mask=mask)[0].transpose(0, 1)
+    return out
 
 
 def mean_pool(hidden: torch.Tensor, packed: PackedSequences, skip_ends: bool) -> torch.Tensor:
@@ -101,14 +120,13 @@ def mean_pool(hidden: torch.Tensor, packed: PackedSequences, skip_ends: bool) ->
 
     With `skip_ends` the first and last token of each sequence (BOS and EOS) are left out.
     """
-    weights = torch.ones(packed.num_tokens, device=hidden.device, dtype=torch.float32)
+    hidden = hidden.float()
+    counts = packed.lengths.float()
     if skip_ends:
-        lengths = packed.lengths().to(hidden.device)
-        weights[packed.cu_seqlens[:-1].to(hidden.device).long()] = 0
-        weights[(packed.cu_seqlens[1:].to(hidden.device) - 1).long()] = 0
-        counts = (lengths - 2).clamp(min=1).float()
-    else:
-        counts = packed.lengths().to(hidden.device).float()
-    sums = torch.zeros(packed.num_sequences, hidden.shape[1], device=hidden.device, dtype=torch.float32)
-    sums.index_add_(0, packed.segments.to(hidden.device), hidden.float() * weights[:, None])
+        weights = torch.ones(packed.num_tokens, device=hidden.device)
+        weights[packed.cu_seqlens[:-1].long()] = 0
+        weights[packed.cu_seqlens[1:].long() - 1] = 0
+        hidden = hidden * weights[:, None]
+        counts = (counts - 2).clamp(min=1)
+    sums = torch.segment_reduce(hidden, "sum", lengths=packed.lengths, axis=0)
     return sums / counts[:, None]
