@@ -1,0 +1,186 @@
+"""The whole Snakemake workflow on a small input, with the built-in models, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+EDGE_CASES = {
+    "empty_read": "",
+    "two_bases": "AC",
+    "all_n": "N" * 200,
+    "stop_in_every_frame": "TTAA" * 50,  # its own reverse complement, TAA in every frame
+    "lowercase_multiline": None,  # filled from a real read below
+}
+
+
+def write_input(path: Path, data_dir: Path, reads: int = 40) -> list[str]:
+    """Real lambda reads from the shared FASTQ, plus reads that cannot be classified."""
+    from virnucpro.sequence_io import read_sequences
+
+    records = []
+    for record in read_sequences(data_dir / "reads_1.fq.gz"):
+        records.append((record.id, record.sequence))
+        if len(records) == reads:
+            break
+    lowercase = records[0][1].lower() * 3
+    with open(path, "w") as out:
+        for read_id, sequence in records:
+            out.write(f">{read_id}\n{sequence}\n")
+        for read_id, sequence in EDGE_CASES.items():
+            sequence = lowercase if sequence is None else sequence
+            out.write(f">{read_id} edge case\n")
+            out.write("".join(sequence[i : i + 70] + "\n" for i in range(0, len(sequence), 70)))
+    return [r for r, _ in records] + list(EDGE_CASES)
+
+
+def write_config(workdir: Path, input_path: Path, **overrides) -> Path:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["samples"] = {"reads": str(input_path)}
+    for key, path in config["models"].items():
+        if isinstance(path, str):
+            config["models"][key] = str(REPO / path)
+    config["embedding"]["gpu_lock_dir"] = str(workdir / "locks")
+    config.update(overrides)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_workflow(workdir: Path, config: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = SNAKEMAKE + ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+                           "--configfile", str(config), "--cores", "2", *extra]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def one_shard_run(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("run1")
+    read_ids = write_input(workdir / "reads.fa", data_dir)
+    run_workflow(workdir, write_config(workdir, workdir / "reads.fa", shards=1))
+    return workdir, read_ids
+
+
+def test_every_read_is_accounted_for(one_shard_run):
+    workdir, read_ids = one_shard_run
+    table = pq.read_table(workdir / "results/reads/read_predictions.parquet")
+    assert table.column("read_id").to_pylist() == read_ids
+    rows = {row["read_id"]: row for row in table.to_pylist()}
+    assert rows["empty_read"]["reason"] == "empty_sequence"
+    assert rows["two_bases"]["reason"] == "too_short"
+    assert rows["all_n"]["reason"] == "too_ambiguous"
+    assert rows["stop_in_every_frame"]["reason"] == "no_stop_free_frame"
+    for row in table.to_pylist():
+        assert (row["call"] is None) == (row["reason"] is not None)
+        assert row["call"] in (None, "virus", "others")
+    assert rows["lowercase_multiline"]["call"] is not None
+
+
+def test_outputs_cover_every_identified_frame(one_shard_run):
+    workdir, _ = one_shard_run
+    results = workdir / "results/reads"
+    frames = [line[1:].strip() for line in open(results / "identified_protein.faa") if line.startswith(">")]
+    rows = (results / "prediction_results.txt").read_text().splitlines()
+    assert rows[0] == "Sequence_ID\tPrediction\tscore1\tscore2"
+    assert [row.split("\t")[0] for row in rows[1:]] == frames
+    for row in rows[1:]:
+        _, label, score1, score2 = row.split("\t")
+        assert abs(float(score1) + float(score2) - 1) < 1e-5
+        assert label == ("virus" if float(score2) > float(score1) else "others")
+    chunks = sorted({frame[:-2] for frame in frames})
+    consensus = (results / "prediction_results_highestscore.csv").read_text().splitlines()
+    assert consensus[0] == "Modified_ID\tIs_Virus"
+    assert [line.split("\t")[0] for line in consensus[1:]] == chunks
+
+
+def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
+    workdir, _ = one_shard_run
+    jobs = [json.loads(p.read_text()) for p in (workdir / "results/telemetry").rglob("*.json")]
+    stages = {job["stage"] for job in jobs}
+    assert stages == {"chunk", "translate", "split_nucleotide", "split_protein", "embed_dnabert_s", "embed_esm2",
+                      "merge_features", "predict_frames", "consensus", "timing_report"}
+    for job in jobs:
+        assert job["status"] == "ok"
+        assert job["wall_seconds"] > 0 and job["cpu_seconds"] >= 0 and job["peak_rss_mb"] > 0
+        assert job["host"] and job["start"] < job["end"]
+        assert job["bytes_out"] > 0
+    embedding = next(job for job in jobs if job["stage"] == "embed_esm2")
+    assert embedding["details"]["device"] == "cpu"
+    assert embedding["details"]["tokens"] > 0 and embedding["details"]["batches"] > 0
+    assert 0 < embedding["details"]["packing_efficiency"] <= 1
+    report = (workdir / "results/timing_report.md").read_text()
+    for stage in stages - {"timing_report"}:
+        assert f"| {stage} |" in report
+    table = pq.read_table(workdir / "results/telemetry.parquet")
+    assert table.num_rows == len(jobs) - 1  # all but the report's own
+
+
+def test_results_do_not_depend_on_the_shard_count(one_shard_run, tmp_path):
+    workdir, _ = one_shard_run
+    shutil.copy(workdir / "reads.fa", tmp_path / "reads.fa")
+    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shards=3))
+    assert len(list((tmp_path / "results/reads/frame_predictions").glob("*.parquet"))) == 3
+    for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
+        assert (tmp_path / "results/reads" / name).read_text() == (workdir / "results/reads" / name).read_text()
+    assert pq.read_table(tmp_path / "results/reads/read_predictions.parquet").equals(
+        pq.read_table(workdir / "results/reads/read_predictions.parquet"))
+
+
+def test_bad_input_fails_with_a_clear_error_and_keeps_its_telemetry(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n>r2\nACGT\n>r1\nGGGG\n")
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa"), check=False)
+    assert result.returncode != 0
+    telemetry = json.loads((tmp_path / "results/telemetry/chunk/reads.all.json").read_text())
+    assert telemetry["status"] == "failed"
+    assert "reads.fa, record 'r1': duplicate sequence ID" in telemetry["error"]
+    assert not (tmp_path / "results/reads/chunked.fa").exists()
+    assert not list((tmp_path / "results/reads").glob(".*tmp*"))
+
+
+def test_a_classifier_for_another_length_is_refused(tmp_path, data_dir):
+    write_input(tmp_path / "reads.fa", data_dir, reads=3)
+    config = write_config(tmp_path, tmp_path / "reads.fa", expected_length=500)
+    models = yaml.safe_load(config.read_text())
+    models["models"]["classifier"] = str(REPO / "resources/models/classifier_300.pt")
+    config.write_text(yaml.safe_dump(models))
+    result = run_workflow(tmp_path, config, check=False)
+    assert result.returncode != 0
+    telemetry = json.loads((tmp_path / "results/telemetry/predict_frames/reads.000.json").read_text())
+    assert "trained for expected length 300, but this run chunks to 500" in telemetry["error"]
+
+
+def test_a_bad_config_value_is_named(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n")
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", expected_length=400), "-n",
+                          check=False)
+    assert result.returncode != 0
+    assert "expected_length" in result.stderr + result.stdout
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shard_count=2), "-n",
+                          check=False)
+    assert "shard_count" in result.stderr + result.stdout
+
+
+def test_input_on_the_command_line_names_the_sample(tmp_path):
+    (tmp_path / "my.reads.fasta.gz").write_bytes(b"")  # only the plan is built: -n
+    config = write_config(tmp_path, tmp_path / "unused.fa")
+    result = run_workflow(tmp_path, config, "-n", "--config", f"input={tmp_path / 'my.reads.fasta.gz'}",
+                          "expected_length=500")
+    assert "results/my_reads/read_predictions.parquet" in result.stdout
+
+
+def test_workflow_passes_lint():
+    result = subprocess.run(SNAKEMAKE + ["--lint"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
