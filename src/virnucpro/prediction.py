@@ -34,9 +34,10 @@ def frame_probabilities(model: MLPClassifier, features: np.ndarray, batch_size: 
     out = np.empty((len(features), 2), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(features), batch_size):
-            batch = torch.from_numpy(features[start : start + batch_size])
-            padded = torch.nn.functional.pad(batch, (0, 0, 0, -len(batch) % 8))
-            out[start : start + batch_size] = torch.softmax(model(padded), dim=1)[: len(batch)].numpy()
+            batch = features[start : start + batch_size]
+            padded = np.zeros((len(batch) + -len(batch) % 8, batch.shape[1]), dtype=np.float32)
+            padded[: len(batch)] = batch
+            out[start : start + batch_size] = torch.softmax(model(torch.from_numpy(padded)), dim=1)[: len(batch)].numpy()
     return out
 
 

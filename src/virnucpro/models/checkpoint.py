@@ -10,6 +10,7 @@ inert `PickledObject` that only records the state pickle hands it. The tensors l
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator
 
 import torch
@@ -40,11 +41,17 @@ def load_checkpoint(path: str | os.PathLike) -> object:
     ]
     with torch.serialization.safe_globals(stand_ins):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap" not in str(error):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            # torch refuses some globals (os.system, ...) even as stand-ins; say so plainly instead
+            # of passing on its advice to retry with weights_only=False.
+            reason = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), str(error))
+            raise ValueError(f"{path}: refused, loading it would run code named in the file ({reason})") from None
 
 
 def module_state_dict(module: PickledObject, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
