@@ -38,24 +38,15 @@ def data_dir() -> Path:
     return DATA
 
 
-def perturb_layer_norms(model: torch.nn.Module, seed: int) -> None:
-    """Fresh LayerNorms are weight 1, bias 0; random ones make the comparisons meaningful."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.add_(0.2 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.add_(0.2 * torch.randn(module.bias.shape, generator=generator))
-
-
 @pytest.fixture(scope="session")
 def esm2_checkpoint(tmp_path_factory) -> Path:
     """A small ESM-2 (4 layers, width 64, 4 heads) in fair-esm's checkpoint format, float32."""
+    from virnucpro.builtin_models import perturb_layer_norms
     from virnucpro.models.esm2 import ESM2, ESM2Config, save_fair_esm_checkpoint
 
     torch.manual_seed(11)
     model = ESM2(ESM2Config(num_layers=4, embed_dim=64, attention_heads=4))
-    perturb_layer_norms(model, seed=12)
+    perturb_layer_norms(model, torch.Generator().manual_seed(12), scale=0.2)
     path = tmp_path_factory.mktemp("esm2") / "esm2_t4_64d.pt"
     save_fair_esm_checkpoint(model, path, dtype=torch.float32)
     return path
@@ -65,13 +56,14 @@ def esm2_checkpoint(tmp_path_factory) -> Path:
 def dnabert_s_dir(tmp_path_factory) -> Path:
     """A small DNABERT-S (2 layers, width 48, 6 heads: not a power of two, which exercises the
     ALiBi slope interleave) as a HuggingFace directory with pytorch_model.bin, like the public one."""
+    from virnucpro.builtin_models import perturb_layer_norms
     from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, save_dnabert_s
 
     torch.manual_seed(21)
     config = DnabertSConfig(vocab_size=4096, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
                             intermediate_size=96)
     model = DnabertS(config)
-    perturb_layer_norms(model, seed=22)
+    perturb_layer_norms(model, torch.Generator().manual_seed(22), scale=0.2)
     directory = tmp_path_factory.mktemp("dnabert") / "DNABERT-S"
     save_dnabert_s(model, BUILTIN_MODELS / "dnabert_s_mini" / "tokenizer.json", directory, weights="pytorch_model.bin")
     return directory

@@ -56,13 +56,15 @@ def train_dna_tokenizer(sequences: list[str], path: Path, vocab_size: int = 4096
     tokenizer.save(str(path))
 
 
-def _perturb_norms(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """LayerNorms start at weight 1, bias 0; spread them a little so that they matter."""
+def perturb_layer_norms(model: torch.nn.Module, generator: torch.Generator, scale: float = 0.1) -> None:
+    """LayerNorms start at weight 1, bias 0; spread them a little so that they matter (random
+    models for demonstration, tests and benchmarks)."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.LayerNorm):
-                module.weight.add_(0.1 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.add_(0.1 * torch.randn(module.bias.shape, generator=generator))
+                noise = torch.randn((2, *module.weight.shape), generator=generator).to(module.weight.device)
+                module.weight.add_(scale * noise[0])
+                module.bias.add_(scale * noise[1])
 
 
 def build_embedding_models(data_dir: Path, out_dir: Path) -> None:
@@ -70,13 +72,13 @@ def build_embedding_models(data_dir: Path, out_dir: Path) -> None:
     generator = torch.Generator().manual_seed(SEED)
     torch.manual_seed(SEED)
     dnabert = DnabertS(DNABERT_S_MINI)
-    _perturb_norms(dnabert, generator)
+    perturb_layer_norms(dnabert, generator)
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer_json = Path(scratch) / "tokenizer.json"
         train_dna_tokenizer(read_genomes(data_dir), tokenizer_json, DNABERT_S_MINI.vocab_size)
         save_dnabert_s(dnabert, tokenizer_json, out_dir / "dnabert_s_mini", dtype=torch.float16)
     esm = ESM2(ESM2_MINI)
-    _perturb_norms(esm, generator)
+    perturb_layer_norms(esm, generator)
     save_fair_esm_checkpoint(esm, out_dir / "esm2_mini.pt", dtype=torch.float16)
 
 

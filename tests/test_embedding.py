@@ -1,0 +1,125 @@
+"""embed_sequences on the CPU with both embedding models, on frames translated from the lambda genome."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro.embedding import embed_sequences, load_embedder
+from virnucpro.models.packing import PackedSequences
+from virnucpro.sequence_io import read_sequences
+from virnucpro.translation import translate_chunks
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def lambda_frames(data_dir):
+    """Stop-free frames of lambda chunks of assorted lengths, like stage 2 produces from reads."""
+    genome = next(read_sequences(data_dir / "lambda_virus.fa.gz")).sequence
+    rng = np.random.default_rng(7)
+    starts = rng.integers(0, len(genome) - 400, size=24)
+    lengths = rng.integers(60, 400, size=24)
+    chunks = [genome[start : start + length] for start, length in zip(starts, lengths)]
+    frames = [frame for translation in translate_chunks(chunks) for frame in translation.frames]
+    assert len(frames) >= 20
+    return frames[:30]
+
+
+@pytest.fixture(scope="module")
+def embedders(esm2_checkpoint, dnabert_s_dir):
+    return {"esm2": load_embedder("esm2", esm2_checkpoint, CPU),
+            "dnabert_s": load_embedder("dnabert_s", dnabert_s_dir, CPU)}
+
+
+def sequences_for(kind: str, frames) -> list[str]:
+    return [frame.protein if kind == "esm2" else frame.nucleotide for frame in frames]
+
+
+def embed_alone(embedder, sequence: str) -> np.ndarray:
+    with torch.no_grad():
+        return embedder.model.embed(PackedSequences.from_token_lists(embedder.tokenize([sequence])))[0].numpy()
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_each_row_is_the_model_on_that_sequence_alone(kind, embedders, lambda_frames):
+    embedder = embedders[kind]
+    sequences = sequences_for(kind, lambda_frames)
+    embeddings, stats = embed_sequences(embedder, sequences, CPU, token_budget=512)
+    assert embeddings.shape == (len(sequences), embedder.dim)
+    assert embeddings.dtype == np.float32
+    assert stats.sequences == len(sequences)
+    assert stats.batches > 1
+    for row, sequence in enumerate(sequences):
+        np.testing.assert_allclose(embeddings[row], embed_alone(embedder, sequence), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_result_does_not_depend_on_token_budget(kind, embedders, lambda_frames):
+    embedder = embedders[kind]
+    sequences = sequences_for(kind, lambda_frames)
+    small, small_stats = embed_sequences(embedder, sequences, CPU, token_budget=64)
+    large, large_stats = embed_sequences(embedder, sequences, CPU, token_budget=4096)
+    assert small_stats.batches > large_stats.batches
+    assert small_stats.token_budget == 64 and large_stats.token_budget == 4096
+    np.testing.assert_allclose(small, large, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_result_does_not_depend_on_input_order(kind, embedders, lambda_frames):
+    embedder = embedders[kind]
+    sequences = sequences_for(kind, lambda_frames)
+    permutation = np.random.default_rng(1).permutation(len(sequences))
+    in_order, _ = embed_sequences(embedder, sequences, CPU, token_budget=256)
+    shuffled, _ = embed_sequences(embedder, [sequences[i] for i in permutation], CPU, token_budget=256)
+    np.testing.assert_allclose(shuffled, in_order[permutation], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_duplicates_are_embedded_once_and_returned_for_every_input(kind, embedders, lambda_frames):
+    embedder = embedders[kind]
+    distinct = list(dict.fromkeys(sequences_for(kind, lambda_frames[:10])))
+    sequences = distinct + distinct[::2] + [distinct[0]] * 3
+    tokenized = []
+
+    def recording_tokenize(batch):
+        tokenized.extend(batch)
+        return embedder.tokenize(batch)
+
+    embeddings, stats = embed_sequences(dataclasses.replace(embedder, tokenize=recording_tokenize), sequences, CPU,
+                                        token_budget=256)
+    assert sorted(tokenized) == sorted(distinct)
+    assert stats.sequences == len(sequences)
+    assert stats.unique_sequences == len(distinct)
+    assert embeddings.shape == (len(sequences), embedder.dim)
+    unique_embeddings, _ = embed_sequences(embedder, distinct, CPU, token_budget=256)
+    position = {sequence: row for row, sequence in enumerate(distinct)}
+    for row, sequence in enumerate(sequences):
+        np.testing.assert_allclose(embeddings[row], unique_embeddings[position[sequence]], atol=1e-5, rtol=1e-5)
+
+
+def test_no_sequences_give_an_empty_table(embedders):
+    embeddings, stats = embed_sequences(embedders["esm2"], [], CPU)
+    assert embeddings.shape == (0, embedders["esm2"].dim)
+    assert stats.unique_sequences == 0
+
+
+def test_identity_describes_the_loaded_model(embedders, esm2_checkpoint, dnabert_s_dir):
+    esm2_identity = embedders["esm2"].identity()
+    dnabert_identity = embedders["dnabert_s"].identity()
+    assert esm2_identity["kind"] == "esm2" and esm2_identity["dim"] == 64
+    assert esm2_identity["architecture"] == "esm2_t4_64d_4h"
+    assert esm2_identity["source"] == str(esm2_checkpoint)
+    assert dnabert_identity["kind"] == "dnabert_s" and dnabert_identity["dim"] == 48
+    assert dnabert_identity["architecture"] == "dnabert_s_l2_48d_6h"
+    assert dnabert_identity["source"] == str(dnabert_s_dir)
+    assert len(esm2_identity["fingerprint"]) == 16
+    assert esm2_identity["fingerprint"] != dnabert_identity["fingerprint"]
+
+
+def test_unknown_model_kind_is_refused(esm2_checkpoint):
+    with pytest.raises(ValueError, match="unknown embedding model kind"):
+        load_embedder("prot_t5", esm2_checkpoint, CPU)
