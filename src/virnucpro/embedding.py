@@ -64,8 +64,11 @@ def _architecture(model: torch.nn.Module) -> str:
     return f"dnabert_s_l{config.num_hidden_layers}_{config.hidden_size}d_{config.num_attention_heads}h"
 
 
-def load_embedder(kind: str, path: str | os.PathLike, device: torch.device) -> Embedder:
-    """Load a model for `device`: bf16 weights on a GPU, float32 on the CPU."""
+def load_embedder(kind: str, path: str | os.PathLike, device: torch.device, compile_model: bool = False) -> Embedder:
+    """Load a model for `device`: bf16 weights on a GPU, float32 on the CPU.
+
+    `compile_model` applies torch.compile to ESM-2's layers on a GPU (see `ESM2.compile_layers`).
+    """
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if kind == "dnabert_s":
         from virnucpro.models.dnabert_s import load_dnabert_s
@@ -76,6 +79,8 @@ def load_embedder(kind: str, path: str | os.PathLike, device: torch.device) -> E
         from virnucpro.models.esm2 import PAD, load_esm2, tokenize
 
         model = load_esm2(path, device, dtype)
+        if compile_model and device.type == "cuda":
+            model.compile_layers()
         return Embedder(kind, model, lambda proteins: [tokenize(p) for p in proteins], PAD, os.fspath(path))
     raise ValueError(f"unknown embedding model kind '{kind}', expected one of {MODEL_KINDS}")
 
@@ -264,7 +269,7 @@ def embed_fasta(embedder: Embedder, fasta_path: str | os.PathLike, output_path: 
 
 
 def run_embedding_job(kind: str, model_path, fasta_path, output_path, device_setting: str, lock_dir,
-                      token_budget: int | None, threads: int, telemetry) -> None:
+                      token_budget: int | None, compile_model: bool, threads: int, telemetry) -> None:
     """A whole stage-5/6 job: lease a device, load the model once, embed the shard, record telemetry."""
     from virnucpro.devices import lease_device
     from virnucpro.telemetry import GpuMonitor
@@ -273,7 +278,7 @@ def run_embedding_job(kind: str, model_path, fasta_path, output_path, device_set
         torch.set_num_threads(threads)
         device = torch.device(lease.device)
         loaded = time.perf_counter()
-        embedder = load_embedder(kind, model_path, device)
+        embedder = load_embedder(kind, model_path, device, compile_model)
         load_seconds = time.perf_counter() - loaded
         with GpuMonitor(lease.uuid) if device.type == "cuda" else contextlib.nullcontext() as monitor:
             stats = embed_fasta(embedder, fasta_path, output_path, device, token_budget)
@@ -282,5 +287,6 @@ def run_embedding_job(kind: str, model_path, fasta_path, output_path, device_set
             **stats.as_dict(), "model": embedder.identity(), "model_load_seconds": load_seconds,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "compute_dtype": str(next(embedder.model.parameters()).dtype).removeprefix("torch."),
+            "compiled": compile_model and kind == "esm2" and device.type == "cuda",
         }
         telemetry.gpu = monitor.summary() if monitor is not None else None

@@ -12,6 +12,7 @@ rule embed_dnabert_s:
         kind="dnabert_s",
         device=config["embedding"]["device"],
         token_budget=token_budget("dnabert_s"),
+        compile=False,
         lock_dir=config["embedding"]["gpu_lock_dir"],
     threads: 4
     resources:
@@ -37,6 +38,7 @@ rule embed_esm2:
         kind="esm2",
         device=config["embedding"]["device"],
         token_budget=token_budget("esm2"),
+        compile=config["embedding"]["compile"],
         lock_dir=config["embedding"]["gpu_lock_dir"],
     threads: 4
     resources:

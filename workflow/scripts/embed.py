@@ -5,4 +5,4 @@ from virnucpro.telemetry import JobTelemetry
 with JobTelemetry.from_snakemake(snakemake, snakemake.rule) as telemetry:
     run_embedding_job(snakemake.params.kind, snakemake.input.model, snakemake.input.records,
                       snakemake.output.features, snakemake.params.device, snakemake.params.lock_dir,
-                      snakemake.params.token_budget, snakemake.threads, telemetry)
+                      snakemake.params.token_budget, snakemake.params.compile, snakemake.threads, telemetry)

@@ -105,6 +105,12 @@ class ESM2(nn.Module):
     def embedding_dim(self) -> int:
         return self.config.embed_dim
 
+    def compile_layers(self) -> None:
+        """torch.compile every layer, for dynamic token counts: it fuses the LayerNorms, the rotary
+        embedding, GELU and the residual adds around the matrix multiplies (worth it on a GPU)."""
+        for layer in self.layers:
+            layer.compile(dynamic=True)
+
     def forward(self, packed: PackedSequences) -> torch.Tensor:
         """Final-layer states [T, E] in float32 for a packed batch of <cls> protein <eos> tokens."""
         x = self.embed_tokens(packed.tokens).float()
