@@ -126,6 +126,8 @@ def _translate_equal_length(group: list[str], length: int, max_ambiguous_fractio
         strand, codes = (forward, forward_codes) if frame_index < 3 else (reverse, reverse_codes)
         offset = frame_index % 3
         codons = (length - offset) // 3
+        if codons == 0:
+            continue  # no codon, no protein: VirNucPro drops frames with an empty protein
         triplets = codes[:, offset : offset + 3 * codons].reshape(len(group), codons, 3).astype(np.int32)
         residues = _AMINO_ACID[(triplets[..., 0] * _N_SYMBOLS + triplets[..., 1]) * _N_SYMBOLS + triplets[..., 2]]
         rows = np.flatnonzero(~(residues == _STOP).any(axis=1) & ~too_ambiguous)
