@@ -52,7 +52,7 @@ def open_text(path: str | os.PathLike) -> io.TextIOBase:
         head = probe.read(6)
     opener = next((open_fn for magic, open_fn in _COMPRESSION_MAGIC if head.startswith(magic)), None)
     binary = opener(path, "rb") if opener else open(path, "rb")
-    return io.TextIOWrapper(binary, encoding="utf-8", newline=None)
+    return io.TextIOWrapper(binary, encoding="utf-8-sig", newline=None)  # -sig: a byte-order mark is skipped
 
 
 def read_sequences(path: str | os.PathLike) -> Iterator[SequenceRecord]:
@@ -63,7 +63,6 @@ def read_sequences(path: str | os.PathLike) -> Iterator[SequenceRecord]:
     characters that are not nucleotides.
     """
     seen: set[str] = set()
-    count = 0
     try:
         with open_text(path) as handle:
             first_line, first = _first_content_line(handle)
@@ -80,7 +79,6 @@ def read_sequences(path: str | os.PathLike) -> Iterator[SequenceRecord]:
                 if record.id in seen:
                     raise InputError(path, "duplicate sequence ID (IDs must be unique)", record=record.id)
                 seen.add(record.id)
-                count += 1
                 yield record
     except UnicodeDecodeError as error:
         raise InputError(path, f"not a text FASTA or FASTQ file ({error.reason} at byte {error.start})") from None
@@ -88,8 +86,6 @@ def read_sequences(path: str | os.PathLike) -> Iterator[SequenceRecord]:
         if isinstance(error, FileNotFoundError):
             raise
         raise InputError(path, f"cannot be read: {error}") from None
-    if count == 0:
-        raise InputError(path, "no sequence records found")
 
 
 def _first_content_line(handle: io.TextIOBase) -> tuple[int, str | None]:

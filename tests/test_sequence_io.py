@@ -1,0 +1,290 @@
+import bz2
+import gzip
+import lzma
+
+import pytest
+
+from virnucpro.sequence_io import (
+    InputError,
+    SequenceRecord,
+    atomic_output,
+    atomic_path,
+    read_fasta_simple,
+    read_sequences,
+    write_fasta_record,
+)
+
+FASTA_TEXT = (
+    ">read_1 first read, with a description\n"
+    "ACGTACGTAC\n"
+    "GTNNacgtRY\n"
+    "\n"
+    ">read_2\n"
+    "acgtacgtacgtnnnn\n"
+    ">read_3 empty lines around the sequence\n"
+    "\n"
+    "GGGCCCAAATTT\n"
+    "\n"
+)
+FASTA_RECORDS = [
+    SequenceRecord("read_1", "ACGTACGTACGTNNacgtRY"),
+    SequenceRecord("read_2", "acgtacgtacgtnnnn"),
+    SequenceRecord("read_3", "GGGCCCAAATTT"),
+]
+
+
+def read_all(path):
+    return list(read_sequences(path))
+
+
+def write_bytes(path, content: bytes):
+    path.write_bytes(content)
+    return path
+
+
+def read_error(path) -> str:
+    with pytest.raises(InputError) as caught:
+        read_all(path)
+    return str(caught.value)
+
+
+def test_plain_fasta_ids_are_first_word_and_case_is_kept(tmp_path):
+    path = write_bytes(tmp_path / "reads.fa", FASTA_TEXT.encode())
+    assert read_all(path) == FASTA_RECORDS
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, bz2.compress], ids=["gzip", "xz", "bzip2"])
+def test_compressed_fasta_reads_like_the_plain_file(tmp_path, compress):
+    # The name says plain FASTA: compression is found from the magic bytes, not the extension.
+    path = write_bytes(tmp_path / "reads.fa", compress(FASTA_TEXT.encode()))
+    assert read_all(path) == FASTA_RECORDS
+
+
+def test_plain_file_with_compressed_extension_is_read_as_plain(tmp_path):
+    path = write_bytes(tmp_path / "reads.fa.gz", FASTA_TEXT.encode())
+    assert read_all(path) == FASTA_RECORDS
+
+
+def test_windows_line_endings_read_like_unix_ones(tmp_path):
+    path = write_bytes(tmp_path / "reads.fa", FASTA_TEXT.replace("\n", "\r\n").encode())
+    assert read_all(path) == FASTA_RECORDS
+
+
+def test_windows_line_endings_in_fastq(tmp_path):
+    text = "@r1 desc\nACGTN\n+\nIIII#\n@r2\nacgu\n+r2\nIIII\n"
+    path = write_bytes(tmp_path / "reads.fq", text.replace("\n", "\r\n").encode())
+    assert read_all(path) == [SequenceRecord("r1", "ACGTN"), SequenceRecord("r2", "acgt")]
+
+
+def test_u_is_read_as_t_in_both_cases(tmp_path):
+    path = write_bytes(tmp_path / "rna.fa", b">rna\nAUGCuuagNU\n")
+    assert read_all(path) == [SequenceRecord("rna", "ATGCttagNT")]
+
+
+def test_all_iupac_codes_are_accepted(tmp_path):
+    codes = "ACGTUNRYSWKMBDHV"
+    path = write_bytes(tmp_path / "iupac.fa", f">upper\n{codes}\n>lower\n{codes.lower()}\n".encode())
+    records = read_all(path)
+    assert [r.sequence for r in records] == [codes.replace("U", "T"), codes.lower().replace("u", "t")]
+
+
+def test_fastq_quality_line_starting_with_at_sign_is_not_a_header(tmp_path):
+    path = write_bytes(tmp_path / "reads.fq", b"@r1\nACGT\n+\n@III\n\n@r2\nGG\n+\n@@\n")
+    assert read_all(path) == [SequenceRecord("r1", "ACGT"), SequenceRecord("r2", "GG")]
+
+
+def test_real_fastq_reads(data_dir, tmp_path):
+    path = data_dir / "reads_1.fq.gz"
+    records = read_all(path)
+    assert len(records) == 10_000
+    assert len({r.id for r in records}) == 10_000
+    assert records[0].id == "r1" and records[-1].id == "r10000"
+    with gzip.open(path, "rt") as handle:
+        lines = handle.read().splitlines()
+    assert [r.sequence for r in records] == lines[1::4]
+    assert any("N" in r.sequence for r in records)
+    # The same reads uncompressed give the same records.
+    plain = write_bytes(tmp_path / "reads_1.fq", gzip.decompress(path.read_bytes()))
+    assert read_all(plain) == records
+
+
+# Bad inputs: every message names the file, and the record or line where there is one.
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"], ids=["zero_bytes", "blank_lines"])
+def test_empty_file(tmp_path, content):
+    path = write_bytes(tmp_path / "empty.fa", content)
+    message = read_error(path)
+    assert str(path) in message and "empty" in message
+
+
+def test_empty_compressed_file(tmp_path):
+    path = write_bytes(tmp_path / "empty.fa.gz", gzip.compress(b""))
+    message = read_error(path)
+    assert str(path) in message and "empty" in message
+
+
+def test_not_fasta_or_fastq(tmp_path):
+    path = write_bytes(tmp_path / "table.tsv", b"id\tsequence\nr1\tACGT\n")
+    message = read_error(path)
+    assert str(path) in message
+    assert "not a FASTA or FASTQ file" in message and "line 1" in message
+
+
+def test_binary_file_is_an_input_error(tmp_path):
+    path = write_bytes(tmp_path / "model.bin", b">r1\nAC\xff\xfe\x00GT\n")
+    message = read_error(path)
+    assert str(path) in message and "not a text" in message
+
+
+def test_truncated_gzip_is_an_input_error(tmp_path):
+    whole = gzip.compress(FASTA_TEXT.encode() * 50)
+    path = write_bytes(tmp_path / "cut.fa.gz", whole[: len(whole) // 2])
+    message = read_error(path)
+    assert str(path) in message and "cannot be read" in message
+
+
+def test_fasta_header_without_id(tmp_path):
+    path = write_bytes(tmp_path / "reads.fa", b">r1\nACGT\n>   \nACGT\n")
+    message = read_error(path)
+    assert str(path) in message and "no sequence ID" in message and "line 3" in message
+
+
+def test_fastq_header_without_id(tmp_path):
+    path = write_bytes(tmp_path / "reads.fq", b"@r1\nACGT\n+\nIIII\n@\nACGT\n+\nIIII\n")
+    message = read_error(path)
+    assert str(path) in message and "no sequence ID" in message and "line 5" in message
+
+
+def test_duplicate_ids_differing_only_after_the_first_word(tmp_path):
+    path = write_bytes(tmp_path / "reads.fa", b">r1 left mate\nACGT\n>r2\nGG\n>r1 right mate\nTTTT\n")
+    message = read_error(path)
+    assert str(path) in message and "record 'r1'" in message and "duplicate" in message
+
+
+def test_duplicate_ids_in_fastq(tmp_path):
+    path = write_bytes(tmp_path / "reads.fq", b"@r1\nACGT\n+\nIIII\n@r1\nACGT\n+\nIIII\n")
+    message = read_error(path)
+    assert str(path) in message and "record 'r1'" in message and "duplicate" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "record", "character", "position"),
+    [
+        (b">r1\nACGT\n>r2\nACGT\nACXT\n", "r2", "X", 7),  # the position counts across sequence lines
+        (b">r1\nACGT-ACGT\n>r2\nACGT\n", "r1", "-", 5),
+        (b">r1\nACGT\n>r2\nAC GT\n", "r2", " ", 3),
+        (b">protein\nMKVLAAGE\n", "protein", "L", 4),  # M, K and V are IUPAC codes
+    ],
+)
+def test_non_nucleotide_character(tmp_path, content, record, character, position):
+    path = write_bytes(tmp_path / "reads.fa", content)
+    message = read_error(path)
+    assert str(path) in message and f"record '{record}'" in message
+    assert f"character '{character}' at position {position}" in message
+
+
+def test_non_nucleotide_character_in_fastq(tmp_path):
+    path = write_bytes(tmp_path / "reads.fq", b"@r1\nACGT\n+\nIIII\n@r2\nAC1T\n+\nIIII\n")
+    message = read_error(path)
+    assert str(path) in message and "record 'r2'" in message and "character '1' at position 3" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"@r1\nACGT\n+\nIIII\n@r2\n", "truncated"),
+        (b"@r1\nACGT\n+\nIIII\n@r2\nACGT\n", "truncated"),
+        (b"@r1\nACGT\n+\nIIII\n@r2\nACGT\n+\nII\n", "differ in length"),
+        (b"@r1\nACGT\n+\nIIII\n@r2\nACGT\n+\n", "differ in length"),
+    ],
+    ids=["header_only", "no_plus_line", "short_quality", "no_quality"],
+)
+def test_truncated_fastq(tmp_path, content, problem):
+    path = write_bytes(tmp_path / "reads.fq", content)
+    message = read_error(path)
+    assert str(path) in message and "record 'r2'" in message and problem in message
+
+
+def test_fastq_record_not_starting_with_at_sign(tmp_path):
+    path = write_bytes(tmp_path / "reads.fq", b"@r1\nACGT\n+\nIIII\nr2\nACGT\n+\nIIII\n")
+    message = read_error(path)
+    assert str(path) in message and "must start with '@'" in message and "line 5" in message
+
+
+def test_records_before_a_bad_one_are_yielded(tmp_path):
+    path = write_bytes(tmp_path / "reads.fa", b">r1\nACGT\n>r2\nACGT\n>r2\nACGT\n")
+    records = read_sequences(path)
+    assert [next(records).id, next(records).id] == ["r1", "r2"]
+    with pytest.raises(InputError):
+        next(records)
+
+
+def test_missing_file_is_not_an_input_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_all(tmp_path / "absent.fa")
+
+
+# Atomic outputs.
+
+
+def test_atomic_output_writes_the_final_file_and_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "out.fa"
+    with atomic_output(path) as handle:
+        write_fasta_record(handle, "r1", "ACGT" * 30, line_width=60)
+        assert not path.exists()
+    assert path.read_text() == ">r1\n" + "ACGT" * 15 + "\n" + "ACGT" * 15 + "\n"
+    assert [p.name for p in path.parent.iterdir()] == ["out.fa"]
+
+
+def test_failure_inside_atomic_output_leaves_no_file(tmp_path):
+    path = tmp_path / "out.fa"
+    with pytest.raises(RuntimeError):
+        with atomic_output(path) as handle:
+            handle.write(">r1\nACGT\n")
+            handle.flush()
+            raise RuntimeError("killed half way")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_inside_atomic_output_keeps_the_previous_file(tmp_path):
+    path = write_bytes(tmp_path / "out.fa", b">old\nAAAA\n")
+    with pytest.raises(RuntimeError):
+        with atomic_output(path) as handle:
+            handle.write(">new\n")
+            raise RuntimeError("killed half way")
+    assert path.read_bytes() == b">old\nAAAA\n"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_failure_inside_atomic_path_leaves_no_file(tmp_path):
+    path = tmp_path / "summary.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(b"partial")
+            raise RuntimeError("writer failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_moves_the_written_file_into_place(tmp_path):
+    path = tmp_path / "summary.parquet"
+    with atomic_path(path) as temporary:
+        assert temporary != path and temporary.parent == path.parent
+        temporary.write_bytes(b"done")
+    assert path.read_bytes() == b"done"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_write_and_read_back_fasta(tmp_path):
+    path = tmp_path / "frames.fa"
+    records = [SequenceRecord("a_chunk_1F1", "ACGTN" * 40), SequenceRecord("b_chunk_2R3", "")]
+    with atomic_output(path) as handle:
+        for record in records:
+            write_fasta_record(handle, record.id, record.sequence)
+    assert list(read_fasta_simple(path)) == records
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path):
+    path = tmp_path / "bom.fa"
+    path.write_bytes(b"\xef\xbb\xbf>r1 x\nACGT\n")
+    assert list(read_sequences(path)) == [SequenceRecord("r1", "ACGT")]

@@ -1,0 +1,269 @@
+import gzip
+import itertools
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from virnucpro.chunking import chunk_reads, chunk_sequence
+from virnucpro.sequence_io import read_fasta_simple, read_sequences
+from virnucpro.translation import (
+    CHUNK_SUMMARY_SCHEMA,
+    FRAME_NAMES,
+    REASON_NO_STOP_FREE_FRAME,
+    REASON_TOO_AMBIGUOUS,
+    REASON_TOO_SHORT,
+    IdentificationResult,
+    identify_frames,
+    translate_chunks,
+)
+
+# The standard genetic code in NCBI's layout: codons in TCAG order of first, second, third base.
+STANDARD_CODE = dict(
+    zip(
+        ("".join(codon) for codon in itertools.product("TCAG", repeat=3)),
+        "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG",
+    )
+)
+IUPAC = {
+    "A": "A", "C": "C", "G": "G", "T": "T", "N": "ACGT", "R": "AG", "Y": "CT", "S": "CG",
+    "W": "AT", "K": "GT", "M": "AC", "B": "CGT", "D": "AGT", "H": "ACT", "V": "ACG",
+}
+COMPLEMENT = str.maketrans("ACGTNRYSWKMBDHV", "TGCANYRSWMKVHDB")
+
+
+def oracle_residue(codon: str) -> str:
+    readings = {STANDARD_CODE["".join(bases)] for bases in itertools.product(*(IUPAC[b] for b in codon))}
+    return readings.pop() if len(readings) == 1 else "X"
+
+
+def oracle_frames(chunk: str) -> list[tuple[str, str, str]]:
+    """VirNucPro's six-frame rule: (frame, protein, nucleotide) for every frame with codons and no stop."""
+    forward = chunk.upper()
+    reverse = forward.translate(COMPLEMENT)[::-1]
+    frames = []
+    for name, strand, offset in [("F1", forward, 0), ("F2", forward, 1), ("F3", forward, 2),
+                                 ("R1", reverse, 0), ("R2", reverse, 1), ("R3", reverse, 2)]:
+        codons = (len(strand) - offset) // 3
+        protein = "".join(oracle_residue(strand[offset + 3 * i : offset + 3 * i + 3]) for i in range(codons))
+        if protein and "*" not in protein:
+            frames.append((name, protein, strand[offset : offset + 3 * codons + 1]))
+    return frames
+
+
+def frames_of(translation) -> list[tuple[str, str, str]]:
+    return [(frame.name, frame.protein, frame.nucleotide) for frame in translation.frames]
+
+
+def assert_matches_oracle(chunks: list[str]) -> int:
+    """Compare translate_chunks with the oracle on `chunks`; return how many frames were kept."""
+    kept = 0
+    for chunk, translation in zip(chunks, translate_chunks(chunks), strict=True):
+        expected = oracle_frames(chunk)
+        assert frames_of(translation) == expected, chunk
+        if expected:
+            assert translation.reason is None
+        else:
+            assert translation.reason == (REASON_TOO_SHORT if len(chunk) < 3 else REASON_NO_STOP_FREE_FRAME)
+        assert translation.ambiguous_bases == sum(base not in "ACGT" for base in chunk.upper())
+        kept += len(expected)
+    return kept
+
+
+def test_oracle_code_table():
+    assert len(STANDARD_CODE) == 64
+    assert sorted(codon for codon, residue in STANDARD_CODE.items() if residue == "*") == ["TAA", "TAG", "TGA"]
+    assert STANDARD_CODE["ATG"] == "M" and STANDARD_CODE["TGG"] == "W" and STANDARD_CODE["AGA"] == "R"
+
+
+@pytest.mark.parametrize("name", ["test_with_orfs", "test_fixed_500bp"])
+def test_identified_files_are_byte_identical_to_the_original(reference_dir, tmp_path, name):
+    chunks_path = tmp_path / "chunks.fa"
+    chunk_reads(reference_dir / f"{name}.fa", chunks_path, tmp_path / "reads.parquet", 500)
+    nucleotide_path, protein_path = tmp_path / "nucleotide.fa", tmp_path / "protein.faa"
+    identify_frames(chunks_path, nucleotide_path, protein_path, tmp_path / "chunks.parquet", 0.5)
+    assert nucleotide_path.read_bytes() == (reference_dir / f"{name}_identified_nucleotide.fa").read_bytes()
+    assert protein_path.read_bytes() == (reference_dir / f"{name}_identified_protein.faa").read_bytes()
+
+
+def test_random_chunks_match_the_oracle():
+    rng = random.Random(2024)
+    uniform = ["".join(rng.choices("ACGT", k=rng.randint(1, 600))) for _ in range(1500)]
+    short = ["".join(rng.choices("ACGT", k=rng.randint(1, 30))) for _ in range(1000)]
+    # Stop codons and their reverse complements (TTA, CTA, TCA) all hold a T: few Ts, long open frames.
+    stop_poor = ["".join(rng.choices("ACGT", weights=[10, 10, 10, 1], k=rng.randint(1, 600))) for _ in range(1500)]
+    kept = assert_matches_oracle(uniform + short + stop_poor)
+    assert kept > 5000
+
+
+def test_lambda_genome_chunks_match_the_oracle(data_dir):
+    [genome] = read_sequences(data_dir / "lambda_virus.fa.gz")
+    chunks = chunk_sequence(genome.sequence, 300) + chunk_sequence(genome.sequence, 500)
+    assert assert_matches_oracle(chunks) > 100
+
+
+@pytest.fixture(scope="module")
+def real_reads(data_dir) -> list[str]:
+    return [record.sequence for record in read_sequences(data_dir / "reads_1.fq.gz")]
+
+
+def test_acgt_reads_match_the_oracle(real_reads):
+    chunks = [chunk for read in real_reads if set(read) <= set("ACGT") for chunk in chunk_sequence(read, 300)]
+    assert len(chunks) > 3000
+    assert assert_matches_oracle(chunks) > 1000
+
+
+def test_reads_with_ambiguous_bases_match_the_ambiguity_aware_oracle(real_reads):
+    chunks = [chunk for read in real_reads if "N" in read for chunk in chunk_sequence(read, 300)]
+    assert len(chunks) > 5000
+    assert assert_matches_oracle(chunks) > 1000
+
+
+@pytest.mark.parametrize(
+    ("chunk", "frame", "protein"),
+    [
+        ("GCN", "F1", "A"),  # every GCx is alanine
+        ("NGC", "F1", "X"),
+        ("TAN", "F1", "X"),  # TAT/TAC tyrosine, TAA/TAG stop: unknown, but not a stop
+        ("NNN", "F1", "X"),
+        ("NNN", "R1", "X"),
+        ("TRA", "R1", "X"),  # reverse complement TYA: TTA leucine or TCA serine
+        ("CTN", "F1", "L"),
+        ("MGR", "F1", "R"),  # AGA, AGG, CGA, CGG: all arginine
+        ("YTR", "F1", "L"),  # TTA, TTG, CTA, CTG: all leucine
+        ("ATH", "F1", "I"),
+    ],
+)
+def test_ambiguous_codon_translation(chunk, frame, protein):
+    [translation] = translate_chunks([chunk])
+    assert dict((f.name, f.protein) for f in translation.frames)[frame] == protein
+
+
+@pytest.mark.parametrize("chunk", ["TAA", "TRA", "TAR"])
+def test_ambiguous_codon_that_is_always_a_stop_removes_the_frame(chunk):
+    [translation] = translate_chunks([chunk])
+    assert "F1" not in [f.name for f in translation.frames]
+
+
+def test_ambiguous_bases_keep_protein_and_nucleotide_in_register():
+    chunk = "ATGGCNAAANNNTGGCATRYGGCT"
+    [translation] = translate_chunks([chunk])
+    frames = {f.name: f for f in translation.frames}
+    assert frames["F1"].protein == "MAKXWHXA"
+    assert frames["F1"].nucleotide == chunk  # 3 * 8 + 1 bases run past the end: up to the end
+    for frame in translation.frames:
+        offset = int(frame.name[1]) - 1
+        codons = (len(chunk) - offset) // 3
+        assert len(frame.protein) == codons
+        assert len(frame.nucleotide) == min(3 * codons + 1, len(chunk) - offset)
+    assert translation.ambiguous_bases == 6
+
+
+def test_nucleotide_slice_is_one_base_longer_than_the_codons():
+    # 12 bases: F1 has 4 codons and no base after them, F2 has 3 codons and one base after them,
+    # F3 ends on the stop TAA.
+    chunk = "ATGNNNGCTAAN"
+    [translation] = translate_chunks([chunk])
+    frames = {f.name: f for f in translation.frames}
+    assert (frames["F1"].protein, frames["F1"].nucleotide) == ("MXAX", "ATGNNNGCTAAN")
+    assert (frames["F2"].protein, frames["F2"].nucleotide) == ("XXL", "TGNNNGCTAA")
+    assert "F3" not in frames
+
+
+@pytest.mark.parametrize("chunk", ["A", "AC", "N", "nn"])
+def test_chunks_shorter_than_a_codon_are_too_short(chunk):
+    [translation] = translate_chunks([chunk], max_ambiguous_fraction=0.0)
+    assert translation.frames == [] and translation.reason == REASON_TOO_SHORT
+    assert translation.ambiguous_bases == sum(base in "Nn" for base in chunk)
+
+
+@pytest.mark.parametrize("chunk", ["ATG", "TAA", "ATGC", "TTAG"])
+def test_frames_without_a_codon_are_not_kept(chunk):
+    # VirNucPro drops frames whose protein is empty; lengths 3 and 4 have such frames.
+    [translation] = translate_chunks([chunk])
+    assert translation.frames and all(frame.protein for frame in translation.frames)
+    assert frames_of(translation) == oracle_frames(chunk)
+
+
+def test_too_ambiguous_is_more_than_the_fraction():
+    at_limit, over_limit = "NNNNNACGTA", "NNNNNNACGT"
+    translations = translate_chunks([at_limit, over_limit], max_ambiguous_fraction=0.5)
+    assert translations[0].reason is None and translations[0].frames
+    assert translations[1].reason == REASON_TOO_AMBIGUOUS and translations[1].frames == []
+    assert [t.ambiguous_bases for t in translations] == [5, 6]
+
+
+def test_no_stop_free_frame():
+    chunk = "CTAGTTAATTAGTAC"
+    assert oracle_frames(chunk) == []
+    [translation] = translate_chunks([chunk])
+    assert translation.frames == [] and translation.reason == REASON_NO_STOP_FREE_FRAME
+
+
+def test_lowercase_gives_the_same_frames_as_uppercase():
+    rng = random.Random(5)
+    upper = ["".join(rng.choices("ACGTN", weights=[10, 10, 10, 1, 1], k=rng.randint(1, 300))) for _ in range(500)]
+    lower = [chunk.lower() for chunk in upper]
+    mixed = ["".join(rng.choice([base, base.lower()]) for base in chunk) for chunk in upper]
+    expected = translate_chunks(upper, max_ambiguous_fraction=0.2)
+    assert translate_chunks(lower, max_ambiguous_fraction=0.2) == expected
+    assert translate_chunks(mixed, max_ambiguous_fraction=0.2) == expected
+    assert any(t.frames for t in expected) and any(t.reason == REASON_TOO_AMBIGUOUS for t in expected)
+
+
+def test_results_keep_the_input_order_across_lengths():
+    chunks = ["ATGAAA", "GCN", "ATGAAACCC", "AC", "ATGTTT"]
+    assert translate_chunks(chunks) == [translate_chunks([chunk])[0] for chunk in chunks]
+
+
+def test_identify_frames_files_and_summary(tmp_path):
+    chunks = {
+        "ok_chunk_1": "ATGGCNAAATGGCAT",
+        "short_chunk_1": "ac",
+        "ambiguous_chunk_1": "NNNNNNACGT",
+        "closed_chunk_1": "CTAGTTAATTAGTAC",
+        "ok_chunk_2": "atgaaacccggg",
+    }
+    chunks_path = tmp_path / "chunks.fa"
+    chunks_path.write_text("".join(f">{name}\n{sequence}\n" for name, sequence in chunks.items()))
+    nucleotide_path, protein_path, summary_path = tmp_path / "n.fa", tmp_path / "p.faa", tmp_path / "s.parquet"
+
+    result = identify_frames(chunks_path, nucleotide_path, protein_path, summary_path, 0.5)
+
+    expected = [(f"{name}{frame}", protein, nucleotide)
+                for name, sequence in chunks.items() if name.startswith("ok")
+                for frame, protein, nucleotide in oracle_frames(sequence)]
+    assert result == IdentificationResult(chunks=5, frames=len(expected))
+    assert [(r.id, r.sequence) for r in read_fasta_simple(nucleotide_path)] == [(i, n) for i, _, n in expected]
+    assert [(r.id, r.sequence) for r in read_fasta_simple(protein_path)] == [(i, p) for i, p, _ in expected]
+    summary = pq.read_table(summary_path)
+    assert summary.schema == CHUNK_SUMMARY_SCHEMA
+    assert summary.schema.names == ["chunk_id", "length", "ambiguous_bases", "frames", "reason"]
+    ok_frames = [len(oracle_frames(chunks["ok_chunk_1"])), len(oracle_frames(chunks["ok_chunk_2"]))]
+    assert summary.to_pydict() == {
+        "chunk_id": list(chunks),
+        "length": [15, 2, 10, 15, 12],
+        "ambiguous_bases": [1, 0, 6, 0, 0],
+        "frames": [ok_frames[0], 0, 0, 0, ok_frames[1]],
+        "reason": [None, REASON_TOO_SHORT, REASON_TOO_AMBIGUOUS, REASON_NO_STOP_FREE_FRAME, None],
+    }
+    assert summary.column("reason").type == pa.string()
+
+
+def test_identify_frames_does_not_depend_on_the_batch_size(data_dir, tmp_path):
+    with gzip.open(data_dir / "reads_1.fq.gz", "rt") as handle:
+        head = "".join(itertools.islice(handle, 4 * 500))
+    (tmp_path / "reads.fq").write_text(head)
+    chunks_path = tmp_path / "chunks.fa"
+    chunk_reads(tmp_path / "reads.fq", chunks_path, tmp_path / "reads.parquet", 300)
+    outputs = []
+    for batch_size in (1, 7, 100_000):
+        out = tmp_path / f"batch_{batch_size}"
+        identify_frames(chunks_path, out / "n.fa", out / "p.faa", out / "s.parquet", 0.5, batch_size=batch_size)
+        outputs.append([(out / name).read_bytes() for name in ("n.fa", "p.faa")]
+                       + [pq.read_table(out / "s.parquet").to_pydict()])
+    assert outputs[0] == outputs[1] == outputs[2]
+    frame_ids = [r.id for r in read_fasta_simple(tmp_path / "batch_1" / "n.fa")]
+    assert len(frame_ids) > 500 and len(set(frame_ids)) == len(frame_ids)
+    assert all(frame_id[-2:] in FRAME_NAMES for frame_id in frame_ids)
