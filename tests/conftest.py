@@ -3,13 +3,15 @@ real model formats built through the project's own writers."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# ../shared beside the checkout; VIRNUCPRO_SHARED points elsewhere (e.g. on a GPU machine)
+SHARED = Path(os.environ.get("VIRNUCPRO_SHARED", REPO.parent / "shared"))
 REFERENCE = SHARED / "reference" / "virnucpro_broad_tests"
 DATA = SHARED / "data"
 BUILTIN_MODELS = REPO / "resources" / "models"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.varlen import varlen_attn
 
 from virnucpro.models.checkpoint import assign_weights, load_checkpoint, weights_fingerprint
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
@@ -138,9 +139,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
     """Softmax(QK^T / sqrt(d)) V within each packed sequence; [T, heads, head_dim] in and out."""
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        from torch.nn.attention.varlen import varlen_attn
-
-        return varlen_attn(q, k, v, packed.cu_seqlens, packed.cu_seqlens, packed.max_len, packed.max_len)
+        return varlen_attn(q, k, v.contiguous(), packed.cu_seqlens, packed.cu_seqlens, packed.max_len, packed.max_len)
     return attention_within_sequences(q, k, v, packed)
 
 
