@@ -223,8 +223,8 @@ def main() -> None:
     def save():
         (args.out / "embedding_throughput.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    esm_benchmark(args.work, proteins, results["esm2_3b"], save)
     dnabert_benchmark(args.work, nucleotides, args.reference_frames, results["dnabert_s"], save)
+    esm_benchmark(args.work, proteins, results["esm2_3b"], save)
     print(json.dumps(results, indent=2))
 
 
