@@ -69,14 +69,16 @@ def make_models(work: Path) -> dict:
     return paths
 
 
-def run_workflow(work: Path, workload: Path, models: dict, gpus: int, compile_model: bool, cores: int) -> dict:
+def run_workflow(work: Path, workload: Path, models: dict, gpus: int, eager: bool, cores: int) -> dict:
     run_dir = work / f"run_{gpus}gpu"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["samples"] = {"bench": str(workload)}
     config["models"].update({key: str(path) for key, path in models.items()})
-    config["embedding"].update({"device": "cuda", "compile": compile_model, "gpu_lock_dir": str(run_dir / "locks")})
+    config["embedding"].update({"device": "cuda", "gpu_lock_dir": str(run_dir / "locks")})
+    if eager:
+        config["embedding"]["compile"] = False
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     environment = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, range(gpus))))
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
@@ -117,7 +119,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/virnucpro-e2e"))
     parser.add_argument("--reads", type=int, default=1_000_000)
     parser.add_argument("--gpus", type=int, nargs="+", default=[1])
-    parser.add_argument("--compile", action="store_true", help="embedding.compile: true")
+    parser.add_argument("--eager", action="store_true", help="embedding.compile: false")
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -137,7 +139,7 @@ def main() -> None:
                "workload": f"simulated with virnucpro.simulate, seed {args.seed}, half lambda, half Klebsiella",
                "preparation_seconds": preparation, "runs": []}
     for gpus in args.gpus:
-        run = run_workflow(args.work, workload, models, gpus, args.compile, args.cores)
+        run = run_workflow(args.work, workload, models, gpus, args.eager, args.cores)
         run["stages"] = stage_seconds(Path(run["directory"]))
         summary["runs"].append(run)
         for name in ("timing_report.md", "timing_report.tsv"):

@@ -67,13 +67,15 @@ def _architecture(model: torch.nn.Module) -> str:
 def load_embedder(kind: str, path: str | os.PathLike, device: torch.device, compile_model: bool = False) -> Embedder:
     """Load a model for `device`: bf16 weights on a GPU, float32 on the CPU.
 
-    `compile_model` applies torch.compile to ESM-2's layers on a GPU (see `ESM2.compile_layers`).
+    `compile_model` applies torch.compile to the model's layers on a GPU (`compile_layers`).
     """
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if kind == "dnabert_s":
         from virnucpro.models.dnabert_s import load_dnabert_s
 
         model, tokenizer = load_dnabert_s(path, device, dtype)
+        if compile_model and device.type == "cuda":
+            model.compile_layers()
         return Embedder(kind, model, tokenizer.encode, tokenizer.pad_id, os.fspath(path))
     if kind == "esm2":
         from virnucpro.models.esm2 import PAD, load_esm2, tokenize
@@ -137,17 +139,21 @@ def plan_batches(token_counts: np.ndarray, token_budget: int) -> list[np.ndarray
 
 
 def _packed_batches(sequences: list[str], tokenize, pad_id: int, token_budget: int, pin: bool,
-                    window: int = 16384) -> Iterator[tuple[torch.Tensor, PackedSequences]]:
+                    max_window: int = 16384) -> Iterator[tuple[torch.Tensor, PackedSequences]]:
     """Tokenize `sequences` window by window and yield (sequence indices, packed batch).
 
-    Tokenized sequences that do not fill a whole batch wait for the next window, so that every
-    batch but the last is as full as the budget allows.
+    Windows start small, so that the GPU gets its first batch soon, and double up to
+    `max_window`. Tokenized sequences that do not fill a whole batch wait for the next window, so
+    that every batch but the last is as full as the budget allows.
     """
     pending_tokens: list[np.ndarray] = []
     pending_index = 0
-    for window_start in range(0, len(sequences), window):
+    window_start, window = 0, 1024
+    while window_start < len(sequences):
         pending_tokens.extend(tokenize(sequences[window_start : window_start + window]))
-        last_window = window_start + window >= len(sequences)
+        window_start += window
+        window = min(2 * window, max_window)
+        last_window = window_start >= len(sequences)
         counts = np.fromiter((len(t) for t in pending_tokens), dtype=np.int64, count=len(pending_tokens))
         batches = plan_batches(counts, token_budget)
         if not last_window:
@@ -287,6 +293,6 @@ def run_embedding_job(kind: str, model_path, fasta_path, output_path, device_set
             **stats.as_dict(), "model": embedder.identity(), "model_load_seconds": load_seconds,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "compute_dtype": str(next(embedder.model.parameters()).dtype).removeprefix("torch."),
-            "compiled": compile_model and kind == "esm2" and device.type == "cuda",
+            "compiled": compile_model and device.type == "cuda",
         }
         telemetry.gpu = monitor.summary() if monitor is not None else None

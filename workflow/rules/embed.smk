@@ -12,7 +12,7 @@ rule embed_dnabert_s:
         kind="dnabert_s",
         device=config["embedding"]["device"],
         token_budget=token_budget("dnabert_s"),
-        compile=False,
+        compile=config["embedding"]["compile"],
         lock_dir=config["embedding"]["gpu_lock_dir"],
     threads: 4
     resources:
