@@ -22,9 +22,9 @@ from torch.profiler import ProfilerActivity, profile
 from embedding_throughput import realistic_frames
 from virnucpro.embedding import embed_sequences, load_embedder
 
-CATEGORIES = (  # first match wins
-    ("matrix multiply", ("gemm", "cutlass", "xmma", "nvjet", "sm90_", "cublas")),
+CATEGORIES = (  # first match wins (attention kernels have "cutlass" in their names too)
     ("attention", ("flash", "fmha", "attention", "efficient")),
+    ("matrix multiply", ("gemm", "cutlass", "xmma", "nvjet", "sm90_", "cublas")),
     ("fused element-wise (torch.compile)", ("triton",)),
     ("layer norm", ("layer_norm", "layernorm")),
     ("pooling and indexing", ("segment", "index", "scatter", "gather")),

@@ -123,3 +123,34 @@ def test_identity_describes_the_loaded_model(embedders, esm2_checkpoint, dnabert
 def test_unknown_model_kind_is_refused(esm2_checkpoint):
     with pytest.raises(ValueError, match="unknown embedding model kind"):
         load_embedder("prot_t5", esm2_checkpoint, CPU)
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_token_counts_and_packing_efficiency_count_real_tokens_only(kind, embedders, lambda_frames):
+    embedder = embedders[kind]
+    sequences = sequences_for(kind, lambda_frames)
+    real_tokens = sum(len(tokens) for tokens in embedder.tokenize(list(dict.fromkeys(sequences))))
+    _, stats = embed_sequences(embedder, sequences, CPU, token_budget=600)
+    assert stats.tokens == real_tokens
+    assert 0 <= stats.padding_tokens < 64 * stats.batches
+    assert (stats.tokens + stats.padding_tokens) % 64 == 0  # every batch rounded up to 64 tokens
+    assert stats.as_dict()["packing_efficiency"] == pytest.approx(np.mean(stats.batch_fill))
+    assert all(0 < fill <= 1 for fill in stats.batch_fill)
+    assert sum(fill * stats.token_budget for fill in stats.batch_fill) == pytest.approx(real_tokens)
+
+
+def test_a_batch_that_runs_out_of_memory_is_split_and_the_job_goes_on(embedders, lambda_frames, monkeypatch):
+    embedder = embedders["esm2"]
+    sequences = sequences_for("esm2", lambda_frames)
+    expected, _ = embed_sequences(embedder, sequences, CPU, token_budget=4096)
+    original_embed = embedder.model.embed
+
+    def embed_with_small_memory(packed):
+        if packed.num_tokens > 700:
+            raise torch.OutOfMemoryError("simulated: batch too large")
+        return original_embed(packed)
+
+    monkeypatch.setattr(embedder.model, "embed", embed_with_small_memory)
+    embeddings, stats = embed_sequences(embedder, sequences, CPU, token_budget=4096)
+    assert stats.oom_splits >= 1
+    np.testing.assert_allclose(embeddings, expected, atol=1e-5, rtol=1e-5)

@@ -101,7 +101,8 @@ def default_token_budget(embedder: Embedder, device: torch.device) -> int:
 class EmbeddingStats:
     sequences: int = 0
     unique_sequences: int = 0
-    tokens: int = 0
+    tokens: int = 0  # real tokens of the unique sequences, [CLS]/[SEP] or BOS/EOS included
+    padding_tokens: int = 0  # tokens of the dummy sequences that round batches up
     batches: int = 0
     token_budget: int = 0
     oom_splits: int = 0
@@ -114,7 +115,8 @@ class EmbeddingStats:
         packing = float(np.mean(self.batch_fill)) if self.batch_fill else None
         return {
             "sequences": self.sequences, "unique_sequences": self.unique_sequences, "tokens": self.tokens,
-            "batches": self.batches, "token_budget": self.token_budget, "oom_splits": self.oom_splits,
+            "padding_tokens": self.padding_tokens, "batches": self.batches, "token_budget": self.token_budget,
+            "oom_splits": self.oom_splits,
             "packing_efficiency": packing,
             "tokens_per_second_compute": self.tokens / self.compute_seconds if self.compute_seconds else None,
             "data_wait_seconds": self.wait_seconds, "compute_seconds": self.compute_seconds,
@@ -240,8 +242,10 @@ def embed_sequences(embedder: Embedder, sequences: list[str], device: torch.devi
         for indices, packed in batches:
             stats.wait_seconds += time.perf_counter() - waited
             stats.batches += 1
-            stats.tokens += packed.num_tokens
-            stats.batch_fill.append(min(1.0, packed.num_tokens / stats.token_budget))
+            real_tokens = packed.num_tokens - packed.padding_tokens
+            stats.tokens += real_tokens
+            stats.padding_tokens += packed.padding_tokens
+            stats.batch_fill.append(min(1.0, real_tokens / stats.token_budget))
             packed = packed.to(device, non_blocking=cuda)
             started = _event(cuda)
             pooled = run(packed)

@@ -38,6 +38,7 @@ class PackedSequences:
     lengths: torch.Tensor  # [B] tokens per sequence
     max_len: int
     groups: list[LengthGroup]
+    padding_tokens: int = 0  # tokens of the trailing dummy sequence, if any
 
     @classmethod
     def from_token_lists(cls, token_lists: list[np.ndarray], pad_id: int | None = None,
@@ -45,8 +46,9 @@ class PackedSequences:
         """Pack `token_lists`; with `pad_id`, a dummy sequence of it tops the batch up to a multiple
         of `multiple` tokens (it comes last, and its pooled row is to be ignored)."""
         remainder = sum(len(t) for t in token_lists) % multiple
-        if pad_id is not None and remainder:
-            token_lists = [*token_lists, np.full(multiple - remainder, pad_id, dtype=np.int64)]
+        padding = multiple - remainder if pad_id is not None and remainder else 0
+        if padding:
+            token_lists = [*token_lists, np.full(padding, pad_id, dtype=np.int64)]
         lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
         starts = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=starts[1:])
@@ -62,6 +64,7 @@ class PackedSequences:
             lengths=torch.from_numpy(lengths),
             max_len=int(lengths.max()),
             groups=groups,
+            padding_tokens=padding,
         )
 
     @property
@@ -75,7 +78,8 @@ class PackedSequences:
     def _map(self, function) -> PackedSequences:
         return PackedSequences(function(self.tokens), function(self.cu_seqlens), function(self.positions),
                                function(self.segments), function(self.lengths), self.max_len,
-                               [LengthGroup(g.length, function(g.token_index)) for g in self.groups])
+                               [LengthGroup(g.length, function(g.token_index)) for g in self.groups],
+                               self.padding_tokens)
 
     def pin_memory(self) -> PackedSequences:
         return self._map(torch.Tensor.pin_memory)
