@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -31,13 +32,13 @@ def original_protein_table(reference_dir) -> FeatureTable:
 def test_merge_reproduces_the_original_merged_features(reference_dir, tmp_path):
     nucleotide, protein = original_nucleotide_table(reference_dir), original_protein_table(reference_dir)
     assert nucleotide.ids != protein.ids  # the original wrote them in different orders
-    write_features(tmp_path / "nucleotide.parquet", nucleotide)
-    write_features(tmp_path / "protein.parquet", protein)
+    write_features(tmp_path / "nucleotide.arrow", nucleotide)
+    write_features(tmp_path / "protein.arrow", protein)
 
-    rows = merge_feature_files(tmp_path / "nucleotide.parquet", tmp_path / "protein.parquet",
-                               tmp_path / "merged.parquet")
+    rows = merge_feature_files(tmp_path / "nucleotide.arrow", tmp_path / "protein.arrow",
+                               tmp_path / "merged.arrow")
 
-    merged = read_features(tmp_path / "merged.parquet")
+    merged = read_features(tmp_path / "merged.arrow")
     original = torch.load(reference_dir / "output_1_merged.pt", weights_only=False)
     assert rows == len(original["ids"]) == 4
     assert merged.ids == list(original["ids"])
@@ -45,22 +46,22 @@ def test_merge_reproduces_the_original_merged_features(reference_dir, tmp_path):
     assert merged.vectors.shape == (4, 3328)
     assert np.array_equal(merged.vectors, original["data"].numpy())
     assert merged.models == [DNABERT_IDENTITY, ESM2_IDENTITY]
-    assert pq.read_schema(tmp_path / "merged.parquet").names == ["id", "features"]
+    assert pa.ipc.open_file(str(tmp_path / "merged.arrow")).schema.names == ["id", "features"]
 
 
 def test_write_and_read_features_round_trip(tmp_path):
     vectors = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
     table = FeatureTable(["a", "b", "c", "d", "e"], vectors, [DNABERT_IDENTITY])
-    write_features(tmp_path / "t.parquet", table)
-    back = read_features(tmp_path / "t.parquet")
+    write_features(tmp_path / "t.arrow", table)
+    back = read_features(tmp_path / "t.arrow")
     assert back.ids == table.ids
     assert np.array_equal(back.vectors, vectors)
     assert back.models == [DNABERT_IDENTITY]
 
 
 def test_empty_feature_table_round_trip(tmp_path):
-    write_features(tmp_path / "empty.parquet", FeatureTable([], np.empty((0, 7), dtype=np.float32), [ESM2_IDENTITY]))
-    back = read_features(tmp_path / "empty.parquet")
+    write_features(tmp_path / "empty.arrow", FeatureTable([], np.empty((0, 7), dtype=np.float32), [ESM2_IDENTITY]))
+    back = read_features(tmp_path / "empty.arrow")
     assert back.ids == []
     assert back.vectors.shape == (0, 7)
 
@@ -113,15 +114,15 @@ def test_frame_probabilities_refuse_features_of_the_wrong_size():
 def test_predict_frames_writes_scores_per_frame(reference_dir, tmp_path):
     nucleotide, protein = original_nucleotide_table(reference_dir), original_protein_table(reference_dir)
     merged = merge_features(nucleotide, protein)
-    write_features(tmp_path / "merged.parquet", merged, column="features")
+    write_features(tmp_path / "merged.arrow", merged, column="features")
     model = trained_looking_classifier(3328, seed=5)
     seen_models = []
 
-    rows = predict_frames(model, tmp_path / "merged.parquet", tmp_path / "frames.parquet", seen_models.append)
+    rows = predict_frames(model, tmp_path / "merged.arrow", tmp_path / "frames.arrow", seen_models.append)
 
     assert rows == 4
     assert seen_models == [[DNABERT_IDENTITY, ESM2_IDENTITY]]
-    table = pq.read_table(tmp_path / "frames.parquet")
+    table = pq.read_table(tmp_path / "frames.arrow")
     assert table.column_names == ["id", "score_others", "score_virus"]
     assert table.column("id").to_pylist() == merged.ids
     with torch.no_grad():
@@ -132,12 +133,12 @@ def test_predict_frames_writes_scores_per_frame(reference_dir, tmp_path):
 
 def test_predict_frames_stops_when_the_models_are_refused(reference_dir, tmp_path):
     merged = merge_features(original_nucleotide_table(reference_dir), original_protein_table(reference_dir))
-    write_features(tmp_path / "merged.parquet", merged, column="features")
+    write_features(tmp_path / "merged.arrow", merged, column="features")
 
     def refuse(models):
         raise ValueError("features from other models")
 
     with pytest.raises(ValueError, match="other models"):
-        predict_frames(trained_looking_classifier(3328, seed=5), tmp_path / "merged.parquet",
-                       tmp_path / "frames.parquet", refuse)
-    assert not (tmp_path / "frames.parquet").exists()
+        predict_frames(trained_looking_classifier(3328, seed=5), tmp_path / "merged.arrow",
+                       tmp_path / "frames.arrow", refuse)
+    assert not (tmp_path / "frames.arrow").exists()

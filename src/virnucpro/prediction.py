@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from virnucpro.features import read_features
+from virnucpro.features import feature_batches
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.sequence_io import atomic_path
 
@@ -44,11 +44,15 @@ def frame_probabilities(model: MLPClassifier, features: np.ndarray, batch_size: 
 def predict_frames(model: MLPClassifier, features_path: str | os.PathLike, output_path: str | os.PathLike,
                    check_models) -> int:
     """Classify the frames of one merged feature shard; `check_models(models)` vets its provenance."""
-    features = read_features(features_path)
-    check_models(features.models)
-    probabilities = frame_probabilities(model, features.vectors)
-    table = pa.table({"id": features.ids, "score_others": probabilities[:, 0], "score_virus": probabilities[:, 1]},
+    models, _, blocks = feature_batches(features_path)
+    check_models(models)
+    ids, probabilities = [], []
+    for block_ids, vectors in blocks:
+        ids += block_ids
+        probabilities.append(frame_probabilities(model, vectors))
+    probabilities = np.concatenate(probabilities) if probabilities else np.empty((0, 2), dtype=np.float32)
+    table = pa.table({"id": ids, "score_others": probabilities[:, 0], "score_virus": probabilities[:, 1]},
                      schema=FRAME_PREDICTION_SCHEMA)
     with atomic_path(output_path) as temporary:
         pq.write_table(table, temporary)
-    return len(features.ids)
+    return len(ids)

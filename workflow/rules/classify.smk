@@ -3,10 +3,10 @@
 
 rule merge_features:
     input:
-        nucleotide="results/{sample}/features/dnabert_s/{shard}.parquet",
-        protein="results/{sample}/features/esm2/{shard}.parquet",
+        nucleotide="results/{sample}/features/dnabert_s/{shard}.arrow",
+        protein="results/{sample}/features/esm2/{shard}.arrow",
     output:
-        features="results/{sample}/features/merged/{shard}.parquet",
+        features="results/{sample}/features/merged/{shard}.arrow",
     log:
         log="results/logs/merge_features/{sample}.{shard}.log",
         telemetry="results/telemetry/merge_features/{sample}.{shard}.json",
@@ -20,14 +20,14 @@ rule merge_features:
 
 rule predict_frames:
     input:
-        features="results/{sample}/features/merged/{shard}.parquet",
+        features="results/{sample}/features/merged/{shard}.arrow",
         classifier=CLASSIFIER,
     output:
         predictions="results/{sample}/frame_predictions/{shard}.parquet",
     params:
         expected_length=EXPECTED_LENGTH,
         classifier_expected_length=config["models"]["classifier_expected_length"],
-    threads: 2
+    threads: 8
     log:
         log="results/logs/predict_frames/{sample}.{shard}.log",
         telemetry="results/telemetry/predict_frames/{sample}.{shard}.json",

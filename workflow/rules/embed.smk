@@ -7,7 +7,7 @@ rule embed_dnabert_s:
         records="results/{sample}/shards/nucleotide/{shard}.fa",
         model=config["models"]["dnabert_s"],
     output:
-        features=temp("results/{sample}/features/dnabert_s/{shard}.parquet"),
+        features=temp("results/{sample}/features/dnabert_s/{shard}.arrow"),
     params:
         kind="dnabert_s",
         device=config["embedding"]["device"],
@@ -33,7 +33,7 @@ rule embed_esm2:
         records="results/{sample}/shards/protein/{shard}.faa",
         model=config["models"]["esm2"],
     output:
-        features=temp("results/{sample}/features/esm2/{shard}.parquet"),
+        features=temp("results/{sample}/features/esm2/{shard}.arrow"),
     params:
         kind="esm2",
         device=config["embedding"]["device"],
