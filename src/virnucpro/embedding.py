@@ -296,6 +296,7 @@ def run_embedding_job(kind: str, model_path, fasta_path, output_path, device_set
         telemetry.details = {
             **stats.as_dict(), "model": embedder.identity(), "model_load_seconds": load_seconds,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "leased_gpu": lease.gpu.lock_key if lease.gpu else None,
             "compute_dtype": str(next(embedder.model.parameters()).dtype).removeprefix("torch."),
             "compiled": compile_model and device.type == "cuda",
         }
