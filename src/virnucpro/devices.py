@@ -58,10 +58,8 @@ def _nvml_uuids() -> list[str] | None:
         return None
 
 
-def gpu_candidates(visible: str | None = None, uuids: list[str] | None = None) -> list[GpuCandidate]:
+def gpu_candidates(visible: str | None, uuids: list[str]) -> list[GpuCandidate]:
     """The GPUs this job may use, from CUDA_VISIBLE_DEVICES (`visible`) and NVML's UUIDs."""
-    if uuids is None:
-        uuids = _nvml_uuids() or []
     if visible is None:
         return [GpuCandidate(str(index), uuid) for index, uuid in enumerate(uuids)]
     candidates = []
@@ -100,7 +98,13 @@ def lease_device(setting: str, lock_dir: str | os.PathLike, poll_seconds: float 
     """
     if setting not in DEVICE_SETTINGS:
         raise ValueError(f"device must be one of {DEVICE_SETTINGS}, got '{setting}'")
-    candidates = [] if setting == "cpu" else gpu_candidates(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    uuids = None if setting == "cpu" else _nvml_uuids()
+    # Without NVML there is no usable GPU driver; "auto" then runs on the CPU even where a
+    # scheduler has set CUDA_VISIBLE_DEVICES, while "cuda" trusts that variable.
+    if setting == "cpu" or (setting == "auto" and not uuids):
+        candidates = []
+    else:
+        candidates = gpu_candidates(os.environ.get("CUDA_VISIBLE_DEVICES"), uuids or [])
     if not candidates:
         if setting == "cuda":
             raise RuntimeError("embedding.device is 'cuda' but no GPU is visible to this job")
