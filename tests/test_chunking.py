@@ -128,7 +128,7 @@ def test_read_manifest_and_chunk_file(tmp_path):
     input_path = write_fasta_lines(
         tmp_path / "reads.fa",
         [">long first read", *(long_read[i : i + 70] for i in range(0, 640, 70)),
-         ">empty", ">short", short_read[:150], short_read[150:]],
+         ">empty", ">short placed origin=NC_001416.1:1234", short_read[:150], short_read[150:]],
     )
     chunks_path, manifest_path = tmp_path / "out" / "chunks.fa", tmp_path / "out" / "reads.parquet"
 
@@ -143,6 +143,8 @@ def test_read_manifest_and_chunk_file(tmp_path):
         "length": [640, 0, 300],
         "ambiguous_bases": [5, 0, 0],
         "chunks": [3, 0, 1],
+        "origin_sequence": [None, None, "NC_001416.1"],
+        "origin_position": [None, None, 1234],
     }
     chunks = list(read_fasta_simple(chunks_path))
     assert [c.id for c in chunks] == ["long_chunk_1", "long_chunk_2", "long_chunk_3", "short_chunk_1"]
@@ -186,3 +188,10 @@ def test_lambda_genome_chunks_back_into_the_genome(data_dir, tmp_path):
         assert joined.endswith(chunk.sequence[:overlap])
         joined += chunk.sequence[overlap:]
     assert joined == genome.sequence
+
+
+def test_a_malformed_origin_is_an_input_error(tmp_path):
+    input_path = write_fasta_lines(tmp_path / "reads.fa", [">r1 origin=lambda", "ACGT"])
+    with pytest.raises(InputError, match="reads.fa, record 'r1': origin must be <sequence>:<1-based position>"):
+        chunk_reads(input_path, tmp_path / "c.fa", tmp_path / "m.parquet", 300)
+    assert not (tmp_path / "c.fa").exists()

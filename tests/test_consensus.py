@@ -53,7 +53,9 @@ def test_frame_label_is_virus_only_when_score2_is_larger(tmp_path):
 
 def manifest(rows):
     columns = ["read_index", "read_id", "length", "ambiguous_bases", "chunks"]
-    return pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}, schema=READ_MANIFEST_SCHEMA)
+    table = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
+    table.update(origin_sequence=[None] * len(rows), origin_position=[None] * len(rows))
+    return pa.table(table, schema=READ_MANIFEST_SCHEMA)
 
 
 def chunk_summary(rows):

@@ -12,17 +12,22 @@ original tool base for base:
 
 When `extra` exceeds n - 1 every gap gets lower + 1, the overlaps add up to less than `repeat`, and
 the last chunk runs past the end of the sequence; it is then simply shorter than `size`.
+
+A read placed on a reference (for training, where held-out genome regions must stay held out) may
+say where it comes from with `origin=<sequence>:<position>` in its header (1-based position of its
+leftmost base); the manifest keeps it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from virnucpro.sequence_io import atomic_output, atomic_path, read_sequences, write_fasta_record
+from virnucpro.sequence_io import InputError, atomic_output, atomic_path, read_sequences, write_fasta_record
 
 CHUNK_FASTA_LINE_WIDTH = 60  # VirNucPro writes chunks with Biopython, which wraps at 60
 
@@ -33,8 +38,12 @@ READ_MANIFEST_SCHEMA = pa.schema(
         ("length", pa.int64()),
         ("ambiguous_bases", pa.int64()),
         ("chunks", pa.int32()),
+        ("origin_sequence", pa.string()),
+        ("origin_position", pa.int64()),
     ]
 )
+_ORIGIN = re.compile(r"(?:^|\s)origin=(\S+)")
+_ORIGIN_VALUE = re.compile(r"(\S+):([1-9]\d*)")
 
 
 def chunk_starts(length: int, size: int) -> list[int]:
@@ -57,6 +66,17 @@ def chunk_starts(length: int, size: int) -> list[int]:
 def chunk_sequence(sequence: str, size: int) -> list[str]:
     """The chunks of `sequence`, in order."""
     return [sequence[start : start + size] for start in chunk_starts(len(sequence), size)]
+
+
+def parse_origin(description: str) -> tuple[str | None, int | None]:
+    """`origin=<sequence>:<position>` from a header, or (None, None); raises ValueError if malformed."""
+    found = _ORIGIN.search(description)
+    if not found:
+        return None, None
+    value = _ORIGIN_VALUE.fullmatch(found.group(1))
+    if not value:
+        raise ValueError(f"origin must be <sequence>:<1-based position>, got '{found.group(1)}'")
+    return value.group(1), int(value.group(2))
 
 
 def _count_acgt(sequence: str) -> int:
@@ -93,6 +113,12 @@ def chunk_reads(input_path: str | os.PathLike, chunks_path: str | os.PathLike,
             columns["length"].append(len(record.sequence))
             columns["ambiguous_bases"].append(len(record.sequence) - _count_acgt(record.sequence))
             columns["chunks"].append(len(pieces))
+            try:
+                origin = parse_origin(record.description)
+            except ValueError as error:
+                raise InputError(input_path, str(error), record=record.id) from None
+            columns["origin_sequence"].append(origin[0])
+            columns["origin_position"].append(origin[1])
             total_chunks += len(pieces)
             total_bases += len(record.sequence)
     with atomic_path(manifest_path) as temporary:

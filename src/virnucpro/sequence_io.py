@@ -14,7 +14,7 @@ import lzma
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Nucleotides and the IUPAC ambiguity codes, in both cases. U is accepted and read as T.
@@ -44,6 +44,7 @@ class InputError(ValueError):
 class SequenceRecord:
     id: str
     sequence: str
+    description: str = field(default="", compare=False)  # the header after the ID
 
 
 def open_text(path: str | os.PathLike) -> io.TextIOBase:
@@ -95,11 +96,11 @@ def _first_content_line(handle: io.TextIOBase) -> tuple[int, str | None]:
     return 0, None
 
 
-def _record_id(path, header: str, line: int) -> str:
-    words = header[1:].split()
+def _parse_header(path, header: str, line: int) -> tuple[str, str]:
+    words = header[1:].split(maxsplit=1)
     if not words:
         raise InputError(path, "header has no sequence ID", line=line)
-    return words[0]
+    return words[0], words[1].strip() if len(words) > 1 else ""
 
 
 def _checked_sequence(path, record_id: str, sequence: str) -> str:
@@ -113,17 +114,17 @@ def _checked_sequence(path, record_id: str, sequence: str) -> str:
 
 
 def _parse_fasta(path, handle, first: str, first_line: int) -> Iterator[SequenceRecord]:
-    record_id = _record_id(path, first, first_line)
+    record_id, description = _parse_header(path, first, first_line)
     parts: list[str] = []
     for number, line in enumerate(handle, start=first_line + 1):
         line = line.strip()
         if line.startswith(">"):
-            yield SequenceRecord(record_id, _checked_sequence(path, record_id, "".join(parts)))
-            record_id = _record_id(path, line, number)
+            yield SequenceRecord(record_id, _checked_sequence(path, record_id, "".join(parts)), description)
+            record_id, description = _parse_header(path, line, number)
             parts = []
         elif line:
             parts.append(line)
-    yield SequenceRecord(record_id, _checked_sequence(path, record_id, "".join(parts)))
+    yield SequenceRecord(record_id, _checked_sequence(path, record_id, "".join(parts)), description)
 
 
 def _parse_fastq(path, handle, first: str, first_line: int) -> Iterator[SequenceRecord]:
@@ -132,7 +133,7 @@ def _parse_fastq(path, handle, first: str, first_line: int) -> Iterator[Sequence
     while header is not None:
         if not header.startswith("@"):
             raise InputError(path, "FASTQ record header must start with '@'", line=number)
-        record_id = _record_id(path, header, number)
+        record_id, description = _parse_header(path, header, number)
         sequence = next(lines, "").strip()
         plus = next(lines, "")
         quality = next(lines, "").strip()
@@ -140,7 +141,7 @@ def _parse_fastq(path, handle, first: str, first_line: int) -> Iterator[Sequence
             raise InputError(path, "FASTQ record is truncated or has no '+' line", record=record_id)
         if len(quality) != len(sequence):
             raise InputError(path, "FASTQ quality string and sequence differ in length", record=record_id)
-        yield SequenceRecord(record_id, _checked_sequence(path, record_id, sequence))
+        yield SequenceRecord(record_id, _checked_sequence(path, record_id, sequence), description)
         number += 4
         header = None
         for line in lines:
