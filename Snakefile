@@ -2,6 +2,7 @@
 #
 #   snakemake --cores 16 --resources gpu=1                     # the built-in demo
 #   snakemake --cores 16 --resources gpu=1 --config input=reads.fa expected_length=500
+#   snakemake --cores 16 --resources gpu=1 train             # train a classifier (config: training)
 
 from snakemake.utils import min_version
 
@@ -16,6 +17,7 @@ include: "workflow/rules/prepare.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:

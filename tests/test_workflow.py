@@ -184,3 +184,35 @@ def test_input_on_the_command_line_names_the_sample(tmp_path):
 def test_workflow_passes_lint():
     result = subprocess.run(SNAKEMAKE + ["--lint"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_train_target_makes_a_classifier_that_the_prediction_run_accepts(tmp_path, data_dir):
+    """Stages 1-7 on labelled sequences, then training; the model then classifies reads."""
+    from virnucpro.sequence_io import read_sequences
+
+    host = next(read_sequences(data_dir / "Klebs_HS11286.fna.xz"))
+    (tmp_path / "host.fa").write_text(f">{host.id}\n{host.sequence[:150_000]}\n")
+    (tmp_path / "training.tsv").write_text(
+        "name\tpath\tlabel\n"
+        f"lambda\t{data_dir / 'lambda_virus.fa.gz'}\tviral\n"
+        f"kpn\t{tmp_path / 'host.fa'}\thost\n")
+    reads = write_input(tmp_path / "reads.fa", data_dir, reads=5)
+    config = write_config(tmp_path, tmp_path / "reads.fa")
+    settings = yaml.safe_load(config.read_text())
+    settings["training"].update(inputs=str(tmp_path / "training.tsv"), max_epochs=5, patience=2)
+    config.write_text(yaml.safe_dump(settings))
+
+    run_workflow(tmp_path, config, "train")
+    trained = tmp_path / "results/training/expected_length_300"
+    held_out = (trained / "held_out_regions.tsv").read_text().splitlines()[1:]
+    assert {line.split("\t")[1] for line in held_out} == {"viral", "host"}
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["metrics"]["frames"]["n"] > 0 and metrics["inputs"][0]["frames"] > 0
+    assert "ROC AUC" in (trained / "report.md").read_text()
+
+    settings["models"]["classifier"] = str(trained / "classifier.pt")
+    config.write_text(yaml.safe_dump(settings))
+    run_workflow(tmp_path, config)
+    table = pq.read_table(tmp_path / "results/reads/read_predictions.parquet")
+    assert table.column("read_id").to_pylist() == reads
+    assert set(table.column("classifier").to_pylist()) == {str(trained / "classifier.pt")}

@@ -40,3 +40,24 @@ def resolve_shard_count(setting: int | str, gpus: int | None) -> int:
 
 def resolve_classifier_path(config: dict) -> str:
     return config["models"]["classifier"].format(expected_length=config["expected_length"])
+
+
+def read_training_inputs(path: str) -> list[dict]:
+    """The labelled inputs of the `train` target: rows of name, path, label (viral or host)."""
+    import csv
+
+    from virnucpro.training import LABELS
+
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    if not rows or set(rows[0]) != {"name", "path", "label"}:
+        raise ValueError(f"{path}: a training table needs the tab-separated columns name, path, label")
+    for number, row in enumerate(rows, start=2):
+        if not _SAMPLE_NAME.match(row["name"] or ""):
+            raise ValueError(f"{path}, line {number}: name '{row['name']}' may only use letters, digits, '_' and '-'")
+        if row["label"] not in LABELS:
+            raise ValueError(f"{path}, line {number}: label must be one of {sorted(LABELS)}, got '{row['label']}'")
+    names = [row["name"] for row in rows]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: training input names must be unique")
+    return rows

@@ -3,6 +3,7 @@ from snakemake.utils import validate
 from virnucpro.report import STAGES
 from virnucpro.sharding import shard_names
 from virnucpro.workflow_config import (
+    read_training_inputs,
     resolve_classifier_path,
     resolve_samples,
     resolve_shard_count,
@@ -12,6 +13,12 @@ from virnucpro.workflow_config import (
 validate(config, "../schemas/config.schema.yaml")
 
 SAMPLES = resolve_samples(config)
+TRAINING_INPUTS = read_training_inputs(config["training"]["inputs"])
+clashes = set(SAMPLES) & {row["name"] for row in TRAINING_INPUTS}
+if clashes:
+    raise ValueError(f"config: samples and training inputs share names {sorted(clashes)}")
+# Every sequence file the stages 1-7 may process, prediction samples and training inputs alike.
+INPUTS = {**SAMPLES, **{row["name"]: row["path"] for row in TRAINING_INPUTS}}
 EXPECTED_LENGTH = config["expected_length"]
 GPUS_GRANTED = workflow.global_resources.get("gpu")  # --resources gpu=N, if given
 SHARDS = shard_names(
@@ -30,7 +37,7 @@ wildcard_constraints:
 
 
 def sample_input(wildcards):
-    return SAMPLES[wildcards.sample]
+    return INPUTS[wildcards.sample]
 
 
 def token_budget(kind):

@@ -1,0 +1,155 @@
+"""Training: region-grouped split, class balance, the MLP recipe, metrics, the saved classifier."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from virnucpro.chunking import READ_MANIFEST_SCHEMA
+from virnucpro.features import FeatureTable, write_features
+from virnucpro.models.classifier import check_compatible, load_classifier
+from virnucpro.training import (
+    Hyperparameters,
+    balanced,
+    binary_metrics,
+    frame_regions,
+    roc_curve,
+    run_training,
+    split_by_group,
+    train_mlp,
+)
+
+
+def test_auc_counts_ties_as_half():
+    labels = np.array([1, 0, 1, 0])
+    scores = np.array([0.9, 0.8, 0.8, 0.1])
+    fpr, tpr = roc_curve(labels, scores)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(3.5 / 4)  # pairs: 1 + 1 + 0.5 + 1 of 4
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+
+
+def test_binary_metrics_of_a_known_confusion_matrix():
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    predicted = np.array([1, 1, 0, 1, 0, 0, 0, 0])  # tp 2, fn 1, fp 1, tn 4
+    metrics = binary_metrics(labels, predicted, predicted.astype(float))
+    assert metrics["accuracy"] == pytest.approx(6 / 8)
+    assert metrics["precision"] == pytest.approx(2 / 3)
+    assert metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["f1"] == pytest.approx(2 / 3)
+
+
+def test_split_keeps_every_group_on_one_side_per_label_and_is_seeded():
+    rng = np.random.default_rng(0)
+    groups = [f"g{rng.integers(40)}" for _ in range(2000)]
+    labels = np.array([int(g[1:]) % 2 for g in groups])
+    held_out = split_by_group(groups, labels, 0.25, seed=3)
+    for group in set(groups):
+        sides = {bool(held_out[i]) for i, g in enumerate(groups) if g == group}
+        assert len(sides) == 1
+    for label in (0, 1):
+        share = held_out[labels == label].mean()
+        assert 0.1 < share <= 0.35
+    assert np.array_equal(held_out, split_by_group(groups, labels, 0.25, seed=3))
+    assert not np.array_equal(held_out, split_by_group(groups, labels, 0.25, seed=4))
+
+
+def test_a_groups_side_does_not_depend_on_the_other_groups():
+    """Chunking at 300 or 500 bp covers slightly different regions; the held-out ones must agree."""
+    groups = [f"chromosome:{i}" for i in range(300)]
+    labels = np.zeros(300, dtype=np.int64)
+    all_regions = split_by_group(groups, labels, 0.2, seed=42)
+    some_regions = split_by_group(groups[::3], labels[::3], 0.2, seed=42)
+    assert np.array_equal(all_regions[::3], some_regions)
+
+
+def test_balanced_subsamples_the_larger_class():
+    labels = np.array([0] * 90 + [1] * 10)
+    chosen = balanced(np.arange(100), labels, seed=1)
+    assert (labels[chosen] == 0).sum() == (labels[chosen] == 1).sum() == 10
+    assert set(np.flatnonzero(labels == 1)) <= set(chosen)
+
+
+def manifest(rows):
+    columns = ["read_index", "read_id", "length", "ambiguous_bases", "chunks", "origin_sequence", "origin_position"]
+    return pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}, schema=READ_MANIFEST_SCHEMA)
+
+
+def test_regions_come_from_chunk_positions_or_a_reads_declared_origin():
+    reads = manifest([
+        (0, "genome", 25_000, 0, 84, None, None),
+        (1, "read", 150, 0, 1, "genome", 12_001),
+    ])
+    frames = ["genome_chunk_1F1", "genome_chunk_40R2", "genome_chunk_84F3", "read_chunk_1F1"]
+    # chunk 40 starts near 39 * 300 - overlaps = 11,6xx, its middle in region 1 of 10,000
+    assert frame_regions(reads, frames, 300, 10_000) == ["genome:0", "genome:1", "genome:2", "genome:1"]
+
+
+def test_the_recipe_learns_a_separable_problem_and_keeps_its_best_epoch():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 16)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * x[:, 1] > 0).astype(np.int64)
+    hyper = Hyperparameters(hidden_dim=32, learning_rate=0.05, batch_size=32, max_epochs=40, patience=4)
+    model, history = train_mlp(x[:400], y[:400], x[400:], y[400:], hyper, seed=0)
+    with torch.no_grad():
+        accuracy = (model(torch.from_numpy(x[400:])).argmax(1).numpy() == y[400:]).mean()
+    assert accuracy > 0.9
+    best = min(h["validation_loss"] for h in history)
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x[400:])), torch.from_numpy(y[400:])).item()
+    assert loss == pytest.approx(best, rel=1e-5)  # the best epoch's weights, not the last ones
+
+
+IDENTITIES = [{"kind": "dnabert_s", "architecture": "a", "dim": 6, "fingerprint": "f1", "source": "x"},
+              {"kind": "esm2", "architecture": "b", "dim": 10, "fingerprint": "f2", "source": "y"}]
+
+
+def synthetic_input(tmp_path, name: str, label: int, genomes: int, rng) -> dict:
+    """Labelled merged features of `genomes` 30-kb sequences, viral ones shifted on one axis."""
+    rows, ids = [], []
+    for g in range(genomes):
+        rows.append((g, f"{name}{g}", 30_000, 0, 100, None, None))
+        ids += [f"{name}{g}_chunk_{k}F1" for k in range(1, 101)]
+    vectors = rng.standard_normal((len(ids), 16)).astype(np.float32)
+    vectors[:, 0] += 2.0 * label
+    import pyarrow.parquet as pq
+
+    pq.write_table(manifest(rows), tmp_path / f"{name}.parquet")
+    write_features(tmp_path / f"{name}.arrow", FeatureTable(ids, vectors, IDENTITIES))
+    return {"name": name, "label": "viral" if label else "host", "path": f"{name}.fa",
+            "manifest": tmp_path / f"{name}.parquet", "features": [tmp_path / f"{name}.arrow"]}
+
+
+def test_run_training_writes_a_classifier_bound_to_its_embedding_models(tmp_path):
+    rng = np.random.default_rng(1)
+    inputs = [synthetic_input(tmp_path, "virus", 1, 3, rng), synthetic_input(tmp_path, "host", 0, 6, rng)]
+    outputs = {name: tmp_path / f"out.{name}" for name in ("model", "metrics", "report", "roc", "curve", "holdout")}
+    hyper = Hyperparameters(hidden_dim=16, learning_rate=0.05, max_epochs=15, patience=3)
+    summary = run_training(inputs, 300, 10_000, 0.2, 0.1, 42, hyper, outputs)
+
+    assert summary["metrics"]["frames"]["roc_auc"] > 0.9
+    held_out = outputs["holdout"].read_text().splitlines()[1:]
+    assert {line.split("\t")[1] for line in held_out} == {"viral", "host"}
+    assert json.loads(outputs["metrics"].read_text())["history"]
+    assert outputs["roc"].read_bytes()[:4] == b"\x89PNG" and outputs["curve"].read_bytes()[:4] == b"\x89PNG"
+    assert "ROC AUC" in outputs["report"].read_text()
+
+    model, info = load_classifier(outputs["model"])
+    assert info.expected_length == 300 and info.feature_dims == {"dnabert_s": 6, "esm2": 10}
+    check_compatible(info, 300, IDENTITIES)
+    other = [dict(IDENTITIES[0]), dict(IDENTITIES[1], fingerprint="other")]
+    with pytest.raises(ValueError, match="trained on features from"):
+        check_compatible(info, 300, other)
+    with pytest.raises(ValueError, match="expected length 300"):
+        check_compatible(info, 500, IDENTITIES)
+
+
+def test_too_few_regions_to_hold_out_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(2)
+    inputs = [synthetic_input(tmp_path, "virus", 1, 1, rng), synthetic_input(tmp_path, "host", 0, 4, rng)]
+    outputs = {name: tmp_path / f"out.{name}" for name in ("model", "metrics", "report", "roc", "curve", "holdout")}
+    with pytest.raises(ValueError, match="too few source regions"):
+        run_training(inputs, 300, 100_000, 0.2, 0.1, 42, Hyperparameters(max_epochs=2), outputs)

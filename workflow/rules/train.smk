@@ -1,0 +1,43 @@
+# The `train` target: a classifier from labelled sequences (stages 1-7 as for prediction).
+
+TRAINING_DIR = f"results/training/expected_length_{EXPECTED_LENGTH}"
+
+
+rule train_classifier:
+    input:
+        manifests=expand(
+            "results/{sample}/read_manifest.parquet",
+            sample=[row["name"] for row in TRAINING_INPUTS],
+        ),
+        features=expand(
+            "results/{sample}/features/merged/{shard}.arrow",
+            sample=[row["name"] for row in TRAINING_INPUTS],
+            shard=SHARDS,
+        ),
+    output:
+        model=f"{TRAINING_DIR}/classifier.pt",
+        metrics=f"{TRAINING_DIR}/metrics.json",
+        report=f"{TRAINING_DIR}/report.md",
+        roc=f"{TRAINING_DIR}/roc.png",
+        curve=f"{TRAINING_DIR}/training_curve.png",
+        holdout=f"{TRAINING_DIR}/held_out_regions.tsv",
+    params:
+        inputs=TRAINING_INPUTS,
+        shards=SHARDS,
+        expected_length=EXPECTED_LENGTH,
+        training=config["training"],
+    threads: 4
+    log:
+        log=f"results/logs/train_classifier/training.{EXPECTED_LENGTH}.log",
+        telemetry=f"results/telemetry/train_classifier/training.{EXPECTED_LENGTH}.json",
+    benchmark:
+        f"results/benchmarks/train_classifier/training.{EXPECTED_LENGTH}.tsv"
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../scripts/train_classifier.py"
+
+
+rule train:
+    input:
+        rules.train_classifier.output,
