@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PYTHON := $(VENV)/bin/python
 
-.PHONY: setup demo test
+.PHONY: setup demo test builtin-models
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,3 +23,21 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest
+
+# Rebuild the built-in models and the demo input from ../shared/data (see README): the two small
+# embedding models, the placed lambda reads, the classifiers for 300 and 500 bp trained by the
+# workflow's `train` target with their reports, and the demo reads from the held-out regions.
+builtin-models: setup
+	$(PYTHON) -m virnucpro.builtin_models --data ../shared/data --out resources/models
+	$(PYTHON) -m virnucpro.demo_data training-inputs --data ../shared/data --out resources/training
+	for length in 300 500; do \
+	  $(VENV)/bin/snakemake train --cores all --config expected_length=$$length && \
+	  cp results/training/expected_length_$$length/classifier.pt resources/models/classifier_$$length.pt && \
+	  mkdir -p resources/models/classifier_$${length}_training && \
+	  cp results/training/expected_length_$$length/report.md results/training/expected_length_$$length/metrics.json \
+	     results/training/expected_length_$$length/roc.png results/training/expected_length_$$length/training_curve.png \
+	     results/training/expected_length_$$length/held_out_regions.tsv resources/models/classifier_$${length}_training/ \
+	  || exit 1; \
+	done
+	$(PYTHON) -m virnucpro.demo_data demo-input --data ../shared/data --training resources/training \
+	  --held-out results/training/expected_length_300/held_out_regions.tsv --out resources/demo/demo_reads.fa

@@ -1,17 +1,18 @@
 """The built-in default models, small enough to ship in `resources/models` (a few MB in all).
 
 They have the real architectures and on-disk formats, so the default run goes through the same
-loaders as real weights, but they are tiny and their weights are seeded random numbers: features
-from them carry sequence composition, not what DNABERT-S and ESM-2 learned. They are for running
-the pipeline out of the box, not for classifying real data.
+loaders as real weights, but they are tiny and the embedding models' weights are seeded random
+numbers: features from them carry sequence composition, not what DNABERT-S and ESM-2 learned. They
+are for running the pipeline out of the box, not for classifying real data.
 
 - `dnabert_s_mini/`: DNABERT-S architecture (2 layers, width 128) in a HuggingFace directory, with
   a 4096-token BPE tokenizer trained here on the lambda and Klebsiella genomes of `shared/data`.
 - `esm2_mini.pt`: ESM-2 architecture (3 layers, width 160) as a fair-esm checkpoint.
-- `classifier_300.pt`, `classifier_500.pt`: VirNucPro's MLP for their 128 + 160 features, with
-  seeded random weights.
+- `classifier_300.pt`, `classifier_500.pt`: VirNucPro's MLP for their 128 + 160 features, trained
+  by the workflow's `train` target on the lambda and Klebsiella sequences (`make builtin-models`).
 
-Rebuild with `python -m virnucpro.builtin_models --data ../shared/data --out resources/models`.
+`python -m virnucpro.builtin_models --data ../shared/data --out resources/models` rebuilds the two
+embedding models; `make builtin-models` rebuilds everything, classifiers and demo input included.
 """
 
 from __future__ import annotations
@@ -82,31 +83,12 @@ def build_embedding_models(data_dir: Path, out_dir: Path) -> None:
     save_fair_esm_checkpoint(esm, out_dir / "esm2_mini.pt", dtype=torch.float16)
 
 
-def build_classifiers(out_dir: Path) -> None:
-    """Seeded, untrained classifiers for both expected lengths, bound to the built-in models."""
-    from virnucpro.embedding import load_embedder
-    from virnucpro.models.classifier import MLPClassifier, save_classifier
-
-    identities = [load_embedder(kind, out_dir / name, torch.device("cpu")).identity()
-                  for kind, name in (("dnabert_s", "dnabert_s_mini"), ("esm2", "esm2_mini.pt"))]
-    for identity in identities:
-        identity.pop("source")
-    feature_dims = {identity["kind"]: identity["dim"] for identity in identities}
-    for expected_length in (300, 500):
-        torch.manual_seed(SEED + expected_length)
-        model = MLPClassifier(sum(feature_dims.values())).eval()
-        save_classifier(model, out_dir / f"classifier_{expected_length}.pt", {
-            "expected_length": expected_length, "feature_dims": feature_dims, "embedding_models": identities,
-            "description": "built-in demonstration classifier with seeded random weights (not trained)"})
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder with lambda_virus.fa.gz and Klebs_HS11286.fna.xz")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. resources/models")
     args = parser.parse_args()
     build_embedding_models(args.data, args.out)
-    build_classifiers(args.out)
 
 
 if __name__ == "__main__":
