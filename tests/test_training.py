@@ -153,3 +153,14 @@ def test_too_few_regions_to_hold_out_is_a_clear_error(tmp_path):
     outputs = {name: tmp_path / f"out.{name}" for name in ("model", "metrics", "report", "roc", "curve", "holdout")}
     with pytest.raises(ValueError, match="too few source regions"):
         run_training(inputs, 300, 100_000, 0.2, 0.1, 42, Hyperparameters(max_epochs=2), outputs)
+
+
+def test_a_training_table_with_a_bad_label_or_header_is_refused(tmp_path):
+    from virnucpro.workflow_config import read_training_inputs
+
+    (tmp_path / "t.tsv").write_text("name\tpath\tlabel\nphage\tp.fa\tvirus\n")
+    with pytest.raises(ValueError, match=r"t.tsv, line 2: label must be one of \['host', 'viral'\], got 'virus'"):
+        read_training_inputs(str(tmp_path / "t.tsv"))
+    (tmp_path / "t.tsv").write_text("name,path,label\nphage,p.fa,viral\n")
+    with pytest.raises(ValueError, match="tab-separated columns name, path, label"):
+        read_training_inputs(str(tmp_path / "t.tsv"))

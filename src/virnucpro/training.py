@@ -37,8 +37,7 @@ from virnucpro.chunking import chunk_starts
 from virnucpro.features import read_features
 from virnucpro.models.classifier import MLPClassifier, save_classifier
 from virnucpro.sequence_io import atomic_output, atomic_path
-
-LABELS = {"host": 0, "viral": 1}
+from virnucpro.workflow_config import TRAINING_LABELS
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ def load_labelled_frames(inputs: list[dict], expected_length: int, region_length
                 raise ValueError(f"{path}: features from other embedding models than the rest of the training set")
             ids += table.ids
             features.append(np.asarray(table.vectors))
-            labels += [LABELS[entry["label"]]] * len(table.ids)
+            labels += [TRAINING_LABELS[entry["label"]]] * len(table.ids)
             groups += frame_regions(manifest, table.ids, expected_length, region_length)
             names += [entry["name"]] * len(table.ids)
     return LabelledFrames(ids, np.concatenate(features), np.array(labels, dtype=np.int64), groups, names, models)

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 _SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# Labels of the training table, and the class index VirNucPro's MLP gives each.
+TRAINING_LABELS = {"host": 0, "viral": 1}
 _SEQUENCE_SUFFIXES = (".gz", ".xz", ".bz2", ".fa", ".fasta", ".fna", ".ffn", ".fq", ".fastq")
 
 
@@ -46,8 +48,6 @@ def read_training_inputs(path: str) -> list[dict]:
     """The labelled inputs of the `train` target: rows of name, path, label (viral or host)."""
     import csv
 
-    from virnucpro.training import LABELS
-
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     if not rows or set(rows[0]) != {"name", "path", "label"}:
@@ -55,8 +55,9 @@ def read_training_inputs(path: str) -> list[dict]:
     for number, row in enumerate(rows, start=2):
         if not _SAMPLE_NAME.match(row["name"] or ""):
             raise ValueError(f"{path}, line {number}: name '{row['name']}' may only use letters, digits, '_' and '-'")
-        if row["label"] not in LABELS:
-            raise ValueError(f"{path}, line {number}: label must be one of {sorted(LABELS)}, got '{row['label']}'")
+        if row["label"] not in TRAINING_LABELS:
+            raise ValueError(f"{path}, line {number}: label must be one of {sorted(TRAINING_LABELS)}, "
+                             f"got '{row['label']}'")
     names = [row["name"] for row in rows]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: training input names must be unique")
