@@ -20,6 +20,13 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/train.smk"
 
 
+# Target rules and the small report job run where Snakemake runs, not as cluster jobs.
+localrules:
+    all,
+    train,
+    timing_report,
+
+
 rule all:
     default_target: True
     input:

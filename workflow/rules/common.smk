@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 from snakemake.utils import validate
 
 from virnucpro.report import STAGES
@@ -13,7 +16,11 @@ from virnucpro.workflow_config import (
 validate(config, "../schemas/config.schema.yaml")
 
 SAMPLES = resolve_samples(config)
-TRAINING_INPUTS = read_training_inputs(config["training"]["inputs"])
+# The training table matters only to the `train` target; a run without it still works.
+TRAINING_TABLE = config["training"]["inputs"]
+TRAINING_INPUTS = (
+    read_training_inputs(TRAINING_TABLE) if Path(TRAINING_TABLE).exists() else []
+)
 clashes = set(SAMPLES) & {row["name"] for row in TRAINING_INPUTS}
 if clashes:
     raise ValueError(f"config: samples and training inputs share names {sorted(clashes)}")
@@ -21,11 +28,23 @@ if clashes:
 INPUTS = {**SAMPLES, **{row["name"]: row["path"] for row in TRAINING_INPUTS}}
 EXPECTED_LENGTH = config["expected_length"]
 GPUS_GRANTED = workflow.global_resources.get("gpu")  # --resources gpu=N, if given
-SHARDS = shard_names(
-    resolve_shard_count(
-        config["shards"], GPUS_GRANTED.value if GPUS_GRANTED is not None else 0
+# Jobs that a cluster executor (SLURM) starts get the main process's --config but not its
+# --resources, so they could not count the shards themselves: the main process hands its count
+# down in the environment (which the SLURM plugin exports to the jobs; envvars has other
+# executors pass it on).
+if workflow.is_main_process:
+    os.environ["VIRNUCPRO_SHARDS"] = str(
+        resolve_shard_count(
+            config["shards"], GPUS_GRANTED.value if GPUS_GRANTED is not None else 0
+        )
     )
-)
+
+
+envvars:
+    "VIRNUCPRO_SHARDS",
+
+
+SHARDS = shard_names(int(os.environ["VIRNUCPRO_SHARDS"]))
 CLASSIFIER = resolve_classifier_path(config)
 # GPU rules ask for the standard `gpu` resource unless the embedding runs on the CPU.
 GPU_PER_JOB = 0 if config["embedding"]["device"] == "cpu" else 1
@@ -54,3 +73,21 @@ def telemetry_paths():
         for stage in STAGES
         for shard in (SHARDS if stage in sharded else ["all"])
     ]
+
+
+TRAINING_DIR = f"results/training/expected_length_{EXPECTED_LENGTH}"
+
+
+def training_files(pattern):
+    """`pattern` for every training input; asked for only when the `train` target is built."""
+
+    def files(wildcards):
+        if not TRAINING_INPUTS:
+            raise ValueError(
+                f"config: training.inputs '{TRAINING_TABLE}' does not exist "
+                "(a tab-separated table with columns name, path, label)"
+            )
+        names = [row["name"] for row in TRAINING_INPUTS]
+        return expand(pattern, sample=names, shard=SHARDS)
+
+    return files

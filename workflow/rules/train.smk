@@ -1,19 +1,10 @@
 # The `train` target: a classifier from labelled sequences (stages 1-7 as for prediction).
 
-TRAINING_DIR = f"results/training/expected_length_{EXPECTED_LENGTH}"
-
 
 rule train_classifier:
     input:
-        manifests=expand(
-            "results/{sample}/read_manifest.parquet",
-            sample=[row["name"] for row in TRAINING_INPUTS],
-        ),
-        features=expand(
-            "results/{sample}/features/merged/{shard}.arrow",
-            sample=[row["name"] for row in TRAINING_INPUTS],
-            shard=SHARDS,
-        ),
+        manifests=training_files("results/{sample}/read_manifest.parquet"),
+        features=training_files("results/{sample}/features/merged/{shard}.arrow"),
     output:
         model=f"{TRAINING_DIR}/classifier.pt",
         metrics=f"{TRAINING_DIR}/metrics.json",

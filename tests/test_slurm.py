@@ -1,0 +1,101 @@
+"""SLURM support: the plan that profiles/slurm gives, and (VIRNUCPRO_SLURM_TEST=1) a real run through
+a one-node SLURM cluster started on this machine by tests/slurm/run_local_slurm.sh."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+PROFILE = REPO / "profiles" / "slurm"
+SCRIPT = REPO / "tests" / "slurm" / "run_local_slurm.sh"
+GPU_RULES = {"embed_dnabert_s", "embed_esm2"}
+
+
+def profile() -> dict:
+    return yaml.safe_load((PROFILE / "config.yaml").read_text())
+
+
+def absolute_config(workdir: Path) -> Path:
+    """The demo config with its repository paths made absolute, for a run in another directory."""
+
+    def absolute(node: dict) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                absolute(value)
+            elif isinstance(value, str) and not value.startswith("/") and "/" in value:
+                if (REPO / value.split("/")[0]).is_dir():  # a path in the repository
+                    node[key] = str(REPO / value)
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    absolute(config)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def names(node) -> set[str]:
+    """Every key of a parsed profile, also those of NAME=VALUE list entries."""
+    if isinstance(node, dict):
+        return set(node).union(*(names(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(names(item) for item in node))
+    return {node.split("=")[0].split(":")[-1]} if isinstance(node, str) and "=" in node else set()
+
+
+def test_the_profile_sets_slurm_options_only_through_resources():
+    settings = profile()
+    assert settings["executor"] == "slurm"
+    # The plugin refuses partition, account, memory, time, CPUs and GPUs in slurm_extra.
+    assert "slurm_extra" not in names(settings)
+    assert {"slurm_account", "runtime", "mem_mb"} <= set(settings["default-resources"])
+    for rule in GPU_RULES:
+        assert "slurm_partition" in settings["set-resources"][rule]
+        # The rules ask for their GPU themselves (gpu=0 when embedding.device is cpu).
+        assert "gpu" not in settings["set-resources"][rule]
+    assert settings["resources"]["gpu"] >= 1
+
+
+def test_the_profile_plans_one_shard_per_gpu(tmp_path):
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.fail("snakemake-executor-plugin-slurm is not installed (pyproject.toml's test extras need it)")
+    # A dry run submits nothing, so the profile's placeholder partition and account do not matter.
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--profile", str(PROFILE), "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(tmp_path), "--configfile", str(absolute_config(tmp_path))],
+        capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    counts = {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", output, re.MULTILINE)}
+    shards = profile()["resources"]["gpu"]
+    expected = {"chunk": 1, "translate": 1, "split_nucleotide": 1, "split_protein": 1,
+                "embed_dnabert_s": shards, "embed_esm2": shards, "merge_features": shards, "predict_frames": shards,
+                "consensus": 1, "timing_report": 1}
+    assert {rule: counts.get(rule) for rule in expected} == expected
+    # Each job's resources as the plugin will see them: a GPU for the embedding jobs only.
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n.*?^\s+resources: ([^\n]*)", output, re.MULTILINE | re.DOTALL)
+    assert len([rule for rule, _ in jobs if rule in GPU_RULES]) == 2 * shards
+    for rule, resources in jobs:
+        if rule in GPU_RULES:
+            partition = profile()["set-resources"][rule]["slurm_partition"]
+            assert "gpu=1" in resources.split(", ") and f"slurm_partition={partition}" in resources, resources
+        else:
+            assert not re.search(r"\bgpu=[1-9]", resources), resources
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(os.environ.get("VIRNUCPRO_SLURM_TEST") != "1",
+                    reason="set VIRNUCPRO_SLURM_TEST=1 to run the workflow on a local SLURM (needs root and apt)")
+def test_the_workflow_runs_through_a_real_slurm(data_dir):
+    env = {**os.environ, "PYTHON": sys.executable, "VIRNUCPRO_SHARED": str(data_dir.parent)}
+    result = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-5000:]
+    assert "identical" in result.stdout and "passed in" in result.stdout
