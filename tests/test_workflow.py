@@ -128,6 +128,18 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     assert table.num_rows == len(jobs) - 1  # all but the report's own
 
 
+def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run, tmp_path):
+    from virnucpro.workflow_config import BUILTIN_MODELS_NOTE, models_note
+
+    workdir, _ = one_shard_run
+    metadata = pq.read_schema(workdir / "results/reads/read_predictions.parquet").metadata
+    assert metadata[b"virnucpro.note"].decode() == BUILTIN_MODELS_NOTE
+    assert f"**Note:** {BUILTIN_MODELS_NOTE}" in (workdir / "results/timing_report.md").read_text()
+    real = {"models": {"dnabert_s": str(tmp_path / "DNABERT-S"), "esm2": str(tmp_path / "esm2_t36_3B_UR50D.pt"),
+                       "classifier": str(tmp_path / "{expected_length}_model.pth")}, "expected_length": 300}
+    assert models_note(real, str(REPO)) is None
+
+
 def test_results_do_not_depend_on_the_shard_count(one_shard_run, tmp_path):
     workdir, _ = one_shard_run
     shutil.copy(workdir / "reads.fa", tmp_path / "reads.fa")

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -20,6 +21,8 @@ import pyarrow.parquet as pq
 
 from virnucpro.chunking import chunk_id
 from virnucpro.sequence_io import atomic_output, atomic_path
+
+log = logging.getLogger(__name__)
 
 REASON_EMPTY_SEQUENCE = "empty_sequence"
 
@@ -133,7 +136,8 @@ def read_calls(sample: str, manifest: pa.Table, chunk_summary: pa.Table, frames:
 
 
 def write_outputs(sample: str, manifest_path, chunk_summary_path, frame_prediction_paths, expected_length: int,
-                  classifier: str, results_txt, highest_score_csv, read_table_path) -> pa.Table:
+                  classifier: str, results_txt, highest_score_csv, read_table_path, note: str | None = None) -> pa.Table:
+    """All stage-9 outputs; `note` (a warning about the models) goes into the read table's metadata."""
     frames = read_frame_predictions(frame_prediction_paths)
     frame_ids = frames.column("id").to_pylist()
     others = frames.column("score_others").to_numpy()
@@ -142,6 +146,9 @@ def write_outputs(sample: str, manifest_path, chunk_summary_path, frame_predicti
                        expected_length, classifier)
     write_prediction_results(results_txt, frame_ids, others, virus)
     write_highest_score(highest_score_csv, frame_ids, others, virus)
+    if note:
+        log.warning("%s", note)
+        calls = calls.replace_schema_metadata({"virnucpro.note": note})
     with atomic_path(read_table_path) as temporary:
         pq.write_table(calls, temporary)
     return calls

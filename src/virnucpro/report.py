@@ -88,11 +88,12 @@ def _fmt(value, digits: int = 1) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def render_markdown(jobs: list[dict], summary: list[dict]) -> str:
+def render_markdown(jobs: list[dict], summary: list[dict], note: str | None = None) -> str:
     start = min(job["start_unix"] for job in jobs)
     end = max(job["start_unix"] + job["wall_seconds"] for job in jobs)
     lines = [
         "# Timing report", "",
+        *([f"**Note:** {note}", ""] if note else []),
         f"{len(jobs)} jobs, {sum(j['status'] != 'ok' for j in jobs)} failed; "
         f"elapsed {end - start:,.1f} s from the first job's start to the last job's end; "
         f"{sum(j['wall_seconds'] for j in jobs):,.1f} job-seconds in all.", "",
@@ -124,7 +125,8 @@ def render_markdown(jobs: list[dict], summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(telemetry_paths: Sequence[str | os.PathLike], table_path, report_path, summary_path) -> int:
+def write_report(telemetry_paths: Sequence[str | os.PathLike], table_path, report_path, summary_path,
+                 note: str | None = None) -> int:
     jobs = load_telemetry(telemetry_paths)
     if not jobs:
         raise ValueError("no telemetry found: no job of this workflow has run yet")
@@ -137,5 +139,5 @@ def write_report(telemetry_paths: Sequence[str | os.PathLike], table_path, repor
         for entry in summary:
             out.write("\t".join("" if entry.get(c) is None else str(entry.get(c)) for c in columns) + "\n")
     with atomic_output(report_path) as out:
-        out.write(render_markdown(jobs, summary))
+        out.write(render_markdown(jobs, summary, note))
     return len(jobs)

@@ -62,3 +62,16 @@ def read_training_inputs(path: str) -> list[dict]:
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: training input names must be unique")
     return rows
+
+
+BUILTIN_MODELS_NOTE = ("These results come from the built-in demonstration models in resources/models: tiny "
+                       "embedding models with random weights and a classifier trained only to tell phage lambda "
+                       "from Klebsiella. They are not meaningful for real data; set models.* in the config to "
+                       "the real DNABERT-S, ESM-2 3B and VirNucPro classifier.")
+
+
+def models_note(config: dict, repository: str) -> str | None:
+    """The warning that outputs carry when any model is one of the built-in demonstration models."""
+    builtin = (Path(repository) / "resources" / "models").resolve()
+    paths = [config["models"]["dnabert_s"], config["models"]["esm2"], resolve_classifier_path(config)]
+    return BUILTIN_MODELS_NOTE if any(builtin in Path(p).resolve().parents for p in paths) else None

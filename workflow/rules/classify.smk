@@ -51,6 +51,7 @@ rule consensus:
     params:
         expected_length=EXPECTED_LENGTH,
         classifier=CLASSIFIER,
+        note=MODELS_NOTE,
     log:
         log="results/logs/consensus/{sample}.all.log",
         telemetry="results/telemetry/consensus/{sample}.all.json",

@@ -6,6 +6,7 @@ from snakemake.utils import validate
 from virnucpro.report import STAGES
 from virnucpro.sharding import shard_names
 from virnucpro.workflow_config import (
+    models_note,
     read_training_inputs,
     resolve_classifier_path,
     resolve_samples,
@@ -46,6 +47,8 @@ envvars:
 
 SHARDS = shard_names(int(os.environ["VIRNUCPRO_SHARDS"]))
 CLASSIFIER = resolve_classifier_path(config)
+# Set when the run uses the built-in demonstration models: the outputs then say so.
+MODELS_NOTE = models_note(config, workflow.basedir)
 # GPU rules ask for the standard `gpu` resource unless the embedding runs on the CPU.
 GPU_PER_JOB = 0 if config["embedding"]["device"] == "cpu" else 1
 

@@ -10,6 +10,7 @@ rule timing_report:
         report="results/timing_report.md",
     params:
         telemetry=telemetry_paths(),
+        note=MODELS_NOTE,
     log:
         log="results/logs/timing_report/all.all.log",
         telemetry="results/telemetry/timing_report/all.all.json",
