@@ -53,15 +53,8 @@ class Embedder:
         return self.model.embedding_dim
 
     def identity(self) -> dict:
-        return {"kind": self.kind, "architecture": _architecture(self.model), "dim": self.dim,
+        return {"kind": self.kind, "architecture": self.model.config.architecture, "dim": self.dim,
                 "fingerprint": self.model.fingerprint, "source": self.source}
-
-
-def _architecture(model: torch.nn.Module) -> str:
-    config = model.config
-    if hasattr(config, "num_layers"):
-        return f"esm2_t{config.num_layers}_{config.embed_dim}d_{config.attention_heads}h"
-    return f"dnabert_s_l{config.num_hidden_layers}_{config.hidden_size}d_{config.num_attention_heads}h"
 
 
 def load_embedder(kind: str, path: str | os.PathLike, device: torch.device, compile_model: bool = False) -> Embedder:

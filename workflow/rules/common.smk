@@ -28,16 +28,16 @@ if clashes:
 # Every sequence file the stages 1-7 may process, prediction samples and training inputs alike.
 INPUTS = {**SAMPLES, **{row["name"]: row["path"] for row in TRAINING_INPUTS}}
 EXPECTED_LENGTH = config["expected_length"]
-GPUS_GRANTED = workflow.global_resources.get("gpu")  # --resources gpu=N, if given
+# --resources gpu=N, if given: a number, or a Resource holding it in newer Snakemake versions
+GPUS_GRANTED = workflow.global_resources.get("gpu")
+GPUS_GRANTED = getattr(GPUS_GRANTED, "value", GPUS_GRANTED)
 # Jobs that a cluster executor (SLURM) starts get the main process's --config but not its
 # --resources, so they could not count the shards themselves: the main process hands its count
 # down in the environment (which the SLURM plugin exports to the jobs; envvars has other
 # executors pass it on).
 if workflow.is_main_process:
     os.environ["VIRNUCPRO_SHARDS"] = str(
-        resolve_shard_count(
-            config["shards"], GPUS_GRANTED.value if GPUS_GRANTED is not None else 0
-        )
+        resolve_shard_count(config["shards"], GPUS_GRANTED)
     )
 
 

@@ -48,6 +48,10 @@ class DnabertSConfig:
         except KeyError as missing:
             raise ValueError(f"{path}: config.json lacks {missing}") from None
 
+    @property
+    def architecture(self) -> str:
+        return f"dnabert_s_l{self.num_hidden_layers}_{self.hidden_size}d_{self.num_attention_heads}h"
+
     def to_json(self) -> dict:
         return {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": self.vocab_size,
                 "hidden_size": self.hidden_size, "num_hidden_layers": self.num_hidden_layers,

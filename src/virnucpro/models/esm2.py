@@ -63,8 +63,8 @@ class ESM2Config:
     token_dropout: bool = True
 
     @property
-    def name(self) -> str:
-        return f"esm2_t{self.num_layers}_{self.embed_dim}d"
+    def architecture(self) -> str:
+        return f"esm2_t{self.num_layers}_{self.embed_dim}d_{self.attention_heads}h"
 
 
 class ESM2Layer(nn.Module):
