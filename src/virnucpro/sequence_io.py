@@ -152,25 +152,11 @@ def _parse_fastq(path, handle, first: str, first_line: int) -> Iterator[Sequence
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "w"):
-    """Open `path` for writing through a temporary file that replaces it only on success.
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path that replaces `path` only when the block succeeds.
 
     A job that fails or is killed therefore never leaves a partial file under the final name.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, mode) as handle:
-            yield handle
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path for a writer that takes a file name (Parquet, torch.save, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -179,6 +165,13 @@ def atomic_path(path: str | os.PathLike):
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "w"):
+    """Open `path` for writing through `atomic_path`."""
+    with atomic_path(path) as temporary, open(temporary, mode) as handle:
+        yield handle
 
 
 def write_fasta_record(handle, record_id: str, sequence: str, line_width: int | None = None) -> None:

@@ -22,6 +22,8 @@ import time
 import traceback
 from pathlib import Path
 
+from virnucpro.sequence_io import atomic_output
+
 log = logging.getLogger(__name__)
 
 
@@ -105,10 +107,8 @@ class JobTelemetry:
         }
         if error is not None:
             log.error("%s", "".join(traceback.format_exception(error_type, error, error_traceback)))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        os.replace(temporary, self.path)
+        with atomic_output(self.path) as out:
+            out.write(json.dumps(report, indent=2, default=str) + "\n")
         log.info("%s %s.%s %s in %.1f s", self.stage, self.sample, self.shard, report["status"], wall)
         return False
 
