@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from virnucpro.features import FeatureTable, merge_feature_files, merge_features, read_features, write_features
+from virnucpro.features import FeatureTable, merge_feature_files, merged_row_order, read_features, write_features
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.prediction import frame_probabilities, predict_frames
 
@@ -70,11 +70,11 @@ def test_frame_on_one_side_only_is_an_error_with_counts(reference_dir):
     nucleotide, protein = original_nucleotide_table(reference_dir), original_protein_table(reference_dir)
     missing_protein = FeatureTable(protein.ids[1:], protein.vectors[1:], protein.models)
     with pytest.raises(ValueError, match=r"1 only in the nucleotide features.*0 only in the protein features"):
-        merge_features(nucleotide, missing_protein)
+        merged_row_order(nucleotide.ids, missing_protein.ids)
     extra_protein = FeatureTable(protein.ids + ["stray_chunk_1F1"], np.vstack([protein.vectors, protein.vectors[:1]]),
                                  protein.models)
     with pytest.raises(ValueError, match=r"0 only in the nucleotide features.*1 only in the protein features"):
-        merge_features(nucleotide, extra_protein)
+        merged_row_order(nucleotide.ids, extra_protein.ids)
 
 
 def test_duplicate_frame_ids_are_an_error(reference_dir):
@@ -82,7 +82,15 @@ def test_duplicate_frame_ids_are_an_error(reference_dir):
     doubled = FeatureTable(nucleotide.ids + nucleotide.ids[:1], np.vstack([nucleotide.vectors, nucleotide.vectors[:1]]),
                            nucleotide.models)
     with pytest.raises(ValueError, match="duplicate"):
-        merge_features(doubled, protein)
+        merged_row_order(doubled.ids, protein.ids)
+
+
+def merged_original_features(reference_dir, tmp_path) -> FeatureTable:
+    """The original tool's features merged by stage 7, written to merged.arrow and read back."""
+    write_features(tmp_path / "nucleotide.arrow", original_nucleotide_table(reference_dir))
+    write_features(tmp_path / "protein.arrow", original_protein_table(reference_dir))
+    merge_feature_files(tmp_path / "nucleotide.arrow", tmp_path / "protein.arrow", tmp_path / "merged.arrow")
+    return read_features(tmp_path / "merged.arrow")
 
 
 def trained_looking_classifier(input_dim: int, seed: int) -> MLPClassifier:
@@ -112,9 +120,7 @@ def test_frame_probabilities_refuse_features_of_the_wrong_size():
 
 
 def test_predict_frames_writes_scores_per_frame(reference_dir, tmp_path):
-    nucleotide, protein = original_nucleotide_table(reference_dir), original_protein_table(reference_dir)
-    merged = merge_features(nucleotide, protein)
-    write_features(tmp_path / "merged.arrow", merged, column="features")
+    merged = merged_original_features(reference_dir, tmp_path)
     model = trained_looking_classifier(3328, seed=5)
     seen_models = []
 
@@ -126,14 +132,13 @@ def test_predict_frames_writes_scores_per_frame(reference_dir, tmp_path):
     assert table.column_names == ["id", "score_others", "score_virus"]
     assert table.column("id").to_pylist() == merged.ids
     with torch.no_grad():
-        expected = torch.softmax(model(torch.from_numpy(merged.vectors)), dim=1).numpy()
+        expected = torch.softmax(model(torch.tensor(merged.vectors)), dim=1).numpy()
     np.testing.assert_allclose(table.column("score_others").to_numpy(), expected[:, 0], atol=1e-6)
     np.testing.assert_allclose(table.column("score_virus").to_numpy(), expected[:, 1], atol=1e-6)
 
 
 def test_predict_frames_stops_when_the_models_are_refused(reference_dir, tmp_path):
-    merged = merge_features(original_nucleotide_table(reference_dir), original_protein_table(reference_dir))
-    write_features(tmp_path / "merged.arrow", merged, column="features")
+    merged_original_features(reference_dir, tmp_path)
 
     def refuse(models):
         raise ValueError("features from other models")

@@ -113,15 +113,9 @@ def merged_row_order(nucleotide_ids: list[str], protein_ids: list[str], source: 
     return np.fromiter((position[i] for i in nucleotide_ids), dtype=np.int64, count=len(nucleotide_ids))
 
 
-def merge_features(nucleotide: FeatureTable, protein: FeatureTable, source: str = "") -> FeatureTable:
-    """Concatenate each frame's nucleotide and protein vectors, in the nucleotide table's order."""
-    rows = merged_row_order(nucleotide.ids, protein.ids, source)
-    vectors = np.concatenate((nucleotide.vectors, protein.vectors[rows]), axis=1)
-    return FeatureTable(nucleotide.ids, vectors, nucleotide.models + protein.models)
-
-
 def merge_feature_files(nucleotide_path, protein_path, output_path) -> int:
-    """Stage 7 on files, block by block, so that memory stays small whatever the shard size."""
+    """Stage 7: each frame's nucleotide vector followed by its protein vector, in the nucleotide
+    file's order, written block by block so that memory stays small whatever the shard size."""
     nucleotide, protein = read_features(nucleotide_path), read_features(protein_path)
     rows = merged_row_order(nucleotide.ids, protein.ids, source=f"{nucleotide_path} + {protein_path}")
     schema = _schema(nucleotide.vectors.shape[1] + protein.vectors.shape[1], nucleotide.models + protein.models,
