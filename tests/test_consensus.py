@@ -63,9 +63,10 @@ def chunk_summary(rows):
     return pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}, schema=CHUNK_SUMMARY_SCHEMA)
 
 
-def frames_table(rows):
-    return pa.table({"id": [r[0] for r in rows], "score_others": pa.array([r[1] for r in rows], pa.float32()),
-                     "score_virus": pa.array([r[2] for r in rows], pa.float32())})
+def frame_scores(rows):
+    """(frame IDs, others scores, virus scores), as stage 9 reads them from the frame predictions."""
+    return ([r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float32),
+            np.array([r[2] for r in rows], dtype=np.float32))
 
 
 def test_every_read_gets_a_row_with_a_call_or_a_reason():
@@ -85,12 +86,12 @@ def test_every_read_gets_a_row_with_a_call_or_a_reason():
         ("nnn_chunk_1", 100, 90, 0, "too_ambiguous"),
         ("host_chunk_1", 150, 1, 1, None),
     ])
-    frames = frames_table([
+    frames = frame_scores([
         ("long_chunk_1F1", 0.7, 0.3),
         ("long_chunk_1R2", 0.25, 0.75),
         ("host_chunk_1F2", 0.8, 0.2),
     ])
-    table = read_calls("s", reads, chunks, frames, 300, "model.pt")
+    table = read_calls("s", reads, chunks, *frames, 300, "model.pt")
     rows = {row["read_id"]: row for row in table.to_pylist()}
     assert table.column("read_id").to_pylist() == ["long", "stops", "empty", "tiny", "nnn", "host"]
     assert rows["long"]["call"] == "virus" and rows["long"]["frames"] == 2
@@ -109,9 +110,9 @@ def test_every_read_gets_a_row_with_a_call_or_a_reason():
 def test_a_missing_frame_prediction_is_an_error_not_a_silent_loss():
     reads = manifest([(0, "r", 150, 0, 1)])
     chunks = chunk_summary([("r_chunk_1", 150, 0, 2, None)])
-    frames = frames_table([("r_chunk_1F1", 0.5, 0.5)])
+    frames = frame_scores([("r_chunk_1F1", 0.5, 0.5)])
     with pytest.raises(ValueError, match="read 'r': 1 predicted, 2 identified"):
-        read_calls("s", reads, chunks, frames, 300, "model.pt")
+        read_calls("s", reads, chunks, *frames, 300, "model.pt")
 
 
 def test_read_ids_that_look_like_chunk_ids_stay_apart():
@@ -119,6 +120,6 @@ def test_read_ids_that_look_like_chunk_ids_stay_apart():
     reads = manifest([(0, "x", 600, 0, 2), (1, "x_chunk_1", 150, 0, 1)])
     chunks = chunk_summary([("x_chunk_1", 300, 0, 1, None), ("x_chunk_2", 300, 0, 0, "no_stop_free_frame"),
                             ("x_chunk_1_chunk_1", 150, 0, 1, None)])
-    frames = frames_table([("x_chunk_1F1", 0.9, 0.1), ("x_chunk_1_chunk_1F1", 0.1, 0.9)])
-    rows = {row["read_id"]: row for row in read_calls("s", reads, chunks, frames, 300, "m").to_pylist()}
+    frames = frame_scores([("x_chunk_1F1", 0.9, 0.1), ("x_chunk_1_chunk_1F1", 0.1, 0.9)])
+    rows = {row["read_id"]: row for row in read_calls("s", reads, chunks, *frames, 300, "m").to_pylist()}
     assert rows["x"]["call"] == "others" and rows["x_chunk_1"]["call"] == "virus"

@@ -61,12 +61,21 @@ def write_prediction_results(path, frame_ids: list[str], others: np.ndarray, vir
             out.write("\t".join(row) + "\n")
 
 
-def write_highest_score(path, frame_ids: list[str], others: np.ndarray, virus: np.ndarray) -> None:
-    """VirNucPro's prediction_results_highestscore.csv (tab-separated, like the original)."""
+def chunk_best_scores(frame_ids: list[str], others: np.ndarray, virus: np.ndarray) -> dict[str, list[float]]:
+    """Per chunk (frame ID minus its frame suffix): [highest others score, highest virus score].
+
+    VirNucPro's consensus calls a chunk a virus when the second is at least the first.
+    """
     best: dict[str, list[float]] = {}
     for frame_id, score_others, score_virus in zip(frame_ids, others.tolist(), virus.tolist()):
         scores = best.setdefault(frame_id[:-2], [score_others, score_virus])
         scores[0], scores[1] = max(scores[0], score_others), max(scores[1], score_virus)
+    return best
+
+
+def write_highest_score(path, frame_ids: list[str], others: np.ndarray, virus: np.ndarray) -> None:
+    """VirNucPro's prediction_results_highestscore.csv (tab-separated, like the original)."""
+    best = chunk_best_scores(frame_ids, others, virus)
     with atomic_output(path) as out:
         out.write("Modified_ID\tIs_Virus\n")
         for group in sorted(best):
@@ -74,8 +83,8 @@ def write_highest_score(path, frame_ids: list[str], others: np.ndarray, virus: n
             out.write(f"{group}\t{score_virus >= score_others}\n")
 
 
-def read_calls(sample: str, manifest: pa.Table, chunk_summary: pa.Table, frames: pa.Table,
-               expected_length: int, classifier: str) -> pa.Table:
+def read_calls(sample: str, manifest: pa.Table, chunk_summary: pa.Table, frame_ids: list[str], others: np.ndarray,
+               virus: np.ndarray, expected_length: int, classifier: str) -> pa.Table:
     """One row per input read: the consensus call over all its frames, or why there is none."""
     read_ids = manifest.column("read_id").to_pylist()
     chunk_counts = manifest.column("chunks").to_numpy()
@@ -92,9 +101,6 @@ def read_calls(sample: str, manifest: pa.Table, chunk_summary: pa.Table, frames:
         if reason is not None:
             reasons[row].add(reason)
 
-    frame_ids = frames.column("id").to_pylist()
-    others = frames.column("score_others").to_numpy()
-    virus = frames.column("score_virus").to_numpy()
     frame_read = np.fromiter((read_of_chunk[f[:-2]] for f in frame_ids), dtype=np.int64, count=len(frame_ids))
     frame_counts = np.bincount(frame_read, minlength=len(read_ids))
     if not np.array_equal(frame_counts, expected_frames):
@@ -142,8 +148,8 @@ def write_outputs(sample: str, manifest_path, chunk_summary_path, frame_predicti
     frame_ids = frames.column("id").to_pylist()
     others = frames.column("score_others").to_numpy()
     virus = frames.column("score_virus").to_numpy()
-    calls = read_calls(sample, pq.read_table(manifest_path), pq.read_table(chunk_summary_path), frames,
-                       expected_length, classifier)
+    calls = read_calls(sample, pq.read_table(manifest_path), pq.read_table(chunk_summary_path), frame_ids, others,
+                       virus, expected_length, classifier)
     write_prediction_results(results_txt, frame_ids, others, virus)
     write_highest_score(highest_score_csv, frame_ids, others, virus)
     if note:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.chunking import chunk_starts
+from virnucpro.consensus import chunk_best_scores
 from virnucpro.features import read_features
 from virnucpro.models.classifier import MLPClassifier, save_classifier
 from virnucpro.sequence_io import atomic_output, atomic_path
@@ -214,13 +215,12 @@ def evaluate(model: MLPClassifier, frames: LabelledFrames, rows: np.ndarray) -> 
     scores = class_probabilities(model, frames.features[rows])
     labels = frames.labels[rows]
     per_frame = binary_metrics(labels, (scores[:, 1] > scores[:, 0]).astype(np.int64), scores[:, 1])
-    chunks: dict[str, list] = {}  # chunk -> [label, max score1, max score2]
-    for row, (others, virus) in zip(rows, scores):
-        best = chunks.setdefault(frames.ids[row][:-2], [frames.labels[row], others, virus])
-        best[1], best[2] = max(best[1], others), max(best[2], virus)
-    chunk_labels = np.array([label for label, _, _ in chunks.values()])
-    chunk_calls = np.array([virus >= others for _, others, virus in chunks.values()], dtype=np.int64)
-    per_chunk = binary_metrics(chunk_labels, chunk_calls, np.array([virus for _, _, virus in chunks.values()]))
+    frame_ids = [frames.ids[row] for row in rows]
+    chunks = chunk_best_scores(frame_ids, scores[:, 0], scores[:, 1])
+    label_of_chunk = {frame_id[:-2]: label for frame_id, label in zip(frame_ids, labels)}
+    chunk_labels = np.array([label_of_chunk[chunk] for chunk in chunks])
+    chunk_calls = np.array([virus >= others for others, virus in chunks.values()], dtype=np.int64)
+    per_chunk = binary_metrics(chunk_labels, chunk_calls, np.array([virus for _, virus in chunks.values()]))
     fpr, tpr = roc_curve(labels, scores[:, 1])
     return {"frames": per_frame, "chunks": per_chunk}, {"fpr": fpr, "tpr": tpr}
 
