@@ -17,18 +17,18 @@ and reads simulated from the held-out Klebsiella regions.
 from __future__ import annotations
 
 import argparse
-import gzip
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from virnucpro.chunking import parse_origin
-from virnucpro.sequence_io import atomic_path, read_sequences
+from virnucpro.sequence_io import read_sequences
+from virnucpro.simulate import write_reads
+from virnucpro.translation import reverse_complement
 
 SEED_LENGTH = 16
 MIN_SEED_VOTES = 3
-_COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 
 
 def seed_index(genome: str, k: int = SEED_LENGTH) -> dict[str, int]:
@@ -40,7 +40,7 @@ def seed_index(genome: str, k: int = SEED_LENGTH) -> dict[str, int]:
 def place_read(read: str, index: dict[str, int], k: int = SEED_LENGTH) -> int | None:
     """0-based leftmost genome position of a read (either strand), or None if the seeds disagree."""
     votes: Counter = Counter()
-    for strand in (read.upper(), read.upper().translate(_COMPLEMENT)[::-1]):
+    for strand in (read.upper(), reverse_complement(read.upper())):
         for offset in range(len(strand) - k + 1):
             position = index.get(strand[offset : offset + k])
             if position is not None:
@@ -53,15 +53,6 @@ def place_read(read: str, index: dict[str, int], k: int = SEED_LENGTH) -> int | 
     return diagonal
 
 
-def write_fasta_gz(path: Path, records) -> int:
-    count = 0
-    with atomic_path(path) as temporary, gzip.open(temporary, "wt", compresslevel=9) as out:
-        for header, sequence in records:
-            out.write(f">{header}\n{sequence}\n")
-            count += 1
-    return count
-
-
 def training_inputs(data: Path, out: Path) -> None:
     genome = next(read_sequences(data / "lambda_virus.fa.gz"))
     index = seed_index(genome.sequence.upper())
@@ -69,8 +60,8 @@ def training_inputs(data: Path, out: Path) -> None:
     for read in read_sequences(data / "reads_1.fq.gz"):
         position = place_read(read.sequence, index)
         if position is not None and position + len(read.sequence) <= len(genome.sequence):
-            placed.append((f"{read.id} origin={genome.id}:{position + 1}", read.sequence))
-    count = write_fasta_gz(out / "lambda_reads_placed.fa.gz", placed)
+            placed.append((read.id, f"origin={genome.id}:{position + 1}", read.sequence))
+    count = write_reads(placed, out / "lambda_reads_placed.fa.gz")
     print(f"placed {count} of 10,000 lambda reads on {genome.id}")
 
 
@@ -87,7 +78,7 @@ def demo_input(data: Path, training: Path, held_out_table: Path, out: Path, read
     for read in read_sequences(training / "lambda_reads_placed.fa.gz"):
         source, position = parse_origin(read.description)
         if (source, (position - 1 + len(read.sequence) // 2) // region_length) in held_out.get("viral", []):
-            viral.append((f"{read.id} lambda held-out region, origin={source}:{position}", read.sequence))
+            viral.append((read.id, f"lambda held-out region, origin={source}:{position}", read.sequence))
     viral = [viral[i] for i in sorted(rng.choice(len(viral), min(reads_per_label, len(viral)), replace=False))]
 
     genomes = {record.id: record.sequence for record in read_sequences(data / "Klebs_HS11286.fna.xz")}
@@ -100,13 +91,12 @@ def demo_input(data: Path, training: Path, held_out_table: Path, out: Path, read
         start = int(rng.integers(0, max(1, len(region) - length)))
         read = region[start : start + length]
         if rng.random() < 0.5:
-            read = read.upper().translate(_COMPLEMENT)[::-1]
+            read = reverse_complement(read.upper())
         position = index * region_length + start + 1
-        host.append((f"kpneumoniae_{number:03d} Klebsiella held-out region, simulated from {source}:{position}", read))
+        host.append((f"kpneumoniae_{number:03d}", f"Klebsiella held-out region, simulated from {source}:{position}",
+                     read))
 
-    with atomic_path(out) as temporary, open(temporary, "w") as handle:
-        for header, sequence in viral + host:
-            handle.write(f">{header}\n{sequence}\n")
+    write_reads(viral + host, out)
     print(f"wrote {len(viral)} lambda and {len(host)} Klebsiella reads from held-out regions to {out}")
 
 

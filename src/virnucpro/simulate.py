@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.sequence_io import atomic_path, read_sequences
+from virnucpro.translation import reverse_complement
 
 SOURCES = {"lambda": "lambda_virus.fa.gz", "kpneumoniae": "Klebs_HS11286.fna.xz"}
-_COMPLEMENT = bytes.maketrans(b"ACGT", b"TGCA")
 
 
 @dataclass(frozen=True)
@@ -55,18 +55,18 @@ def simulate_reads(genomes: list[Genome], count: int, min_length: int, max_lengt
     substituted = rng.random(len(bases)) < substitution_rate
     bases[substituted] = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, int(substituted.sum()))]
     bases[rng.random(len(bases)) < n_rate] = ord("N")
-    text = bases.tobytes()
+    text = bases.tobytes().decode()
     offset = 0
     for number in range(count):
         g, n = from_genome[number], int(lengths[number])
         read = text[offset : offset + n]
         offset += n
         if reverse[number]:
-            read = read.translate(_COMPLEMENT)[::-1]
+            read = reverse_complement(read)
         record_id = genomes[g].records[records[number]][0]
         strand = "-" if reverse[number] else "+"
         yield (f"{genomes[g].source}_{number:07d}", f"{record_id}:{starts[number] + 1}-{starts[number] + n}({strand})",
-               read.decode())
+               read)
 
 
 def write_reads(reads, path: Path) -> int:

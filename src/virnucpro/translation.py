@@ -60,6 +60,11 @@ _N_SYMBOLS = len(_SYMBOLS)
 _COMPLEMENT = str.maketrans("ACGTNRYSWKMBDHV", "TGCANYRSWMKVHDB")
 
 
+def reverse_complement(sequence: str) -> str:
+    """The reverse complement of an upper-case sequence, IUPAC codes included."""
+    return sequence.translate(_COMPLEMENT)[::-1]
+
+
 def _build_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     symbol_code = np.full(256, 255, dtype=np.uint8)
     for code, symbol in enumerate(_SYMBOLS):
