@@ -4,15 +4,8 @@ import lzma
 
 import pytest
 
-from virnucpro.sequence_io import (
-    InputError,
-    SequenceRecord,
-    atomic_output,
-    atomic_path,
-    read_fasta_simple,
-    read_sequences,
-    write_fasta_record,
-)
+from virnucpro.files import atomic_output, atomic_path
+from virnucpro.sequence_io import InputError, SequenceRecord, fasta_text, read_records, read_sequences
 
 FASTA_TEXT = (
     ">read_1 first read, with a description\n"
@@ -231,7 +224,7 @@ def test_missing_file_is_not_an_input_error(tmp_path):
 def test_atomic_output_writes_the_final_file_and_no_temporary(tmp_path):
     path = tmp_path / "sub" / "out.fa"
     with atomic_output(path) as handle:
-        write_fasta_record(handle, "r1", "ACGT" * 30, line_width=60)
+        handle.write(fasta_text(["r1"], ["ACGT" * 30], line_width=60))
         assert not path.exists()
     assert path.read_text() == ">r1\n" + "ACGT" * 15 + "\n" + "ACGT" * 15 + "\n"
     assert [p.name for p in path.parent.iterdir()] == ["out.fa"]
@@ -275,13 +268,16 @@ def test_atomic_path_moves_the_written_file_into_place(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
-def test_write_and_read_back_fasta(tmp_path):
-    path = tmp_path / "frames.fa"
-    records = [SequenceRecord("a_chunk_1F1", "ACGTN" * 40), SequenceRecord("b_chunk_2R3", "")]
-    with atomic_output(path) as handle:
-        for record in records:
-            write_fasta_record(handle, record.id, record.sequence)
-    assert list(read_fasta_simple(path)) == records
+def test_fasta_text_wraps_like_biopython(tmp_path):
+    from Bio import SeqIO
+    from Bio.Seq import Seq
+    from Bio.SeqRecord import SeqRecord
+
+    ids, sequences = ["a_chunk_1", "b_chunk_2", "c"], ["ACGTN" * 40, "", "ACGT" * 15]
+    with open(tmp_path / "biopython.fa", "w") as handle:
+        SeqIO.write([SeqRecord(Seq(s), id=i, description="") for i, s in zip(ids, sequences)], handle, "fasta")
+    assert fasta_text(ids, sequences, line_width=60) == (tmp_path / "biopython.fa").read_text()
+    assert fasta_text(ids, sequences) == "".join(f">{i}\n{s}\n" for i, s in zip(ids, sequences))
 
 
 def test_a_byte_order_mark_is_skipped(tmp_path):
