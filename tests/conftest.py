@@ -69,3 +69,57 @@ def dnabert_s_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("dnabert") / "DNABERT-S"
     save_dnabert_s(model, BUILTIN_MODELS / "dnabert_s_mini" / "tokenizer.json", directory, weights="pytorch_model.bin")
     return directory
+
+
+class PreparedSample:
+    """Stages 1-2 run on an input file as the workflow runs them: partition, chunk and translate
+    every part. Attributes hold the parts' paths by kind."""
+
+    def __init__(self, directory: Path, input_path: Path, expected_length: int, parts: int = 1,
+                 max_ambiguous_fraction: float = 0.5):
+        from virnucpro.chunking import chunk_part
+        from virnucpro.partition import partition_input
+        from virnucpro.translation import identify_frames
+        from virnucpro.workflow_config import unit_names
+
+        self.directory, self.names = directory, unit_names(parts)
+        self.input_parts = self._paths("input", "arrow")
+        partition_input(input_path, self.input_parts)
+        self.reads, self.chunks, self.read_ids = (self._paths(kind, "arrow") for kind in ("reads", "chunks", "read_ids"))
+        self.frames, self.chunk_summary = self._paths("frames", "arrow"), self._paths("chunk_summary", "arrow")
+        self.chunked_fasta, self.nucleotide_fasta, self.protein_fasta = (
+            self._paths(kind, extension) for kind, extension in (("chunked", "fa"), ("identified_nucleotide", "fa"),
+                                                                  ("identified_protein", "faa")))
+        for index in range(parts):
+            chunk_part(self.input_parts[index], expected_length, self.reads[index], self.chunks[index],
+                       self.read_ids[index], self.chunked_fasta[index])
+            identify_frames(self.chunks[index], self.reads[index], self.frames[index], self.chunk_summary[index],
+                            max_ambiguous_fraction, (self.nucleotide_fasta[index], self.protein_fasta[index]))
+
+    def _paths(self, kind: str, extension: str) -> list[Path]:
+        return [self.directory / kind / f"{name}.{extension}" for name in self.names]
+
+    def text(self, kind: str) -> str:
+        """A VirNucPro FASTA file as the workflow assembles it from the parts."""
+        return "".join(path.read_text() for path in getattr(self, kind))
+
+
+@pytest.fixture
+def prepare(tmp_path):
+    """`prepare(input_path, expected_length, parts=1)`: stages 1-2 in a fresh directory."""
+    count = iter(range(1000))
+
+    def run(input_path, expected_length: int, parts: int = 1, max_ambiguous_fraction: float = 0.5) -> PreparedSample:
+        return PreparedSample(tmp_path / f"prepared{next(count)}", input_path, expected_length, parts,
+                              max_ambiguous_fraction)
+
+    return run
+
+
+def token_lists(tokenizer, sequences: list[str]) -> list:
+    """A tokenizer's tokens (see virnucpro.models.tokens) as one int64 array per sequence."""
+    import numpy as np
+    import pyarrow as pa
+
+    encoded = tokenizer.encode(pa.array(sequences, pa.string()))
+    return [np.asarray(tokens, dtype=np.int64) for tokens in encoded.to_pylist()]

@@ -1,18 +1,12 @@
 import math
 import random
 
-import pyarrow.parquet as pq
+import numpy as np
 import pytest
 
-from virnucpro.chunking import (
-    READ_MANIFEST_SCHEMA,
-    ChunkingResult,
-    chunk_id,
-    chunk_reads,
-    chunk_sequence,
-    chunk_starts,
-)
-from virnucpro.sequence_io import InputError, read_fasta_simple, read_sequences
+from virnucpro.chunking import READ_SCHEMA, chunk_id, chunk_layout, chunk_start
+from virnucpro.sequence_io import InputError, read_records, read_sequences
+from virnucpro.tables import PartedTable
 
 
 def original_chunks(sequence: str, size: int) -> list[str]:
@@ -41,14 +35,25 @@ def random_sequence(rng: random.Random, length: int) -> str:
 
 
 def spans(length: int, size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + size, length)) for start in chunk_starts(length, size)]
+    layout = chunk_layout(np.array([length]), size)
+    return list(zip(layout.start.tolist(), (layout.start + layout.length).tolist()))
+
+
+def chunk_sequence(sequence: str, size: int) -> list[str]:
+    return [sequence[start:end] for start, end in spans(len(sequence), size)]
+
+
+def chunk_records(prepared) -> list[tuple[str, str]]:
+    """(ID, sequence) of the chunks in the chunk file the workflow assembles from the parts."""
+    path = prepared.directory / "chunked.fa"
+    path.write_text(prepared.text("chunked_fasta"))
+    return [(record.id, record.sequence) for record in read_records(path)]
 
 
 @pytest.mark.parametrize("name", ["test_with_orfs", "test_fixed_500bp"])
-def test_chunk_file_is_byte_identical_to_the_original(reference_dir, tmp_path, name):
-    chunks_path = tmp_path / "chunks.fa"
-    chunk_reads(reference_dir / f"{name}.fa", chunks_path, tmp_path / "reads.parquet", 500)
-    assert chunks_path.read_bytes() == (reference_dir / f"{name}_chunked500.fa").read_bytes()
+def test_chunk_file_is_byte_identical_to_the_original(reference_dir, prepare, name):
+    prepared = prepare(reference_dir / f"{name}.fa", 500)
+    assert prepared.text("chunked_fasta") == (reference_dir / f"{name}_chunked500.fa").read_text()
 
 
 BOUNDARIES = {
@@ -106,9 +111,9 @@ def test_chunk_sequence_matches_the_original_algorithm(size):
 
 
 def test_empty_sequence_and_bad_size():
-    assert chunk_starts(0, 300) == [] and chunk_sequence("", 300) == []
+    assert spans(0, 300) == [] and chunk_sequence("", 300) == []
     with pytest.raises(ValueError):
-        chunk_starts(100, 0)
+        spans(100, 0)
 
 
 def test_chunk_id():
@@ -120,7 +125,7 @@ def write_fasta_lines(path, lines):
     return path
 
 
-def test_read_manifest_and_chunk_file(tmp_path):
+def test_read_manifest_and_chunk_file(tmp_path, prepare):
     rng = random.Random(7)
     long_read = random_sequence(rng, 640).lower()
     long_read = long_read[:100] + "nnnRY" + long_read[105:]
@@ -130,14 +135,12 @@ def test_read_manifest_and_chunk_file(tmp_path):
         [">long first read", *(long_read[i : i + 70] for i in range(0, 640, 70)),
          ">empty", ">short placed origin=NC_001416.1:1234", short_read[:150], short_read[150:]],
     )
-    chunks_path, manifest_path = tmp_path / "out" / "chunks.fa", tmp_path / "out" / "reads.parquet"
 
-    result = chunk_reads(input_path, chunks_path, manifest_path, 300)
+    prepared = prepare(input_path, 300)
 
-    assert result == ChunkingResult(reads=3, chunks=4, bases=940)
-    manifest = pq.read_table(manifest_path)
-    assert manifest.schema == READ_MANIFEST_SCHEMA
-    assert manifest.to_pydict() == {
+    manifest = PartedTable(prepared.reads)
+    assert manifest.schema.remove_metadata() == READ_SCHEMA
+    assert manifest.read(0, 3).to_pydict() == {
         "read_index": [0, 1, 2],
         "read_id": ["long", "empty", "short"],
         "length": [640, 0, 300],
@@ -146,52 +149,69 @@ def test_read_manifest_and_chunk_file(tmp_path):
         "origin_sequence": [None, None, "NC_001416.1"],
         "origin_position": [None, None, 1234],
     }
-    chunks = list(read_fasta_simple(chunks_path))
-    assert [c.id for c in chunks] == ["long_chunk_1", "long_chunk_2", "long_chunk_3", "short_chunk_1"]
-    assert [c.sequence for c in chunks] == chunk_sequence(long_read, 300) + [short_read]
-    assert chunks[0].sequence[:100].islower()  # case is kept, as the original writes it
+    chunks = chunk_records(prepared)
+    assert [c[0] for c in chunks] == ["long_chunk_1", "long_chunk_2", "long_chunk_3", "short_chunk_1"]
+    assert [c[1] for c in chunks] == chunk_sequence(long_read, 300) + [short_read]
+    assert chunks[0][1][:100].islower()  # case is kept, as the original writes it
+    table = PartedTable(prepared.chunks).read(0, 4).to_pydict()
+    assert table["read_index"] == [0, 0, 0, 2] and table["chunk"] == [1, 2, 3, 1]
+    assert table["start"] == [start for start, _ in spans(640, 300)] + [0]
 
 
-def test_chunk_file_is_wrapped_at_60_columns(tmp_path):
+def test_parts_give_the_same_reads_and_chunks_as_one_part(data_dir, prepare):
+    one, several = prepare(data_dir / "reads_1.fq.gz", 300), prepare(data_dir / "reads_1.fq.gz", 300, parts=4)
+    for kind in ("reads", "chunks"):
+        whole, parted = PartedTable(getattr(one, kind)), PartedTable(getattr(several, kind))
+        assert parted.num_rows == whole.num_rows > 10_000 - 1
+        assert parted.read(0, parted.num_rows).equals(whole.read(0, whole.num_rows))
+    assert several.text("chunked_fasta") == one.text("chunked_fasta")
+    assert len({PartedTable([path]).num_rows for path in several.reads}) > 1  # the parts differ
+
+
+def test_chunk_file_is_wrapped_at_60_columns(tmp_path, prepare):
     sequence = random_sequence(random.Random(3), 500)
-    input_path = write_fasta_lines(tmp_path / "reads.fa", [">r", sequence])
-    chunks_path = tmp_path / "chunks.fa"
-    chunk_reads(input_path, chunks_path, tmp_path / "reads.parquet", 500)
+    prepared = prepare(write_fasta_lines(tmp_path / "reads.fa", [">r", sequence]), 500)
     lines = [sequence[i : i + 60] for i in range(0, 500, 60)]
-    assert chunks_path.read_text() == ">r_chunk_1\n" + "\n".join(lines) + "\n"
+    assert prepared.text("chunked_fasta") == ">r_chunk_1\n" + "\n".join(lines) + "\n"
 
 
-def test_bad_input_leaves_no_chunk_file_or_manifest(tmp_path):
+def test_bad_input_leaves_no_chunk_file_or_manifest(tmp_path, prepare):
     input_path = write_fasta_lines(tmp_path / "reads.fa", [">r1", "ACGT" * 100, ">r2", "ACGTQ"])
-    chunks_path, manifest_path = tmp_path / "chunks.fa", tmp_path / "reads.parquet"
-    with pytest.raises(InputError, match="record 'r2'"):
-        chunk_reads(input_path, chunks_path, manifest_path, 300)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["reads.fa"]
+    with pytest.raises(InputError, match="reads.fa, record 'r2'"):
+        prepare(input_path, 300)
+    assert not list(tmp_path.rglob("reads/*")) and not list(tmp_path.rglob("chunked/*"))
+    assert not list(tmp_path.rglob(".*tmp*"))
 
 
-def test_lambda_genome_chunks_back_into_the_genome(data_dir, tmp_path):
+def test_lambda_genome_chunks_back_into_the_genome(data_dir, prepare):
     genome_path = data_dir / "lambda_virus.fa.gz"
     [genome] = read_sequences(genome_path)
     assert len(genome.sequence) == 48_502
-    chunks_path = tmp_path / "chunks.fa"
 
-    result = chunk_reads(genome_path, chunks_path, tmp_path / "reads.parquet", 300)
+    chunks = chunk_records(prepare(genome_path, 300))
 
-    assert result == ChunkingResult(reads=1, chunks=162, bases=48_502)
-    chunks = list(read_fasta_simple(chunks_path))
-    assert [c.id for c in chunks] == [f"gi|9626243|ref|NC_001416.1|_chunk_{k}" for k in range(1, 163)]
-    assert all(len(c.sequence) == 300 for c in chunks)
+    assert [c[0] for c in chunks] == [f"gi|9626243|ref|NC_001416.1|_chunk_{k}" for k in range(1, 163)]
+    assert all(len(c[1]) == 300 for c in chunks)
     # 162 * 300 - 48,502 = 98 bases are covered twice: the first 98 neighbours overlap by one base.
     overlaps = [1] * 98 + [0] * 63
-    joined = chunks[0].sequence
+    joined = chunks[0][1]
     for chunk, overlap in zip(chunks[1:], overlaps):
-        assert joined.endswith(chunk.sequence[:overlap])
-        joined += chunk.sequence[overlap:]
+        assert joined.endswith(chunk[1][:overlap])
+        joined += chunk[1][overlap:]
     assert joined == genome.sequence
 
 
-def test_a_malformed_origin_is_an_input_error(tmp_path):
+def test_chunk_layout_of_many_sequences_is_each_ones_layout():
+    lengths = np.array([0, 1, 299, 300, 301, 48_502, 1000, 0, 7])
+    layout = chunk_layout(lengths, 300)
+    for index, length in enumerate(lengths.tolist()):
+        mine = layout.sequence == index
+        assert list(zip(layout.start[mine].tolist(), (layout.start + layout.length)[mine].tolist())) == spans(length, 300)
+        assert layout.number[mine].tolist() == list(range(1, mine.sum() + 1))
+    assert chunk_start(lengths[layout.sequence], layout.number, 300).tolist() == layout.start.tolist()
+
+
+def test_a_malformed_origin_is_an_input_error(tmp_path, prepare):
     input_path = write_fasta_lines(tmp_path / "reads.fa", [">r1 origin=lambda", "ACGT"])
     with pytest.raises(InputError, match="reads.fa, record 'r1': origin must be <sequence>:<1-based position>"):
-        chunk_reads(input_path, tmp_path / "c.fa", tmp_path / "m.parquet", 300)
-    assert not (tmp_path / "c.fa").exists()
+        prepare(input_path, 300)

@@ -1,23 +1,53 @@
-import gzip
 import itertools
 import random
+from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from virnucpro.chunking import chunk_reads, chunk_sequence
-from virnucpro.sequence_io import read_fasta_simple, read_sequences
+from virnucpro.chunking import chunk_layout
+from virnucpro.sequence_io import read_records, read_sequences
+from virnucpro.tables import PartedTable
 from virnucpro.translation import (
     CHUNK_SUMMARY_SCHEMA,
     FRAME_NAMES,
+    FRAME_SCHEMA,
     REASON_NO_STOP_FREE_FRAME,
     REASON_TOO_AMBIGUOUS,
     REASON_TOO_SHORT,
-    IdentificationResult,
-    identify_frames,
     translate_chunks,
 )
+
+
+@dataclass
+class Frame:
+    name: str
+    protein: str
+    nucleotide: str
+
+
+@dataclass
+class Translation:
+    frames: list[Frame]
+    ambiguous_bases: int
+    reason: str | None
+
+
+def translate(chunks: list[str], max_ambiguous_fraction: float = 1.0) -> list[Translation]:
+    """translate_chunks' columns, chunk by chunk."""
+    result = translate_chunks(pa.array(chunks, pa.string()), max_ambiguous_fraction)
+    frames: list[list[Frame]] = [[] for _ in chunks]
+    for chunk, frame, protein, nucleotide in zip(result.frame_chunk.tolist(), result.frame.tolist(),
+                                                 result.protein.to_pylist(), result.nucleotide.to_pylist()):
+        frames[chunk].append(Frame(FRAME_NAMES[frame], protein, nucleotide))
+    assert result.frames.tolist() == [len(f) for f in frames]
+    return [Translation(f, int(a), r) for f, a, r in zip(frames, result.ambiguous_bases, result.reason)]
+
+
+def chunk_sequence(sequence: str, size: int) -> list[str]:
+    layout = chunk_layout(np.array([len(sequence)]), size)
+    return [sequence[start : start + length] for start, length in zip(layout.start.tolist(), layout.length.tolist())]
 
 # The standard genetic code in NCBI's layout: codons in TCAG order of first, second, third base.
 STANDARD_CODE = dict(
@@ -59,7 +89,7 @@ def frames_of(translation) -> list[tuple[str, str, str]]:
 def assert_matches_oracle(chunks: list[str]) -> int:
     """Compare translate_chunks with the oracle on `chunks`; return how many frames were kept."""
     kept = 0
-    for chunk, translation in zip(chunks, translate_chunks(chunks), strict=True):
+    for chunk, translation in zip(chunks, translate(chunks), strict=True):
         expected = oracle_frames(chunk)
         assert frames_of(translation) == expected, chunk
         if expected:
@@ -78,13 +108,10 @@ def test_oracle_code_table():
 
 
 @pytest.mark.parametrize("name", ["test_with_orfs", "test_fixed_500bp"])
-def test_identified_files_are_byte_identical_to_the_original(reference_dir, tmp_path, name):
-    chunks_path = tmp_path / "chunks.fa"
-    chunk_reads(reference_dir / f"{name}.fa", chunks_path, tmp_path / "reads.parquet", 500)
-    nucleotide_path, protein_path = tmp_path / "nucleotide.fa", tmp_path / "protein.faa"
-    identify_frames(chunks_path, nucleotide_path, protein_path, tmp_path / "chunks.parquet", 0.5)
-    assert nucleotide_path.read_bytes() == (reference_dir / f"{name}_identified_nucleotide.fa").read_bytes()
-    assert protein_path.read_bytes() == (reference_dir / f"{name}_identified_protein.faa").read_bytes()
+def test_identified_files_are_byte_identical_to_the_original(reference_dir, prepare, name):
+    prepared = prepare(reference_dir / f"{name}.fa", 500)
+    assert prepared.text("nucleotide_fasta") == (reference_dir / f"{name}_identified_nucleotide.fa").read_text()
+    assert prepared.text("protein_fasta") == (reference_dir / f"{name}_identified_protein.faa").read_text()
 
 
 def test_random_chunks_match_the_oracle():
@@ -136,19 +163,19 @@ def test_reads_with_ambiguous_bases_match_the_ambiguity_aware_oracle(real_reads)
     ],
 )
 def test_ambiguous_codon_translation(chunk, frame, protein):
-    [translation] = translate_chunks([chunk])
+    [translation] = translate([chunk])
     assert dict((f.name, f.protein) for f in translation.frames)[frame] == protein
 
 
 @pytest.mark.parametrize("chunk", ["TAA", "TRA", "TAR"])
 def test_ambiguous_codon_that_is_always_a_stop_removes_the_frame(chunk):
-    [translation] = translate_chunks([chunk])
+    [translation] = translate([chunk])
     assert "F1" not in [f.name for f in translation.frames]
 
 
 def test_ambiguous_bases_keep_protein_and_nucleotide_in_register():
     chunk = "ATGGCNAAANNNTGGCATRYGGCT"
-    [translation] = translate_chunks([chunk])
+    [translation] = translate([chunk])
     frames = {f.name: f for f in translation.frames}
     assert frames["F1"].protein == "MAKXWHXA"
     assert frames["F1"].nucleotide == chunk  # 3 * 8 + 1 bases run past the end: up to the end
@@ -164,7 +191,7 @@ def test_nucleotide_slice_is_one_base_longer_than_the_codons():
     # 12 bases: F1 has 4 codons and no base after them, F2 has 3 codons and one base after them,
     # F3 ends on the stop TAA.
     chunk = "ATGNNNGCTAAN"
-    [translation] = translate_chunks([chunk])
+    [translation] = translate([chunk])
     frames = {f.name: f for f in translation.frames}
     assert (frames["F1"].protein, frames["F1"].nucleotide) == ("MXAX", "ATGNNNGCTAAN")
     assert (frames["F2"].protein, frames["F2"].nucleotide) == ("XXL", "TGNNNGCTAA")
@@ -173,7 +200,7 @@ def test_nucleotide_slice_is_one_base_longer_than_the_codons():
 
 @pytest.mark.parametrize("chunk", ["A", "AC", "N", "nn"])
 def test_chunks_shorter_than_a_codon_are_too_short(chunk):
-    [translation] = translate_chunks([chunk], max_ambiguous_fraction=0.0)
+    [translation] = translate([chunk], max_ambiguous_fraction=0.0)
     assert translation.frames == [] and translation.reason == REASON_TOO_SHORT
     assert translation.ambiguous_bases == sum(base in "Nn" for base in chunk)
 
@@ -181,14 +208,14 @@ def test_chunks_shorter_than_a_codon_are_too_short(chunk):
 @pytest.mark.parametrize("chunk", ["ATG", "TAA", "ATGC", "TTAG"])
 def test_frames_without_a_codon_are_not_kept(chunk):
     # VirNucPro drops frames whose protein is empty; lengths 3 and 4 have such frames.
-    [translation] = translate_chunks([chunk])
+    [translation] = translate([chunk])
     assert translation.frames and all(frame.protein for frame in translation.frames)
     assert frames_of(translation) == oracle_frames(chunk)
 
 
 def test_too_ambiguous_is_more_than_the_fraction():
     at_limit, over_limit = "NNNNNACGTA", "NNNNNNACGT"
-    translations = translate_chunks([at_limit, over_limit], max_ambiguous_fraction=0.5)
+    translations = translate([at_limit, over_limit], max_ambiguous_fraction=0.5)
     assert translations[0].reason is None and translations[0].frames
     assert translations[1].reason == REASON_TOO_AMBIGUOUS and translations[1].frames == []
     assert [t.ambiguous_bases for t in translations] == [5, 6]
@@ -197,7 +224,7 @@ def test_too_ambiguous_is_more_than_the_fraction():
 def test_no_stop_free_frame():
     chunk = "CTAGTTAATTAGTAC"
     assert oracle_frames(chunk) == []
-    [translation] = translate_chunks([chunk])
+    [translation] = translate([chunk])
     assert translation.frames == [] and translation.reason == REASON_NO_STOP_FREE_FRAME
 
 
@@ -206,64 +233,63 @@ def test_lowercase_gives_the_same_frames_as_uppercase():
     upper = ["".join(rng.choices("ACGTN", weights=[10, 10, 10, 1, 1], k=rng.randint(1, 300))) for _ in range(500)]
     lower = [chunk.lower() for chunk in upper]
     mixed = ["".join(rng.choice([base, base.lower()]) for base in chunk) for chunk in upper]
-    expected = translate_chunks(upper, max_ambiguous_fraction=0.2)
-    assert translate_chunks(lower, max_ambiguous_fraction=0.2) == expected
-    assert translate_chunks(mixed, max_ambiguous_fraction=0.2) == expected
+    expected = translate(upper, max_ambiguous_fraction=0.2)
+    assert translate(lower, max_ambiguous_fraction=0.2) == expected
+    assert translate(mixed, max_ambiguous_fraction=0.2) == expected
     assert any(t.frames for t in expected) and any(t.reason == REASON_TOO_AMBIGUOUS for t in expected)
 
 
 def test_results_keep_the_input_order_across_lengths():
     chunks = ["ATGAAA", "GCN", "ATGAAACCC", "AC", "ATGTTT"]
-    assert translate_chunks(chunks) == [translate_chunks([chunk])[0] for chunk in chunks]
+    assert translate(chunks) == [translate([chunk])[0] for chunk in chunks]
 
 
-def test_identify_frames_files_and_summary(tmp_path):
-    chunks = {
-        "ok_chunk_1": "ATGGCNAAATGGCAT",
-        "short_chunk_1": "ac",
-        "ambiguous_chunk_1": "NNNNNNACGT",
-        "closed_chunk_1": "CTAGTTAATTAGTAC",
-        "ok_chunk_2": "atgaaacccggg",
+def test_identify_frames_tables_and_files(tmp_path, prepare):
+    reads = {
+        "ok": "ATGGCNAAATGGCAT",
+        "short": "ac",
+        "ambiguous": "NNNNNNACGT",
+        "closed": "CTAGTTAATTAGTAC",
+        "ok2": "atgaaacccggg",
     }
-    chunks_path = tmp_path / "chunks.fa"
-    chunks_path.write_text("".join(f">{name}\n{sequence}\n" for name, sequence in chunks.items()))
-    nucleotide_path, protein_path, summary_path = tmp_path / "n.fa", tmp_path / "p.faa", tmp_path / "s.parquet"
+    (tmp_path / "reads.fa").write_text("".join(f">{name}\n{sequence}\n" for name, sequence in reads.items()))
 
-    result = identify_frames(chunks_path, nucleotide_path, protein_path, summary_path, 0.5)
+    prepared = prepare(tmp_path / "reads.fa", 300)
 
-    expected = [(f"{name}{frame}", protein, nucleotide)
-                for name, sequence in chunks.items() if name.startswith("ok")
+    expected = [(index, name, frame, protein, nucleotide)
+                for index, (name, sequence) in enumerate(reads.items()) if name.startswith("ok")
                 for frame, protein, nucleotide in oracle_frames(sequence)]
-    assert result == IdentificationResult(chunks=5, frames=len(expected))
-    assert [(r.id, r.sequence) for r in read_fasta_simple(nucleotide_path)] == [(i, n) for i, _, n in expected]
-    assert [(r.id, r.sequence) for r in read_fasta_simple(protein_path)] == [(i, p) for i, p, _ in expected]
-    summary = pq.read_table(summary_path)
-    assert summary.schema == CHUNK_SUMMARY_SCHEMA
-    assert summary.schema.names == ["chunk_id", "length", "ambiguous_bases", "frames", "reason"]
-    ok_frames = [len(oracle_frames(chunks["ok_chunk_1"])), len(oracle_frames(chunks["ok_chunk_2"]))]
-    assert summary.to_pydict() == {
-        "chunk_id": list(chunks),
+    frames = PartedTable(prepared.frames)
+    assert frames.schema.remove_metadata() == FRAME_SCHEMA
+    assert frames.read(0, frames.num_rows).to_pydict() == {
+        "read_index": [e[0] for e in expected], "chunk": [1] * len(expected),
+        "frame": [FRAME_NAMES.index(e[2]) for e in expected],
+        "protein": [e[3] for e in expected], "nucleotide": [e[4] for e in expected]}
+    assert prepared.text("nucleotide_fasta") == "".join(f">{e[1]}_chunk_1{e[2]}\n{e[4]}\n" for e in expected)
+    assert prepared.text("protein_fasta") == "".join(f">{e[1]}_chunk_1{e[2]}\n{e[3]}\n" for e in expected)
+    summary = PartedTable(prepared.chunk_summary)
+    assert summary.schema.remove_metadata() == CHUNK_SUMMARY_SCHEMA
+    ok_frames = [len(oracle_frames(reads["ok"])), len(oracle_frames(reads["ok2"]))]
+    assert summary.read(0, 5).to_pydict() == {
+        "read_index": [0, 1, 2, 3, 4],
+        "chunk": [1] * 5,
+        "start": [0] * 5,
         "length": [15, 2, 10, 15, 12],
         "ambiguous_bases": [1, 0, 6, 0, 0],
         "frames": [ok_frames[0], 0, 0, 0, ok_frames[1]],
         "reason": [None, REASON_TOO_SHORT, REASON_TOO_AMBIGUOUS, REASON_NO_STOP_FREE_FRAME, None],
     }
-    assert summary.column("reason").type == pa.string()
 
 
-def test_identify_frames_does_not_depend_on_the_batch_size(data_dir, tmp_path):
-    with gzip.open(data_dir / "reads_1.fq.gz", "rt") as handle:
-        head = "".join(itertools.islice(handle, 4 * 500))
-    (tmp_path / "reads.fq").write_text(head)
-    chunks_path = tmp_path / "chunks.fa"
-    chunk_reads(tmp_path / "reads.fq", chunks_path, tmp_path / "reads.parquet", 300)
-    outputs = []
-    for batch_size in (1, 7, 100_000):
-        out = tmp_path / f"batch_{batch_size}"
-        identify_frames(chunks_path, out / "n.fa", out / "p.faa", out / "s.parquet", 0.5, batch_size=batch_size)
-        outputs.append([(out / name).read_bytes() for name in ("n.fa", "p.faa")]
-                       + [pq.read_table(out / "s.parquet").to_pydict()])
-    assert outputs[0] == outputs[1] == outputs[2]
-    frame_ids = [r.id for r in read_fasta_simple(tmp_path / "batch_1" / "n.fa")]
-    assert len(frame_ids) > 500 and len(set(frame_ids)) == len(frame_ids)
+def test_frames_do_not_depend_on_the_parts(data_dir, prepare):
+    one, several = prepare(data_dir / "reads_1.fq.gz", 300), prepare(data_dir / "reads_1.fq.gz", 300, parts=5)
+    for kind in ("frames", "chunk_summary"):
+        whole, parted = PartedTable(getattr(one, kind)), PartedTable(getattr(several, kind))
+        assert parted.read(0, parted.num_rows).equals(whole.read(0, whole.num_rows))
+    for kind in ("nucleotide_fasta", "protein_fasta"):
+        assert several.text(kind) == one.text(kind)
+    path = several.directory / "frames.fa"
+    path.write_text(several.text("nucleotide_fasta"))
+    frame_ids = [record.id for record in read_records(path)]
+    assert len(frame_ids) > 5000 and len(set(frame_ids)) == len(frame_ids)
     assert all(frame_id[-2:] in FRAME_NAMES for frame_id in frame_ids)

@@ -10,8 +10,14 @@ original tool base for base:
     extra  = repeat - (n - 1) * lower
     overlap before chunk j+1 = lower + 1 for the first `extra` gaps, `lower` after them
 
-When `extra` exceeds n - 1 every gap gets lower + 1, the overlaps add up to less than `repeat`, and
-the last chunk runs past the end of the sequence; it is then simply shorter than `size`.
+so chunk j (from 0) starts at j * size - j * lower - min(j, extra). When `extra` exceeds n - 1
+every gap gets lower + 1, the overlaps add up to less than `repeat`, and the last chunk runs past
+the end of the sequence; it is then simply shorter than `size`.
+
+One job per part of the input (see `virnucpro.partition`): it checks the letters of every read,
+chunks all of them at once with NumPy, and writes the part's reads (the manifest every later
+stage joins to by read index), its chunks, the hashes of its read IDs (for the duplicate check
+over the whole sample, `virnucpro.read_ids`) and, for people, its share of VirNucPro's chunk file.
 
 A read placed on a reference (for training, where held-out genome regions must stay held out) may
 say where it comes from with `origin=<sequence>:<position>` in its header (1-based position of its
@@ -20,18 +26,24 @@ leftmost base); the manifest keeps it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from virnucpro.sequence_io import InputError, atomic_output, atomic_path, read_sequences, write_fasta_record
+from virnucpro.read_ids import id_hashes, write_id_hashes
+from virnucpro.files import atomic_output
+from virnucpro.sequence_io import IS_ACGT, InputError, check_nucleotides, fasta_text
+from virnucpro.tables import TableReader, TableWriter, string_bytes
 
 CHUNK_FASTA_LINE_WIDTH = 60  # VirNucPro writes chunks with Biopython, which wraps at 60
+TABLE_BATCH_ROWS = 65536
 
-READ_MANIFEST_SCHEMA = pa.schema(
+READ_SCHEMA = pa.schema(
     [
         ("read_index", pa.int64()),
         ("read_id", pa.string()),
@@ -42,30 +54,52 @@ READ_MANIFEST_SCHEMA = pa.schema(
         ("origin_position", pa.int64()),
     ]
 )
+CHUNK_SCHEMA = pa.schema(
+    [("read_index", pa.int64()), ("chunk", pa.int32()), ("start", pa.int64()), ("sequence", pa.large_string())]
+)
 _ORIGIN = re.compile(r"(?:^|\s)origin=(\S+)")
 _ORIGIN_VALUE = re.compile(r"(\S+):([1-9]\d*)")
 
 
-def chunk_starts(length: int, size: int) -> list[int]:
-    """Start positions (0-based) of the chunks of a sequence of `length` bases."""
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Chunks of several sequences, in order: their sequence, number (from 1), start and length."""
+
+    sequence: np.ndarray
+    number: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+
+
+def chunk_layout(lengths: np.ndarray, size: int) -> ChunkLayout:
+    """Where the chunks of sequences of `lengths` bases lie, by VirNucPro's rule."""
+    _check_size(size)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    counts = -(-lengths // size)
+    sequence = np.repeat(np.arange(len(lengths)), counts)
+    number = np.arange(len(sequence)) - (np.cumsum(counts) - counts)[sequence] + 1
+    start = chunk_start(lengths[sequence], number, size)
+    return ChunkLayout(sequence, number, start, np.minimum(size, lengths[sequence] - start))
+
+
+def chunk_start(lengths: np.ndarray, numbers: np.ndarray, size: int) -> np.ndarray:
+    """Start (0-based) of chunk number `numbers` (from 1) of sequences of `lengths` bases."""
+    _check_size(size)
+    lengths, index = np.asarray(lengths, dtype=np.int64), np.asarray(numbers, dtype=np.int64) - 1
+    counts = -(-lengths // size)
+    repeat = counts * size - lengths
+    lower = np.floor_divide(repeat, counts, out=np.zeros_like(repeat), where=counts > 0)
+    extra = repeat - (counts - 1) * lower
+    return index * size - index * lower - np.minimum(index, extra)
+
+
+def _check_size(size: int) -> None:
     if size < 1:
         raise ValueError(f"chunk size must be positive, got {size}")
-    if length <= 0:
-        return []
-    count = -(-length // size)
-    repeat = count * size - length
-    lower = repeat // count
-    extra = repeat - (count - 1) * lower
-    starts, shift = [], 0
-    for index in range(count):
-        starts.append(index * size - shift)
-        shift += lower + 1 if index < extra else lower
-    return starts
 
 
-def chunk_sequence(sequence: str, size: int) -> list[str]:
-    """The chunks of `sequence`, in order."""
-    return [sequence[start : start + size] for start in chunk_starts(len(sequence), size)]
+def chunk_id(read_id: str, number: int) -> str:
+    return f"{read_id}_chunk_{number}"
 
 
 def parse_origin(description: str) -> tuple[str | None, int | None]:
@@ -79,12 +113,13 @@ def parse_origin(description: str) -> tuple[str | None, int | None]:
     return value.group(1), int(value.group(2))
 
 
-def _count_acgt(sequence: str) -> int:
-    return sum(map(sequence.upper().count, "ACGT"))
-
-
-def chunk_id(read_id: str, number: int) -> str:
-    return f"{read_id}_chunk_{number}"
+def gather_slices(sequences: pa.Array, rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.LargeStringArray:
+    """sequences[rows[i]][starts[i] : starts[i] + lengths[i]] for every i, as one string array."""
+    offsets, data = string_bytes(sequences)
+    new_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    source = np.repeat(offsets[rows] + starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
+    return pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(new_offsets), pa.py_buffer(data[source]))
 
 
 @dataclass(frozen=True)
@@ -94,33 +129,49 @@ class ChunkingResult:
     bases: int
 
 
-def chunk_reads(input_path: str | os.PathLike, chunks_path: str | os.PathLike,
-                manifest_path: str | os.PathLike, size: int) -> ChunkingResult:
-    """Chunk every record of `input_path`; write the chunks as FASTA and one manifest row per read.
+def chunk_part(part_path: str | os.PathLike, size: int, reads_path: str | os.PathLike, chunks_path: str | os.PathLike,
+               read_ids_path: str | os.PathLike, fasta_path: str | os.PathLike | None = None) -> ChunkingResult:
+    """Stage 1 for one part of the input (see the module's description)."""
+    part = TableReader(part_path)
+    source, first_read = part.metadata("source"), part.metadata("first_read_index")
+    reads = chunks = bases = 0
+    hashes = []
+    with contextlib.ExitStack() as outputs:
+        read_table = outputs.enter_context(TableWriter(reads_path, READ_SCHEMA, TABLE_BATCH_ROWS))
+        chunk_table = outputs.enter_context(TableWriter(chunks_path, CHUNK_SCHEMA, TABLE_BATCH_ROWS))
+        fasta = outputs.enter_context(atomic_output(fasta_path)) if fasta_path else None
+        for batch in part.batches():
+            ids = batch.column("id").to_pylist()
+            sequences = check_nucleotides(source, ids, batch.column("sequence"))
+            offsets, data = string_bytes(sequences)
+            lengths = np.diff(offsets)
+            acgt = np.r_[0, np.cumsum(IS_ACGT[data])][offsets]
+            read_index = np.arange(first_read + reads, first_read + reads + len(ids))
+            layout = chunk_layout(lengths, size)
+            origin_sequence, origin_position = _origins(source, ids, batch.column("header"))
+            read_table.write_columns({
+                "read_index": read_index, "read_id": ids, "length": lengths, "ambiguous_bases": lengths - np.diff(acgt),
+                "chunks": np.bincount(layout.sequence, minlength=len(ids)).astype(np.int32),
+                "origin_sequence": origin_sequence, "origin_position": origin_position,
+            })
+            chunk_sequences = gather_slices(sequences, layout.sequence, layout.start, layout.length)
+            chunk_table.write_columns({"read_index": read_index[layout.sequence], "chunk": layout.number.astype(np.int32),
+                                       "start": layout.start, "sequence": chunk_sequences})
+            if fasta is not None:
+                chunk_ids = [chunk_id(ids[r], n) for r, n in zip(layout.sequence.tolist(), layout.number.tolist())]
+                fasta.write(fasta_text(chunk_ids, chunk_sequences.to_pylist(), CHUNK_FASTA_LINE_WIDTH))
+            hashes.append(id_hashes(ids))
+            reads, chunks, bases = reads + len(ids), chunks + len(layout.start), bases + int(lengths.sum())
+        write_id_hashes(read_ids_path, np.concatenate(hashes) if hashes else np.empty(0, np.uint64), first_read)
+    return ChunkingResult(reads=reads, chunks=chunks, bases=bases)
 
-    The manifest keeps every input read, also those that yield no chunk (empty sequences), so that
-    the final table can account for each of them.
-    """
-    columns = {name: [] for name in READ_MANIFEST_SCHEMA.names}
-    total_chunks = total_bases = 0
-    with atomic_output(chunks_path) as out:
-        for index, record in enumerate(read_sequences(input_path)):
-            pieces = chunk_sequence(record.sequence, size)
-            for number, piece in enumerate(pieces, start=1):
-                write_fasta_record(out, chunk_id(record.id, number), piece, CHUNK_FASTA_LINE_WIDTH)
-            columns["read_index"].append(index)
-            columns["read_id"].append(record.id)
-            columns["length"].append(len(record.sequence))
-            columns["ambiguous_bases"].append(len(record.sequence) - _count_acgt(record.sequence))
-            columns["chunks"].append(len(pieces))
-            try:
-                origin = parse_origin(record.description)
-            except ValueError as error:
-                raise InputError(input_path, str(error), record=record.id) from None
-            columns["origin_sequence"].append(origin[0])
-            columns["origin_position"].append(origin[1])
-            total_chunks += len(pieces)
-            total_bases += len(record.sequence)
-    with atomic_path(manifest_path) as temporary:
-        pq.write_table(pa.table(columns, schema=READ_MANIFEST_SCHEMA), temporary)
-    return ChunkingResult(reads=len(columns["read_id"]), chunks=total_chunks, bases=total_bases)
+
+def _origins(source, ids: list[str], headers: pa.Array) -> tuple[list, list]:
+    """The declared origin of each read (None where there is none)."""
+    names, positions = [None] * len(ids), [None] * len(ids)
+    for row in np.flatnonzero(pc.match_substring(headers, "origin=").to_numpy(zero_copy_only=False)):
+        try:
+            names[row], positions[row] = parse_origin(headers[row].as_py())
+        except ValueError as error:
+            raise InputError(source, str(error), record=ids[row]) from None
+    return names, positions

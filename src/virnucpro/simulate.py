@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.sequence_io import atomic_path, read_sequences
+from virnucpro.files import atomic_path
+from virnucpro.sequence_io import read_sequences
 from virnucpro.translation import reverse_complement
 
 SOURCES = {"lambda": "lambda_virus.fa.gz", "kpneumoniae": "Klebs_HS11286.fna.xz"}

@@ -15,22 +15,26 @@ TAN, which could be Y or a stop). An X is not a stop, so it never removes a fram
 this is exactly VirNucPro's translation. Chunks in which more than `max_ambiguous_fraction` of the
 bases are ambiguous are not translated at all and are reported as `too_ambiguous`.
 
-The translation is vectorised with NumPy over groups of equal-length chunks, which keeps this
-stage fast on millions of reads.
+The translation is vectorised with NumPy over groups of equal-length chunks and written as Arrow
+columns, which keeps this stage fast on millions of reads. One job per part of the input; its
+frames table (read index, chunk, frame, protein, nucleotide slice) is what every later stage reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from virnucpro.sequence_io import atomic_output, atomic_path, read_fasta_simple, write_fasta_record
+from virnucpro.chunking import TABLE_BATCH_ROWS, chunk_id
+from virnucpro.files import atomic_output
+from virnucpro.sequence_io import IS_ACGT, fasta_text
+from virnucpro.tables import TableReader, TableWriter, string_bytes
 
 FRAME_NAMES = ("F1", "F2", "F3", "R1", "R2", "R3")
 
@@ -89,84 +93,89 @@ _SYMBOL_CODE, _COMPLEMENT_ASCII, _AMINO_ACID = _build_tables()
 _STOP = ord("*")
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    name: str  # F1..F3, R1..R3
-    protein: str
-    nucleotide: str
+_UPPER = np.arange(256, dtype=np.uint8)
+_UPPER[ord("a") : ord("z") + 1] -= 32
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkTranslation:
-    frames: list[Frame]
-    ambiguous_bases: int
-    reason: str | None  # why no frame was kept, None when some were
+@dataclass
+class TranslatedChunks:
+    """The kept frames of a batch of chunks, in chunk order and F1..R3 within a chunk, and what
+    each chunk gave."""
+
+    frame_chunk: np.ndarray  # the chunk (index in the batch) of each frame
+    frame: np.ndarray  # 0..5 for F1..R3
+    protein: pa.StringArray
+    nucleotide: pa.StringArray  # the slice VirNucPro pairs with the protein, upper case
+    ambiguous_bases: np.ndarray  # per chunk
+    frames: np.ndarray  # per chunk: frames kept
+    reason: list[str | None]  # per chunk: why no frame was kept, None when some were
 
 
-def translate_chunks(sequences: list[str], max_ambiguous_fraction: float = 1.0) -> list[ChunkTranslation]:
-    """Translate a batch of chunks (any case) in six frames; one result per chunk, in order."""
-    results: list[ChunkTranslation | None] = [None] * len(sequences)
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for index, sequence in enumerate(sequences):
-        by_length[len(sequence)].append(index)
-    for length, indices in by_length.items():
-        group = [sequences[i].upper() for i in indices]
-        for index, result in zip(indices, _translate_equal_length(group, length, max_ambiguous_fraction)):
-            results[index] = result
-    return results
+def translate_chunks(sequences: pa.Array, max_ambiguous_fraction: float = 1.0) -> TranslatedChunks:
+    """Translate a batch of chunks (any case) in six frames, with NumPy over equal-length groups."""
+    offsets, data = string_bytes(sequences)
+    data = _UPPER[data]
+    lengths = np.diff(offsets)
+    ambiguous = lengths - np.diff(np.r_[0, np.cumsum(IS_ACGT[data])][offsets])
+    too_ambiguous = ambiguous > max_ambiguous_fraction * lengths
+    pieces = []  # (chunks, frame, residues [n, codons], nucleotides [n, width]) per length and frame
+    for length in np.unique(lengths[lengths >= 3]).tolist():
+        rows = np.flatnonzero((lengths == length) & ~too_ambiguous)
+        forward = data[offsets[rows, None] + np.arange(length)]
+        reverse = _COMPLEMENT_ASCII[forward[:, ::-1]]
+        for frame_index in range(len(FRAME_NAMES)):
+            strand = forward if frame_index < 3 else reverse
+            offset = frame_index % 3
+            codons = (length - offset) // 3
+            if codons == 0:
+                continue  # no codon, no protein: VirNucPro drops frames with an empty protein
+            triplets = _SYMBOL_CODE[strand[:, offset : offset + 3 * codons]].reshape(len(rows), codons, 3)
+            residues = _AMINO_ACID[(triplets[..., 0].astype(np.int32) * _N_SYMBOLS + triplets[..., 1]) * _N_SYMBOLS
+                                   + triplets[..., 2]]
+            kept = ~(residues == _STOP).any(axis=1)
+            width = min(3 * codons + 1, length - offset)
+            pieces.append((rows[kept], frame_index, residues[kept], strand[kept, offset : offset + width]))
+
+    frame_chunk = np.concatenate([p[0] for p in pieces] or [np.empty(0, np.int64)])
+    frame = np.concatenate([np.full(len(p[0]), p[1], dtype=np.int8) for p in pieces] or [np.empty(0, np.int8)])
+    order = np.lexsort((frame, frame_chunk))
+    frames = np.bincount(frame_chunk, minlength=len(lengths))
+    reason = [None if kept else REASON_TOO_SHORT if length < 3 else REASON_TOO_AMBIGUOUS if ambiguous_chunk
+              else REASON_NO_STOP_FREE_FRAME
+              for kept, length, ambiguous_chunk in zip(frames.tolist(), lengths.tolist(), too_ambiguous.tolist())]
+    return TranslatedChunks(frame_chunk[order], frame[order], _strings([p[2] for p in pieces]).take(order),
+                            _strings([p[3] for p in pieces]).take(order), ambiguous, frames, reason)
 
 
-def _translate_equal_length(group: list[str], length: int, max_ambiguous_fraction: float) -> list[ChunkTranslation]:
-    if length < 3:
-        ambiguous = [sum(base not in "ACGT" for base in sequence) for sequence in group]
-        return [ChunkTranslation([], count, REASON_TOO_SHORT) for count in ambiguous]
-    forward = np.frombuffer("".join(group).encode("ascii"), dtype=np.uint8).reshape(len(group), length)
-    reverse = _COMPLEMENT_ASCII[forward[:, ::-1]]
-    forward_codes, reverse_codes = _SYMBOL_CODE[forward], _SYMBOL_CODE[reverse]
-    ambiguous = (forward_codes >= 4).sum(axis=1)
-    too_ambiguous = ambiguous > max_ambiguous_fraction * length
-
-    frames_of_row: list[list[Frame]] = [[] for _ in group]
-    for frame_index, name in enumerate(FRAME_NAMES):
-        strand, codes = (forward, forward_codes) if frame_index < 3 else (reverse, reverse_codes)
-        offset = frame_index % 3
-        codons = (length - offset) // 3
-        if codons == 0:
-            continue  # no codon, no protein: VirNucPro drops frames with an empty protein
-        triplets = codes[:, offset : offset + 3 * codons].reshape(len(group), codons, 3).astype(np.int32)
-        residues = _AMINO_ACID[(triplets[..., 0] * _N_SYMBOLS + triplets[..., 1]) * _N_SYMBOLS + triplets[..., 2]]
-        rows = np.flatnonzero(~(residues == _STOP).any(axis=1) & ~too_ambiguous)
-        if rows.size == 0:
-            continue
-        # Decode all kept rows of this frame at once, then cut the text into rows.
-        width = min(3 * codons + 1, length - offset)
-        proteins = residues[rows].tobytes().decode("ascii")
-        nucleotides = strand[rows, offset : offset + width].tobytes().decode("ascii")
-        for n, row in enumerate(rows.tolist()):
-            frames_of_row[row].append(Frame(name, proteins[n * codons : (n + 1) * codons],
-                                            nucleotides[n * width : (n + 1) * width]))
-
-    results = []
-    for frames, ambiguous_count, is_too_ambiguous in zip(frames_of_row, ambiguous.tolist(), too_ambiguous.tolist()):
-        if frames:
-            reason = None
-        elif is_too_ambiguous:
-            reason = REASON_TOO_AMBIGUOUS
-        else:
-            reason = REASON_NO_STOP_FREE_FRAME
-        results.append(ChunkTranslation(frames, ambiguous_count, reason))
-    return results
+def _strings(blocks: list[np.ndarray]) -> pa.StringArray:
+    """The rows of 2-D byte blocks as one string array."""
+    lengths = np.concatenate([np.full(len(block), block.shape[1]) for block in blocks] or [np.empty(0, np.int64)])
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    data = np.concatenate([block.ravel() for block in blocks] or [np.empty(0, np.uint8)])
+    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
+FRAME_SCHEMA = pa.schema(
+    [
+        ("read_index", pa.int64()),
+        ("chunk", pa.int32()),
+        ("frame", pa.int8()),
+        ("protein", pa.string()),
+        ("nucleotide", pa.string()),
+    ]
+)
 CHUNK_SUMMARY_SCHEMA = pa.schema(
     [
-        ("chunk_id", pa.string()),
+        ("read_index", pa.int64()),
+        ("chunk", pa.int32()),
+        ("start", pa.int64()),
         ("length", pa.int32()),
         ("ambiguous_bases", pa.int32()),
         ("frames", pa.int8()),
         ("reason", pa.string()),
     ]
 )
+TRANSLATION_BATCH_CHUNKS = 65536
 
 
 @dataclass(frozen=True)
@@ -175,37 +184,44 @@ class IdentificationResult:
     frames: int
 
 
-def identify_frames(chunks_path: str | os.PathLike, nucleotide_path: str | os.PathLike,
-                    protein_path: str | os.PathLike, summary_path: str | os.PathLike,
-                    max_ambiguous_fraction: float, batch_size: int = 100_000) -> IdentificationResult:
-    """Translate every chunk of `chunks_path` and write the kept frames and a per-chunk summary.
+def frame_id(read_id: str, chunk: int, frame: int) -> str:
+    """VirNucPro's name of a frame: `<read>_chunk_<k><F1..R3>`."""
+    return f"{chunk_id(read_id, chunk)}{FRAME_NAMES[frame]}"
 
-    The nucleotide and protein files hold the same frame IDs in the same order, like VirNucPro's
-    `*_identified_nucleotide.fa` and `*_identified_protein.faa`. Frame IDs cannot collide: read IDs
-    are unique (checked in stage 1) and `<read>_chunk_<k><frame>` can be split back from the right.
-    """
-    summary = {name: [] for name in CHUNK_SUMMARY_SCHEMA.names}
-    total_frames = 0
-    with atomic_output(nucleotide_path) as nucleotide_out, atomic_output(protein_path) as protein_out:
-        batch = []
-        for record in itertools.chain(read_fasta_simple(chunks_path), [None]):
-            if record is not None:
-                batch.append(record)
-                if len(batch) < batch_size:
-                    continue
-            translations = translate_chunks([r.sequence for r in batch], max_ambiguous_fraction)
-            for chunk, translation in zip(batch, translations):
-                for frame in translation.frames:
-                    frame_id = chunk.id + frame.name
-                    write_fasta_record(nucleotide_out, frame_id, frame.nucleotide)
-                    write_fasta_record(protein_out, frame_id, frame.protein)
-                summary["chunk_id"].append(chunk.id)
-                summary["length"].append(len(chunk.sequence))
-                summary["ambiguous_bases"].append(translation.ambiguous_bases)
-                summary["frames"].append(len(translation.frames))
-                summary["reason"].append(translation.reason)
-                total_frames += len(translation.frames)
-            batch = []
-    with atomic_path(summary_path) as temporary:
-        pq.write_table(pa.table(summary, schema=CHUNK_SUMMARY_SCHEMA), temporary)
-    return IdentificationResult(chunks=len(summary["chunk_id"]), frames=total_frames)
+
+def identify_frames(chunks_path: str | os.PathLike, reads_path: str | os.PathLike, frames_path: str | os.PathLike,
+                    summary_path: str | os.PathLike, max_ambiguous_fraction: float,
+                    fasta_paths: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> IdentificationResult:
+    """Stage 2 for one part: translate its chunks, write its frames table and chunk summary, and,
+    for people, its share of VirNucPro's `identified_nucleotide.fa` and `identified_protein.faa`
+    (`fasta_paths`), which list the same frames in the same order."""
+    chunks, reads = TableReader(chunks_path), TableReader(reads_path)
+    read_ids = reads.read(0, reads.num_rows).column("read_id").to_pylist() if fasta_paths else []
+    first_read = reads.read(0, 1).column("read_index")[0].as_py() if reads.num_rows else 0
+    total_chunks = total_frames = 0
+    with contextlib.ExitStack() as outputs:
+        frame_table = outputs.enter_context(TableWriter(frames_path, FRAME_SCHEMA, TABLE_BATCH_ROWS,
+                                                        compression="zstd"))
+        summary_table = outputs.enter_context(TableWriter(summary_path, CHUNK_SUMMARY_SCHEMA, TABLE_BATCH_ROWS))
+        fasta = [outputs.enter_context(atomic_output(path)) for path in fasta_paths] if fasta_paths else None
+        for block in (chunks.read(start, start + TRANSLATION_BATCH_CHUNKS)
+                      for start in range(0, chunks.num_rows, TRANSLATION_BATCH_CHUNKS)):
+            translated = translate_chunks(block.column("sequence"), max_ambiguous_fraction)
+            read_index = block.column("read_index").to_numpy()
+            chunk_number = block.column("chunk").to_numpy()
+            frame_table.write_columns({
+                "read_index": read_index[translated.frame_chunk], "chunk": chunk_number[translated.frame_chunk],
+                "frame": translated.frame, "protein": translated.protein, "nucleotide": translated.nucleotide})
+            summary_table.write_columns({
+                "read_index": read_index, "chunk": chunk_number, "start": block.column("start"),
+                "length": pc.utf8_length(block.column("sequence")).cast(pa.int32()),
+                "ambiguous_bases": translated.ambiguous_bases.astype(np.int32),
+                "frames": translated.frames.astype(np.int8), "reason": pa.array(translated.reason, pa.string())})
+            if fasta is not None:
+                ids = [frame_id(read_ids[r - first_read], c, f) for r, c, f in zip(
+                    read_index[translated.frame_chunk].tolist(), chunk_number[translated.frame_chunk].tolist(),
+                    translated.frame.tolist())]
+                fasta[0].write(fasta_text(ids, translated.nucleotide.to_pylist()))
+                fasta[1].write(fasta_text(ids, translated.protein.to_pylist()))
+            total_chunks, total_frames = total_chunks + block.num_rows, total_frames + len(translated.frame)
+    return IdentificationResult(chunks=total_chunks, frames=total_frames)
