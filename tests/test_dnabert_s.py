@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
+from conftest import token_lists
 from virnucpro.models.dnabert_s import alibi_slopes, load_dnabert_s
 from virnucpro.models.packing import PackedSequences
 from virnucpro.sequence_io import read_sequences
@@ -74,7 +75,7 @@ def load_state(directory) -> dict[str, torch.Tensor]:
 
 def embed(model, tokenizer, sequences: list[str]) -> torch.Tensor:
     with torch.no_grad():
-        return model.embed(PackedSequences.from_token_lists(tokenizer.encode(sequences)))
+        return model.embed(PackedSequences.from_token_lists(token_lists(tokenizer, sequences)))
 
 
 def copy_model_directory(source, destination, state: dict[str, torch.Tensor], weights: str):
@@ -107,7 +108,7 @@ def test_alibi_slopes_for_6_heads_as_in_the_fixture():
 def test_tokenizer_matches_the_tokenizers_library(dnabert_s_dir, dna_sequences):
     _, tokenizer = load_dnabert_s(dnabert_s_dir)
     reference = Tokenizer.from_file(str(dnabert_s_dir / "tokenizer.json"))
-    for sequence, ids in zip(dna_sequences, tokenizer.encode(dna_sequences)):
+    for sequence, ids in zip(dna_sequences, token_lists(tokenizer, dna_sequences)):
         expected = reference.encode(sequence).ids
         assert ids.tolist() == expected
         assert expected[0] == reference.token_to_id("[CLS]") and expected[-1] == reference.token_to_id("[SEP]")
@@ -120,9 +121,9 @@ def test_packed_batch_matches_the_naive_original_architecture(dnabert_s_dir, dna
     reference_tokenizer = Tokenizer.from_file(str(dnabert_s_dir / "tokenizer.json"))
     model, tokenizer = load_dnabert_s(dnabert_s_dir)
 
-    token_lists = tokenizer.encode(dna_sequences)
-    assert len({len(tokens) for tokens in token_lists}) == len(dna_sequences)  # really different lengths
-    packed = PackedSequences.from_token_lists(token_lists)
+    tokens = token_lists(tokenizer, dna_sequences)
+    assert len({len(t) for t in tokens}) == len(dna_sequences)  # really different lengths
+    packed = PackedSequences.from_token_lists(tokens)
     with torch.no_grad():
         features = model.embed(packed)
     assert features.shape == (len(dna_sequences), config["hidden_size"])

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import token_lists
 from virnucpro.models import esm2
 from virnucpro.models.esm2 import ESM2, ESM2Config, load_esm2, save_fair_esm_checkpoint
 from virnucpro.models.packing import PackedSequences
+from virnucpro.models.tokens import ProteinTokenizer
 
 esm = pytest.importorskip("esm")
 
@@ -41,7 +43,7 @@ def fair_esm_embeddings(checkpoint_path, proteins: list[str]) -> torch.Tensor:
 
 
 def our_embeddings(model: ESM2, proteins: list[str]) -> torch.Tensor:
-    packed = PackedSequences.from_token_lists([esm2.tokenize(p) for p in proteins])
+    packed = PackedSequences.from_token_lists(token_lists(ProteinTokenizer, proteins))
     with torch.no_grad():
         return model.embed(packed)
 
@@ -50,7 +52,7 @@ def test_tokenize_matches_fair_esm_batch_converter():
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     protein = "LAGVSERTIDPKQNFYMHWCXBUZO"
     _, _, tokens = alphabet.get_batch_converter()([("p", protein)])
-    assert esm2.tokenize(protein).tolist() == tokens[0].tolist()
+    assert token_lists(ProteinTokenizer, [protein])[0].tolist() == tokens[0].tolist()
     assert list(esm2.ALPHABET) == alphabet.all_toks
 
 

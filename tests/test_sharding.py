@@ -1,104 +1,100 @@
+"""The shard plan (sized by work, balanced, independent of GPUs) and stages 3-4 (tokens per shard)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
 import pytest
 
-from virnucpro.chunking import chunk_reads
-from virnucpro.sequence_io import read_fasta_simple
-from virnucpro.sharding import count_fasta_records, shard_bounds, shard_names, split_fasta
-from virnucpro.translation import identify_frames
+from conftest import BUILTIN_MODELS
+from virnucpro.models.tokens import load_tokenizer
+from virnucpro.sharding import Shard, plan_shards, read_shard_plan, shard_of, split_shard, write_shard_plan
+from virnucpro.tables import PartedTable, TableReader
+from virnucpro.workflow_config import unit_names
+
+MODELS = {"dnabert_s": BUILTIN_MODELS / "dnabert_s_mini", "esm2": BUILTIN_MODELS / "esm2_mini.pt"}
 
 
 @pytest.fixture(scope="module")
-def identified(data_dir, tmp_path_factory):
-    """The identified nucleotide and protein files of the 10,000 real reads, at chunk length 300."""
-    directory = tmp_path_factory.mktemp("identified")
-    chunks_path = directory / "chunks.fa"
-    chunk_reads(data_dir / "reads_1.fq.gz", chunks_path, directory / "reads.parquet", 300)
-    nucleotide_path, protein_path = directory / "nucleotide.fa", directory / "protein.faa"
-    identify_frames(chunks_path, nucleotide_path, protein_path, directory / "chunks.parquet", 0.5)
-    return nucleotide_path, protein_path
+def lambda_reads(data_dir, tmp_path_factory):
+    from conftest import PreparedSample
+
+    return PreparedSample(tmp_path_factory.mktemp("sharding"), data_dir / "reads_1.fq.gz", 300, parts=3)
 
 
-def ids(path) -> list[str]:
-    return [record.id for record in read_fasta_simple(path)]
+def protein_tokens(prepared) -> np.ndarray:
+    frames = PartedTable(prepared.frames, columns=["protein"])
+    return np.array([len(p) + 2 for p in frames.read(0, frames.num_rows).column(0).to_pylist()])
 
 
-def test_shard_names_sort_in_shard_order():
-    assert shard_names(1) == ["000"]
-    assert shard_names(3) == ["000", "001", "002"]
-    for count in (9, 10, 11, 999, 1000, 1001, 12_345):
-        names = shard_names(count)
-        assert len(names) == count and len(set(names)) == count
-        assert sorted(names) == names
-        assert [int(name) for name in names] == list(range(count))
-        assert len({len(name) for name in names}) == 1
-    assert shard_names(1001)[-1] == "1000"
+def test_unit_names_sort_in_order():
+    assert unit_names(3) == ["000", "001", "002"]
+    names = unit_names(1234)
+    assert names[0] == "0000" and names == sorted(names) and len(set(names)) == 1234
 
 
-@pytest.mark.parametrize("count", [0, -1])
-def test_shard_names_need_a_shard(count):
-    with pytest.raises(ValueError):
-        shard_names(count)
+@pytest.mark.parametrize("shard_tokens", [60, 500, 20_000, 300_000, 10**9])
+def test_shards_cover_every_frame_once_and_are_balanced(lambda_reads, shard_tokens):
+    counts = protein_tokens(lambda_reads)
+    shards = plan_shards(lambda_reads.frames, shard_tokens)
+    assert shards[0].row_start == 0 and shards[-1].row_end == len(counts)
+    assert all(a.row_end == b.row_start for a, b in zip(shards, shards[1:]))
+    assert all(shard.frames > 0 for shard in shards)
+    assert [s.protein_tokens for s in shards] == [int(counts[s.row_start : s.row_end].sum()) for s in shards]
+    wanted = -(-counts.sum() // shard_tokens)
+    # A frame is never split: shards smaller than a few frames merge where their cuts coincide.
+    assert len(shards) == wanted if shard_tokens >= 10 * counts.max() else len(shards) <= wanted
+    if len(shards) > 1 and shard_tokens >= 20_000:
+        sizes = [s.protein_tokens for s in shards]
+        assert max(sizes) - min(sizes) <= 2 * counts.max()  # balanced, not a full last shard and a remnant
+    assert [s.name for s in shards] == unit_names(len(shards))
 
 
-def test_shard_bounds_are_contiguous_and_even():
-    for records in range(0, 60):
-        for shards in range(1, 15):
-            bounds = shard_bounds(records, shards)
-            assert len(bounds) == shards
-            assert bounds[0][0] == 0 and bounds[-1][1] == records
-            assert all(stop == next_start for (_, stop), (next_start, _) in zip(bounds, bounds[1:]))
-            sizes = [stop - start for start, stop in bounds]
-            assert sum(sizes) == records
-            assert max(sizes) - min(sizes) <= 1
+def test_the_plan_follows_the_frames_not_the_parts(data_dir, lambda_reads, prepare):
+    one_part = prepare(data_dir / "reads_1.fq.gz", 300)
+    assert plan_shards(one_part.frames, 20_000) == plan_shards(lambda_reads.frames, 20_000)
 
 
-def test_shard_bounds_formula():
-    assert shard_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
-    assert shard_bounds(2, 4) == [(0, 0), (0, 1), (1, 1), (1, 2)]
-    assert shard_bounds(1_000_003, 1) == [(0, 1_000_003)]
+def test_no_frames_give_no_shards(tmp_path, prepare):
+    (tmp_path / "reads.fa").write_text(">stops\n" + "TTAA" * 50 + "\n>short\nAC\n")
+    assert plan_shards(prepare(tmp_path / "reads.fa", 300).frames, 1000) == []
 
 
-@pytest.mark.parametrize("shards", [1, 3, 7])
-def test_split_real_identified_frames(identified, tmp_path, shards):
-    nucleotide_path, protein_path = identified
-    records = count_fasta_records(nucleotide_path)
-    assert records > 1000 and count_fasta_records(protein_path) == records
-    names = shard_names(shards)
-    nucleotide_shards = [tmp_path / "nucleotide" / f"{name}.fa" for name in names]
-    protein_shards = [tmp_path / "protein" / f"{name}.faa" for name in names]
-
-    nucleotide_counts = split_fasta(nucleotide_path, nucleotide_shards)
-    protein_counts = split_fasta(protein_path, protein_shards)
-
-    expected_counts = [stop - start for start, stop in shard_bounds(records, shards)]
-    assert nucleotide_counts == protein_counts == expected_counts
-    assert b"".join(p.read_bytes() for p in nucleotide_shards) == nucleotide_path.read_bytes()
-    assert b"".join(p.read_bytes() for p in protein_shards) == protein_path.read_bytes()
-    for nucleotide_shard, protein_shard, count in zip(nucleotide_shards, protein_shards, expected_counts):
-        shard_ids = ids(nucleotide_shard)
-        assert len(shard_ids) == count
-        assert shard_ids == ids(protein_shard)
-    assert not [p for p in tmp_path.rglob(".*")]  # no temporary file left behind
+def test_shard_plan_round_trip(tmp_path):
+    shards = [Shard("000", 0, 10, 500), Shard("001", 10, 25, 498)]
+    write_shard_plan(tmp_path / "shards.tsv", shards)
+    assert (tmp_path / "shards.tsv").read_text().splitlines()[0] == "shard\trow_start\trow_end\tframes\tprotein_tokens"
+    assert read_shard_plan(tmp_path / "shards.tsv") == shards
+    assert shard_of(tmp_path / "shards.tsv", "001") == shards[1]
+    with pytest.raises(ValueError, match="no shard '002'"):
+        shard_of(tmp_path / "shards.tsv", "002")
 
 
-def test_more_shards_than_records(identified, tmp_path):
-    nucleotide_path, _ = identified
-    lines = nucleotide_path.read_text().splitlines(keepends=True)
-    head = tmp_path / "head.fa"
-    head.write_text("".join(lines[:8]))  # four single-line records
-    shard_paths = [tmp_path / "shards" / f"{name}.fa" for name in shard_names(7)]
+@pytest.mark.parametrize(("kind", "column"), [("dnabert_s", "nucleotide"), ("esm2", "protein")])
+def test_split_writes_each_frame_of_the_shard_as_the_models_tokens(lambda_reads, tmp_path, kind, column):
+    shard = plan_shards(lambda_reads.frames, 20_000)[1]
+    tokens = split_shard(kind, MODELS[kind], lambda_reads.frames, shard, tmp_path / "tokens.arrow")
+    table = TableReader(tmp_path / "tokens.arrow")
+    tokenizer = load_tokenizer(kind, MODELS[kind])
+    assert table.metadata("kind") == kind and table.metadata("tokenizer") == tokenizer.identity
+    assert Shard(**table.metadata("shard")) == shard
+    frames = PartedTable(lambda_reads.frames, columns=[column]).read(shard.row_start, shard.row_end).column(0)
+    expected = tokenizer.encode(frames.combine_chunks())
+    written = table.read(0, table.num_rows).column("tokens").combine_chunks()
+    assert written.to_pylist() == expected.to_pylist()
+    assert tokens == len(expected.values)
+    if kind == "esm2":
+        assert tokens == shard.protein_tokens
 
-    counts = split_fasta(head, shard_paths)
 
-    assert counts == [0, 1, 0, 1, 0, 1, 1]
-    assert all(path.exists() for path in shard_paths)  # every expected output exists, empty or not
-    assert "".join(path.read_text() for path in shard_paths) == head.read_text()
-    assert [ids(path) for path in shard_paths] == [[], ids(head)[:1], [], ids(head)[1:2], [], ids(head)[2:3],
-                                                   ids(head)[3:]]
+def test_protein_tokens_are_fair_esms(lambda_reads):
+    import esm
 
-
-def test_split_empty_file(tmp_path):
-    empty = tmp_path / "empty.fa"
-    empty.write_text("")
-    shard_paths = [tmp_path / f"{name}.fa" for name in shard_names(3)]
-    assert split_fasta(empty, shard_paths) == [0, 0, 0]
-    assert [path.read_text() for path in shard_paths] == ["", "", ""]
+    alphabet = esm.Alphabet.from_architecture("ESM-1b")
+    converter = alphabet.get_batch_converter()
+    proteins = PartedTable(lambda_reads.frames, columns=["protein"]).read(0, 50).column(0).to_pylist()
+    proteins += ["XBUZO", "", "M"]
+    encoded = load_tokenizer("esm2", MODELS["esm2"]).encode(pa.array(proteins)).to_pylist()
+    for protein, tokens in zip(proteins, encoded):
+        _, _, batch = converter([("p", protein)])
+        assert tokens == batch[0].tolist()

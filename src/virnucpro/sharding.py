@@ -1,46 +1,117 @@
-"""Stages 3 and 4: split the identified nucleotide and protein records into shards.
+"""The shard plan, and stages 3 and 4: each shard's frames tokenized for its embedding model.
 
-Shard k of n receives the records with index in [k * N // n, (k + 1) * N // n), N being the number
-of records. The nucleotide and protein files list the same frames in the same order, so the same
-rule gives shards that pair up frame for frame. Concatenating the shards in order gives back the
-input, which is why no result depends on the number of shards.
+Shards are sized by work, not by GPUs. ESM-2 3B takes most of a run's GPU time, and its time
+grows with its tokens, so a shard is a run of consecutive frames (rows of the sample's frames
+table) of about `shard_tokens` ESM-2 tokens (residues plus <cls> and <eos>). The shards of a sample
+are balanced: n = ceil(total / shard_tokens) shards, cut where the running total of tokens passes
+k / n of the whole. The plan depends only on the input, the expected length and `shard_tokens`,
+so the same run on 1, 2 or 8 GPUs, or under SLURM, makes the same shards; `--resources gpu=N`
+only limits how many GPU jobs run at once. The plan is a Snakemake checkpoint: the number of
+shards is known once stage 2 has run.
+
+Stages 3 and 4 take a shard's rows of the frames table (nucleotide slices for DNABERT-S, proteins
+for ESM-2) and write them as tokens, so that the GPU jobs only pack and embed; these CPU jobs run
+while the GPU works on other shards.
 """
 
 from __future__ import annotations
 
+import csv
 import os
-from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
-from virnucpro.sequence_io import atomic_output, read_fasta_simple, write_fasta_record
+import numpy as np
+import pyarrow as pa
 
+from virnucpro.files import atomic_output
+from virnucpro.models.tokens import load_tokenizer
+from virnucpro.tables import PartedTable, TableWriter, string_bytes
+from virnucpro.workflow_config import unit_names
 
-def shard_names(count: int) -> list[str]:
-    """Names of `count` shards: zero-padded numbers that sort in shard order."""
-    if count < 1:
-        raise ValueError(f"the number of shards must be at least 1, got {count}")
-    width = max(3, len(str(count - 1)))
-    return [f"{index:0{width}d}" for index in range(count)]
-
-
-def shard_bounds(records: int, shards: int) -> list[tuple[int, int]]:
-    """[start, stop) record ranges of each shard, as even as possible, in order."""
-    return [(k * records // shards, (k + 1) * records // shards) for k in range(shards)]
+TOKEN_SCHEMA = pa.schema([("tokens", pa.list_(pa.uint16()))])
+TOKEN_BATCH_ROWS = 65536
+# Sequences of a model kind, in the frames table.
+SEQUENCE_COLUMN = {"dnabert_s": "nucleotide", "esm2": "protein"}
 
 
-def count_fasta_records(path: str | os.PathLike) -> int:
-    with open(path) as handle:
-        return sum(1 for line in handle if line.startswith(">"))
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    row_start: int  # first frame (row of the frames table)
+    row_end: int  # one past the last
+    protein_tokens: int
+
+    @property
+    def frames(self) -> int:
+        return self.row_end - self.row_start
 
 
-def split_fasta(input_path: str | os.PathLike, shard_paths: Sequence[str | os.PathLike]) -> list[int]:
-    """Write the records of `input_path` into `shard_paths` by `shard_bounds`; return the counts."""
-    bounds = shard_bounds(count_fasta_records(input_path), len(shard_paths))
-    records = read_fasta_simple(input_path)
-    counts = []
-    for path, (start, stop) in zip(shard_paths, bounds):
-        with atomic_output(path) as out:
-            for _ in range(stop - start):
-                record = next(records)
-                write_fasta_record(out, record.id, record.sequence)
-        counts.append(stop - start)
-    return counts
+def _protein_token_counts(frames: PartedTable):
+    for block in frames.blocks(rows=1 << 20):
+        offsets, _ = string_bytes(block.column("protein"))
+        yield np.diff(offsets) + 2
+
+
+def plan_shards(frame_paths: list[str | os.PathLike], shard_tokens: int) -> list[Shard]:
+    """Balanced shards of about `shard_tokens` ESM-2 tokens over the frames table's parts."""
+    frames = PartedTable(frame_paths, columns=["protein"])
+    total = sum(int(counts.sum()) for counts in _protein_token_counts(frames))
+    if total == 0:
+        return []
+    count = -(-total // shard_tokens)
+    cuts = [(0, 0)]  # (row, tokens before it) where each shard starts
+    row = running = 0
+    target = 1  # the k of the next cut, after the first frame that takes the total to k / count
+    for counts in _protein_token_counts(frames):
+        cumulative = running + np.cumsum(counts)
+        while target < count:
+            cut = int(np.searchsorted(cumulative, -(-total * target // count)))
+            if cut == len(counts):
+                break
+            target += 1
+            if row + cut + 1 > cuts[-1][0]:  # shards smaller than a frame would be empty: skip those cuts
+                cuts.append((row + cut + 1, int(cumulative[cut])))
+        row, running = row + len(counts), running + int(counts.sum())
+    if row > cuts[-1][0]:
+        cuts.append((row, total))
+    names = unit_names(len(cuts) - 1)
+    return [Shard(name, start, end, end_tokens - start_tokens)
+            for name, (start, start_tokens), (end, end_tokens) in zip(names, cuts[:-1], cuts[1:])]
+
+
+def write_shard_plan(path: str | os.PathLike, shards: list[Shard]) -> None:
+    with atomic_output(path) as out:
+        writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+        writer.writerow(["shard", "row_start", "row_end", "frames", "protein_tokens"])
+        for shard in shards:
+            writer.writerow([shard.name, shard.row_start, shard.row_end, shard.frames, shard.protein_tokens])
+
+
+def read_shard_plan(path: str | os.PathLike) -> list[Shard]:
+    with open(path, newline="") as handle:
+        return [Shard(row["shard"], int(row["row_start"]), int(row["row_end"]), int(row["protein_tokens"]))
+                for row in csv.DictReader(handle, delimiter="\t")]
+
+
+def shard_of(plan_path: str | os.PathLike, name: str) -> Shard:
+    for shard in read_shard_plan(plan_path):
+        if shard.name == name:
+            return shard
+    raise ValueError(f"{plan_path}: no shard '{name}'")
+
+
+def split_shard(kind: str, model_path: str | os.PathLike, frame_paths: list[str | os.PathLike], shard: Shard,
+                output_path: str | os.PathLike) -> int:
+    """Stage 3 (kind "dnabert_s") or 4 ("esm2"): the shard's sequences as the model's tokens.
+
+    Returns the number of tokens written."""
+    tokenizer = load_tokenizer(kind, model_path)
+    frames = PartedTable(frame_paths, columns=[SEQUENCE_COLUMN[kind]])
+    tokens = 0
+    with TableWriter(output_path, TOKEN_SCHEMA, TOKEN_BATCH_ROWS, metadata={
+            "kind": kind, "tokenizer": tokenizer.identity, "shard": asdict(shard)}) as out:
+        for block in frames.blocks(shard.row_start, shard.row_end, rows=TOKEN_BATCH_ROWS):
+            encoded = tokenizer.encode(block.column(0).combine_chunks())
+            out.write_columns({"tokens": encoded})
+            tokens += len(encoded.values)
+    return tokens

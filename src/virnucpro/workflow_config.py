@@ -33,11 +33,10 @@ def resolve_samples(config: dict) -> dict[str, str]:
     return dict(samples)
 
 
-def resolve_shard_count(setting: int | str, gpus: int | None) -> int:
-    """`shards: auto` is one shard per GPU given with --resources gpu=N, and at least one."""
-    if setting == "auto":
-        return max(1, int(gpus or 0))
-    return int(setting)
+def unit_names(count: int) -> list[str]:
+    """Names of `count` parts or shards: zero-padded numbers that sort in order."""
+    width = max(3, len(str(count - 1)))
+    return [f"{index:0{width}d}" for index in range(count)]
 
 
 def resolve_classifier_path(config: dict) -> str:

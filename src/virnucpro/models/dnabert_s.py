@@ -18,13 +18,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.models.checkpoint import assign_weights, weights_fingerprint
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
+from virnucpro.models.tokens import DnaTokenizer
 
 
 @dataclass(frozen=True)
@@ -182,27 +182,6 @@ class DnabertS(nn.Module):
     def embed(self, packed: PackedSequences) -> torch.Tensor:
         """VirNucPro's nucleotide feature: mean over all tokens, [CLS] and [SEP] included, [B, H]."""
         return mean_pool(self(packed), packed, skip_ends=False)
-
-
-class DnaTokenizer:
-    """DNABERT-S's BPE tokenizer, read from `tokenizer.json` with the `tokenizers` library."""
-
-    def __init__(self, path: str | os.PathLike):
-        from tokenizers import Tokenizer
-
-        self._tokenizer = Tokenizer.from_file(os.fspath(path))
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
-        probe = self._tokenizer.encode("ACGT").ids
-        cls_id, sep_id = self._tokenizer.token_to_id("[CLS]"), self._tokenizer.token_to_id("[SEP]")
-        if cls_id is None or sep_id is None or probe[0] != cls_id or probe[-1] != sep_id:
-            raise ValueError(f"{path}: the tokenizer does not wrap sequences in [CLS] ... [SEP]")
-        pad_id = self._tokenizer.token_to_id("[PAD]")
-        self.pad_id = 0 if pad_id is None else pad_id
-        self.vocab_size = self._tokenizer.get_vocab_size()
-
-    def encode(self, sequences: list[str]) -> list[np.ndarray]:
-        return [np.asarray(encoding.ids, dtype=np.int64) for encoding in self._tokenizer.encode_batch(sequences)]
 
 
 def load_dnabert_s(directory: str | os.PathLike, device: str | torch.device = "cpu",

@@ -17,7 +17,6 @@ import os
 import re
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,15 +24,7 @@ from torch.nn.attention.varlen import varlen_attn
 
 from virnucpro.models.checkpoint import assign_weights, load_checkpoint, weights_fingerprint
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
-
-# fair-esm's "ESM-1b" alphabet, used by every ESM-2 model: four specials, the residues, padding to a
-# multiple of eight, then <mask>.
-ALPHABET = (
-    "<cls>", "<pad>", "<eos>", "<unk>",
-    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C",
-    "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
-)
-CLS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 32
+from virnucpro.models.tokens import ALPHABET, PAD
 
 # ESM-2 trains with token dropout: 15% of tokens are chosen, 80% of those masked, and the embeddings
 # are rescaled by (1 - 0.12) / (1 - observed mask ratio). Inputs here never contain <mask>, so the
@@ -42,17 +33,6 @@ TOKEN_DROPOUT_SCALE = 1 - 0.15 * 0.8
 
 # Heads of the published ESM-2 sizes, by width, for checkpoints whose config cannot be read.
 _HEADS_BY_WIDTH = {320: 20, 480: 20, 640: 20, 1280: 20, 2560: 40, 5120: 40}
-
-_RESIDUE_TOKEN = np.full(256, UNK, dtype=np.int64)
-for _index, _token in enumerate(ALPHABET):
-    if len(_token) == 1:
-        _RESIDUE_TOKEN[ord(_token)] = _index
-
-
-def tokenize(protein: str) -> np.ndarray:
-    """<cls> residues <eos>, as fair-esm's batch converter encodes a sequence."""
-    residues = _RESIDUE_TOKEN[np.frombuffer(protein.encode("ascii"), dtype=np.uint8)]
-    return np.concatenate(([CLS], residues, [EOS]))
 
 
 @dataclass(frozen=True)
@@ -183,7 +163,7 @@ def load_esm2(path: str | os.PathLike, device: str | torch.device = "cpu",
         prefix = f"layers.{index}."
         for name in ("weight", "bias"):
             converted[f"{prefix}qkv.{name}"] = torch.cat(
-                [state[f"{prefix}self_attn.{p}_proj.{name}"] for p in ("q", "k", "v")])
+                [state[f"{prefix}self_attn.{p}_proj.{name}"].to(device) for p in ("q", "k", "v")])
             converted[f"{prefix}out_proj.{name}"] = state[f"{prefix}self_attn.out_proj.{name}"]
             for module in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
                 converted[f"{prefix}{module}.{name}"] = state[f"{prefix}{module}.{name}"]
