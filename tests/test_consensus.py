@@ -2,41 +2,95 @@
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from virnucpro.chunking import READ_MANIFEST_SCHEMA
-from virnucpro.consensus import read_calls, write_highest_score, write_prediction_results
-from virnucpro.translation import CHUNK_SUMMARY_SCHEMA
+from virnucpro import consensus
+from virnucpro.chunking import READ_SCHEMA
+from virnucpro.consensus import write_outputs
+from virnucpro.files import atomic_output
+from virnucpro.prediction import FRAME_PREDICTION_SCHEMA, prediction_lines
+from virnucpro.tables import TableWriter
+from virnucpro.translation import CHUNK_SUMMARY_SCHEMA, FRAME_NAMES, FRAME_SCHEMA
 
 
-def original_scores(reference_dir):
+def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0):
+    """Write the tables stages 1-8 would give and run stage 9 on them.
+
+    reads: (read_id, length, ambiguous_bases, chunks); chunks: (read_index, chunk, frames, reason);
+    frames: (read_index, chunk, frame name, others score, virus score); the last `lost_predictions`
+    frames get no prediction. Returns the read table."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with TableWriter(directory / "reads.arrow", READ_SCHEMA, 3) as table:
+        table.write_columns({"read_index": range(len(reads)), "read_id": [r[0] for r in reads],
+                             "length": [r[1] for r in reads], "ambiguous_bases": [r[2] for r in reads],
+                             "chunks": [r[3] for r in reads], "origin_sequence": [None] * len(reads),
+                             "origin_position": [None] * len(reads)})
+    with TableWriter(directory / "chunks.arrow", CHUNK_SUMMARY_SCHEMA, 3) as table:
+        table.write_columns({"read_index": [c[0] for c in chunks], "chunk": [c[1] for c in chunks],
+                             "start": [0] * len(chunks), "length": [0] * len(chunks),
+                             "ambiguous_bases": [0] * len(chunks), "frames": [c[2] for c in chunks],
+                             "reason": [c[3] for c in chunks]})
+    with TableWriter(directory / "frames.arrow", FRAME_SCHEMA, 3) as table:
+        table.write_columns({"read_index": [f[0] for f in frames], "chunk": [f[1] for f in frames],
+                             "frame": [FRAME_NAMES.index(f[2]) for f in frames], "protein": [""] * len(frames),
+                             "nucleotide": [""] * len(frames)})
+    others = np.array([f[3] for f in frames], dtype=np.float32)
+    virus = np.array([f[4] for f in frames], dtype=np.float32)
+    bounds = np.linspace(0, len(frames) - lost_predictions, shards + 1).astype(int)
+    predictions, lines = [], []
+    for shard, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        predictions.append(directory / f"{shard}.parquet")
+        pq.write_table(pa.table({"row": np.arange(start, stop), "score_others": others[start:stop],
+                                 "score_virus": virus[start:stop]}, schema=FRAME_PREDICTION_SCHEMA), predictions[-1])
+        lines.append(directory / f"{shard}.txt")
+        ids = [f"{reads[f[0]][0]}_chunk_{f[1]}{f[2]}" for f in frames[start:stop]]
+        with atomic_output(lines[-1]) as out:
+            out.write(prediction_lines(ids, others[start:stop], virus[start:stop]))
+    counts = write_outputs("s", [directory / "reads.arrow"], [directory / "chunks.arrow"],
+                           [directory / "frames.arrow"], predictions, lines, 300, "model.pt",
+                           directory / "prediction_results.txt", directory / "highest.csv",
+                           directory / "reads.parquet")
+    table = pq.read_table(directory / "reads.parquet")
+    called = table.column("call").to_pylist()
+    assert counts == {"virus": called.count("virus"), "others": called.count("others"),
+                      "unclassified": called.count(None)}
+    return table
+
+
+def original_frames(reference_dir):
+    """The original's frames and scores as stage-9 inputs (its IDs taken apart here, in the test)."""
     lines = (reference_dir / "prediction_results.txt").read_text().splitlines()[1:]
-    rows = [line.split("\t") for line in lines]
-    ids = [row[0] for row in rows]
-    others = np.array([row[2] for row in rows], dtype=np.float32)
-    virus = np.array([row[3] for row in rows], dtype=np.float32)
-    return ids, others, virus
+    reads, chunks, frames = [], [], []
+    for frame_id, _, others, virus in (line.split("\t") for line in lines):
+        read_id, chunk = frame_id[:-2].rsplit("_chunk_", 1)
+        if not reads or reads[-1][0] != read_id:
+            reads.append([read_id, 500, 0, 0])
+        if not chunks or chunks[-1][:2] != [len(reads) - 1, int(chunk)]:
+            chunks.append([len(reads) - 1, int(chunk), 0, None])
+            reads[-1][3] += 1
+        chunks[-1][2] += 1
+        frames.append((len(reads) - 1, int(chunk), frame_id[-2:], np.float32(others), np.float32(virus)))
+    return reads, chunks, frames
 
 
 def test_prediction_results_reproduce_the_original_file(reference_dir, tmp_path):
-    ids, others, virus = original_scores(reference_dir)
-    write_prediction_results(tmp_path / "prediction_results.txt", ids, others, virus)
+    run_stage_9(tmp_path, *original_frames(reference_dir))
     assert (tmp_path / "prediction_results.txt").read_bytes() == (reference_dir / "prediction_results.txt").read_bytes()
 
 
 def test_highest_score_file_reproduces_the_original(reference_dir, tmp_path):
-    ids, others, virus = original_scores(reference_dir)
-    write_highest_score(tmp_path / "highest.csv", ids, others, virus)
+    run_stage_9(tmp_path, *original_frames(reference_dir))
     expected = (reference_dir / "prediction_results_highestscore.csv").read_text()
     assert (tmp_path / "highest.csv").read_text() == expected
 
 
 def test_highest_score_groups_by_chunk_sorted_and_ties_go_to_virus(tmp_path):
-    ids = ["r2_chunk_1F1", "r10_chunk_1R2", "r10_chunk_1F3", "r2_chunk_2F1"]
-    others = np.array([0.6, 0.7, 0.5, 0.5], dtype=np.float32)
-    virus = np.array([0.4, 0.3, 0.7, 0.5], dtype=np.float32)
-    write_highest_score(tmp_path / "h.csv", ids, others, virus)
-    assert (tmp_path / "h.csv").read_text().splitlines() == [
+    reads = [("r2", 600, 0, 2), ("r10", 300, 0, 1)]
+    chunks = [(0, 1, 1, None), (0, 2, 1, None), (1, 1, 2, None)]
+    frames = [(0, 1, "F1", 0.6, 0.4), (0, 2, "F1", 0.5, 0.5), (1, 1, "F3", 0.5, 0.7), (1, 1, "R2", 0.7, 0.3)]
+    run_stage_9(tmp_path, reads, chunks, frames)
+    assert (tmp_path / "highest.csv").read_text().splitlines() == [
         "Modified_ID\tIs_Virus",
         "r10_chunk_1\tTrue",  # max score2 0.7 >= max score1 0.7
         "r2_chunk_1\tFalse",
@@ -44,54 +98,33 @@ def test_highest_score_groups_by_chunk_sorted_and_ties_go_to_virus(tmp_path):
     ]
 
 
-def test_frame_label_is_virus_only_when_score2_is_larger(tmp_path):
-    write_prediction_results(tmp_path / "p.txt", ["a_chunk_1F1", "b_chunk_1F1"],
-                             np.array([0.5, 0.25], dtype=np.float32), np.array([0.5, 0.75], dtype=np.float32))
-    rows = [line.split("\t")[1] for line in (tmp_path / "p.txt").read_text().splitlines()[1:]]
-    assert rows == ["others", "virus"]
+def test_highest_score_sorts_beyond_one_run_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(consensus, "SORT_RUN_ROWS", 4)
+    rng = np.random.default_rng(3)
+    names = [f"read{rng.integers(10**6)}_{i}" for i in range(30)]
+    reads = [(name, 300, 0, 1) for name in names]
+    chunks = [(index, 1, 1, None) for index in range(30)]
+    frames = [(index, 1, "F1", float(rng.random()), float(rng.random())) for index in range(30)]
+    run_stage_9(tmp_path, reads, chunks, frames, shards=4)
+    rows = (tmp_path / "highest.csv").read_text().splitlines()[1:]
+    assert [row.split("\t")[0] for row in rows] == sorted(f"{name}_chunk_1" for name in names)
+    assert [row.split("\t")[1] for row in rows] == [str(f[4] >= f[3]) for f in sorted(
+        frames, key=lambda f: f"{names[f[0]]}_chunk_1")]
 
 
-def manifest(rows):
-    columns = ["read_index", "read_id", "length", "ambiguous_bases", "chunks"]
-    table = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
-    table.update(origin_sequence=[None] * len(rows), origin_position=[None] * len(rows))
-    return pa.table(table, schema=READ_MANIFEST_SCHEMA)
+def test_frame_label_is_virus_only_when_score2_is_larger():
+    lines = prediction_lines(["a_chunk_1F1", "b_chunk_1F1"], np.array([0.5, 0.25], dtype=np.float32),
+                             np.array([0.5, 0.75], dtype=np.float32))
+    assert [line.split("\t")[1] for line in lines.splitlines()] == ["others", "virus"]
 
 
-def chunk_summary(rows):
-    columns = ["chunk_id", "length", "ambiguous_bases", "frames", "reason"]
-    return pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}, schema=CHUNK_SUMMARY_SCHEMA)
-
-
-def frame_scores(rows):
-    """(frame IDs, others scores, virus scores), as stage 9 reads them from the frame predictions."""
-    return ([r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float32),
-            np.array([r[2] for r in rows], dtype=np.float32))
-
-
-def test_every_read_gets_a_row_with_a_call_or_a_reason():
-    reads = manifest([
-        (0, "long", 450, 0, 2),
-        (1, "stops", 120, 0, 1),
-        (2, "empty", 0, 0, 0),
-        (3, "tiny", 2, 0, 1),
-        (4, "nnn", 100, 90, 1),
-        (5, "host", 150, 1, 1),
-    ])
-    chunks = chunk_summary([
-        ("long_chunk_1", 300, 0, 2, None),
-        ("long_chunk_2", 300, 0, 0, "no_stop_free_frame"),
-        ("stops_chunk_1", 120, 0, 0, "no_stop_free_frame"),
-        ("tiny_chunk_1", 2, 0, 0, "too_short"),
-        ("nnn_chunk_1", 100, 90, 0, "too_ambiguous"),
-        ("host_chunk_1", 150, 1, 1, None),
-    ])
-    frames = frame_scores([
-        ("long_chunk_1F1", 0.7, 0.3),
-        ("long_chunk_1R2", 0.25, 0.75),
-        ("host_chunk_1F2", 0.8, 0.2),
-    ])
-    table = read_calls("s", reads, chunks, *frames, 300, "model.pt")
+def test_every_read_gets_a_row_with_a_call_or_a_reason(tmp_path):
+    reads = [("long", 450, 0, 2), ("stops", 120, 0, 1), ("empty", 0, 0, 0), ("tiny", 2, 0, 1), ("nnn", 100, 90, 1),
+             ("host", 150, 1, 1)]
+    chunks = [(0, 1, 2, None), (0, 2, 0, "no_stop_free_frame"), (1, 1, 0, "no_stop_free_frame"), (3, 1, 0, "too_short"),
+              (4, 1, 0, "too_ambiguous"), (5, 1, 1, None)]
+    frames = [(0, 1, "F1", 0.7, 0.3), (0, 1, "R2", 0.25, 0.75), (5, 1, "F2", 0.8, 0.2)]
+    table = run_stage_9(tmp_path, reads, chunks, frames)
     rows = {row["read_id"]: row for row in table.to_pylist()}
     assert table.column("read_id").to_pylist() == ["long", "stops", "empty", "tiny", "nnn", "host"]
     assert rows["long"]["call"] == "virus" and rows["long"]["frames"] == 2
@@ -107,19 +140,43 @@ def test_every_read_gets_a_row_with_a_call_or_a_reason():
     assert set(table.column("expected_length").to_pylist()) == {300}
 
 
-def test_a_missing_frame_prediction_is_an_error_not_a_silent_loss():
-    reads = manifest([(0, "r", 150, 0, 1)])
-    chunks = chunk_summary([("r_chunk_1", 150, 0, 2, None)])
-    frames = frame_scores([("r_chunk_1F1", 0.5, 0.5)])
-    with pytest.raises(ValueError, match="read 'r': 1 predicted, 2 identified"):
-        read_calls("s", reads, chunks, *frames, 300, "model.pt")
+def test_a_missing_frame_prediction_is_an_error_not_a_silent_loss(tmp_path):
+    reads = [("r", 150, 0, 1), ("q", 150, 0, 1)]
+    chunks = [(0, 1, 2, None), (1, 1, 1, None)]
+    frames = [(0, 1, "F1", 0.5, 0.5), (0, 1, "F2", 0.5, 0.5), (1, 1, "F1", 0.5, 0.5)]
+    run_stage_9(tmp_path / "whole", reads, chunks, frames)
+    with pytest.raises(ValueError, match="frame predictions end at row 2, frames go on to row 3"):
+        run_stage_9(tmp_path / "lost", reads, chunks, frames, lost_predictions=1)
+    assert not (tmp_path / "lost" / "reads.parquet").exists()
 
 
-def test_read_ids_that_look_like_chunk_ids_stay_apart():
+def test_frames_that_do_not_match_their_chunks_are_an_error(tmp_path):
+    reads = [("r", 150, 0, 1)]
+    with pytest.raises(ValueError, match="do not match their chunks"):
+        run_stage_9(tmp_path, reads, [(0, 1, 1, None)], [(0, 2, "F1", 0.5, 0.5)])
+
+
+def test_read_ids_that_look_like_chunk_ids_stay_apart(tmp_path):
     """`x` cut into two chunks and a read literally named `x_chunk_1` never share a frame ID."""
-    reads = manifest([(0, "x", 600, 0, 2), (1, "x_chunk_1", 150, 0, 1)])
-    chunks = chunk_summary([("x_chunk_1", 300, 0, 1, None), ("x_chunk_2", 300, 0, 0, "no_stop_free_frame"),
-                            ("x_chunk_1_chunk_1", 150, 0, 1, None)])
-    frames = frame_scores([("x_chunk_1F1", 0.9, 0.1), ("x_chunk_1_chunk_1F1", 0.1, 0.9)])
-    rows = {row["read_id"]: row for row in read_calls("s", reads, chunks, *frames, 300, "m").to_pylist()}
+    reads = [("x", 600, 0, 2), ("x_chunk_1", 150, 0, 1)]
+    chunks = [(0, 1, 1, None), (0, 2, 0, "no_stop_free_frame"), (1, 1, 1, None)]
+    frames = [(0, 1, "F1", 0.9, 0.1), (1, 1, "F1", 0.1, 0.9)]
+    rows = {row["read_id"]: row for row in run_stage_9(tmp_path, reads, chunks, frames).to_pylist()}
     assert rows["x"]["call"] == "others" and rows["x_chunk_1"]["call"] == "virus"
+
+
+def test_reads_and_frames_across_blocks_and_shards_give_the_same_table(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    reads, chunks, frames = [], [], []
+    for index in range(40):
+        reads.append((f"r{index}", 900, 0, 3))
+        for chunk in (1, 2, 3):
+            kept = int(rng.integers(0, 4))
+            chunks.append((index, chunk, kept, None if kept else "no_stop_free_frame"))
+            frames += [(index, chunk, name, float(rng.random()), float(rng.random())) for name in FRAME_NAMES[:kept]]
+    whole = run_stage_9(tmp_path / "whole", reads, chunks, frames)
+    monkeypatch.setattr(consensus, "READ_BLOCK_ROWS", 3)
+    parted = run_stage_9(tmp_path / "parted", reads, chunks, frames, shards=7)
+    assert parted.equals(whole)
+    for name in ("prediction_results.txt", "highest.csv"):
+        assert (tmp_path / "parted" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()

@@ -1,16 +1,19 @@
-"""embed_sequences on the CPU with both embedding models, on frames translated from the lambda genome."""
+"""The embedding stages on the CPU with both embedding models, on frames translated from the lambda genome."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
-from virnucpro.embedding import embed_sequences, load_embedder
+from virnucpro.embedding import embed_sequences, embed_shard, load_embedder
+from virnucpro.features import FeatureFile
 from virnucpro.models.packing import PackedSequences
+from virnucpro.models.tokens import load_tokenizer
 from virnucpro.sequence_io import read_sequences
+from virnucpro.sharding import Shard
+from virnucpro.tables import TableWriter
 from virnucpro.translation import translate_chunks
 
 CPU = torch.device("cpu")
@@ -24,9 +27,9 @@ def lambda_frames(data_dir):
     starts = rng.integers(0, len(genome) - 400, size=24)
     lengths = rng.integers(60, 400, size=24)
     chunks = [genome[start : start + length] for start, length in zip(starts, lengths)]
-    frames = [frame for translation in translate_chunks(chunks) for frame in translation.frames]
-    assert len(frames) >= 20
-    return frames[:30]
+    frames = translate_chunks(pa.array(chunks))
+    assert len(frames.frame) >= 20
+    return {"esm2": frames.protein.to_pylist()[:30], "dnabert_s": frames.nucleotide.to_pylist()[:30]}
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +39,17 @@ def embedders(esm2_checkpoint, dnabert_s_dir):
 
 
 def sequences_for(kind: str, frames) -> list[str]:
-    return [frame.protein if kind == "esm2" else frame.nucleotide for frame in frames]
+    return frames[kind]
+
+
+def tokens(embedder, sequences: list[str]) -> pa.ListArray:
+    return load_tokenizer(embedder.kind, embedder.source).encode(pa.array(sequences, pa.string()))
 
 
 def embed_alone(embedder, sequence: str) -> np.ndarray:
+    packed = PackedSequences.from_token_lists([np.asarray(tokens(embedder, [sequence])[0].as_py())])
     with torch.no_grad():
-        return embedder.model.embed(PackedSequences.from_token_lists(embedder.tokenize([sequence])))[0].numpy()
+        return embedder.model.embed(packed)[0].numpy()
 
 
 @pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
@@ -79,32 +87,49 @@ def test_result_does_not_depend_on_input_order(kind, embedders, lambda_frames):
 
 
 @pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
-def test_duplicates_are_embedded_once_and_returned_for_every_input(kind, embedders, lambda_frames):
+def test_a_repeated_sequence_gets_the_same_embedding_in_every_batch(kind, embedders, lambda_frames):
     embedder = embedders[kind]
-    distinct = list(dict.fromkeys(sequences_for(kind, lambda_frames[:10])))
+    distinct = sequences_for(kind, lambda_frames)[:10]
     sequences = distinct + distinct[::2] + [distinct[0]] * 3
-    tokenized = []
-
-    def recording_tokenize(batch):
-        tokenized.extend(batch)
-        return embedder.tokenize(batch)
-
-    embeddings, stats = embed_sequences(dataclasses.replace(embedder, tokenize=recording_tokenize), sequences, CPU,
-                                        token_budget=256)
-    assert sorted(tokenized) == sorted(distinct)
-    assert stats.sequences == len(sequences)
-    assert stats.unique_sequences == len(distinct)
-    assert embeddings.shape == (len(sequences), embedder.dim)
-    unique_embeddings, _ = embed_sequences(embedder, distinct, CPU, token_budget=256)
-    position = {sequence: row for row, sequence in enumerate(distinct)}
+    embeddings, stats = embed_sequences(embedder, sequences, CPU, token_budget=256)
+    assert stats.sequences == len(sequences) and stats.batches > 1
     for row, sequence in enumerate(sequences):
-        np.testing.assert_allclose(embeddings[row], unique_embeddings[position[sequence]], atol=1e-5, rtol=1e-5)
+        assert np.array_equal(embeddings[row], embeddings[sequences.index(sequence)])
 
 
 def test_no_sequences_give_an_empty_table(embedders):
     embeddings, stats = embed_sequences(embedders["esm2"], [], CPU)
     assert embeddings.shape == (0, embedders["esm2"].dim)
-    assert stats.unique_sequences == 0
+    assert stats.sequences == stats.batches == 0
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_a_shard_is_embedded_into_its_feature_file_in_row_order(kind, embedders, lambda_frames, tmp_path):
+    embedder = embedders[kind]
+    sequences = sequences_for(kind, lambda_frames)
+    shard = Shard("003", 1000, 1000 + len(sequences), 0)
+    tokenizer = load_tokenizer(kind, embedder.source)
+    with TableWriter(tmp_path / "tokens.arrow", pa.schema([("tokens", pa.list_(pa.uint16()))]), 7, metadata={
+            "kind": kind, "tokenizer": tokenizer.identity, "shard": shard.__dict__}) as table:
+        table.write_columns({"tokens": tokens(embedder, sequences)})
+
+    stats = embed_shard(embedder, tmp_path / "tokens.arrow", tmp_path / "features.arrow", CPU, token_budget=300)
+
+    features = FeatureFile(tmp_path / "features.arrow")
+    assert (features.row_start, features.row_end) == (1000, 1000 + len(sequences))
+    assert features.models == [embedder.identity()]
+    expected, _ = embed_sequences(embedder, sequences, CPU, token_budget=300)
+    assert np.array_equal(features.vectors(1000, 1000 + len(sequences)), expected)
+    assert stats.sequences == len(sequences) and stats.batches > 1
+
+
+def test_tokens_made_for_another_model_are_refused(embedders, tmp_path):
+    with TableWriter(tmp_path / "tokens.arrow", pa.schema([("tokens", pa.list_(pa.uint16()))]), 7, metadata={
+            "kind": "dnabert_s", "tokenizer": "tokenizer.json sha256 0000", "shard": Shard("000", 0, 0, 0).__dict__}):
+        pass
+    with pytest.raises(ValueError, match="not for this esm2"):
+        embed_shard(embedders["esm2"], tmp_path / "tokens.arrow", tmp_path / "features.arrow", CPU)
+    assert not (tmp_path / "features.arrow").exists()
 
 
 def test_identity_describes_the_loaded_model(embedders, esm2_checkpoint, dnabert_s_dir):
@@ -129,7 +154,7 @@ def test_unknown_model_kind_is_refused(esm2_checkpoint):
 def test_token_counts_and_packing_efficiency_count_real_tokens_only(kind, embedders, lambda_frames):
     embedder = embedders[kind]
     sequences = sequences_for(kind, lambda_frames)
-    real_tokens = sum(len(tokens) for tokens in embedder.tokenize(list(dict.fromkeys(sequences))))
+    real_tokens = len(tokens(embedder, sequences).values)
     _, stats = embed_sequences(embedder, sequences, CPU, token_budget=600)
     assert stats.tokens == real_tokens
     assert 0 <= stats.padding_tokens < 64 * stats.batches

@@ -16,6 +16,9 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def frames(data_dir):
+    """(protein, nucleotide) of each stop-free frame."""
+    import pyarrow as pa
+
     from virnucpro.sequence_io import read_sequences
     from virnucpro.translation import translate_chunks
 
@@ -28,7 +31,8 @@ def frames(data_dir):
         length = int(rng.integers(150, 501))
         start = int(rng.integers(0, len(genome) - length))
         chunks.append(genome[start : start + length])
-    return [frame for translation in translate_chunks(chunks) for frame in translation.frames]
+    translated = translate_chunks(pa.array(chunks))
+    return list(zip(translated.protein.to_pylist(), translated.nucleotide.to_pylist()))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -61,7 +65,7 @@ def test_esm2_packed_bf16_matches_fair_esm_fp32(esm2_150m_shaped, frames, compil
 
     from virnucpro.embedding import embed_sequences, load_embedder
 
-    proteins = [f.protein for f in frames if 40 <= len(f.protein) <= 170][:600]
+    proteins = [protein for protein, _ in frames if 40 <= len(protein) <= 170][:600]
     data = torch.load(esm2_150m_shaped, map_location="cpu", weights_only=False)
     reference, alphabet = esm.pretrained.load_model_and_alphabet_core("esm2_t12_640d", data, None)
     reference = reference.cuda().eval()
@@ -87,7 +91,7 @@ def test_dnabert_s_packed_bf16_matches_fp32_one_sequence_at_a_time(tmp_path, fra
     from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, load_dnabert_s, save_dnabert_s
     from virnucpro.models.packing import PackedSequences
 
-    from conftest import BUILTIN_MODELS
+    from conftest import BUILTIN_MODELS, token_lists
 
     torch.manual_seed(4)
     config = DnabertSConfig(vocab_size=4096, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -95,11 +99,11 @@ def test_dnabert_s_packed_bf16_matches_fp32_one_sequence_at_a_time(tmp_path, fra
     model = DnabertS(config)
     perturb_layer_norms(model, torch.Generator().manual_seed(4))
     save_dnabert_s(model, BUILTIN_MODELS / "dnabert_s_mini" / "tokenizer.json", tmp_path / "dnabert")
-    nucleotides = [f.nucleotide for f in frames if 150 <= len(f.nucleotide) <= 500][:400]
+    nucleotides = [nucleotide for _, nucleotide in frames if 150 <= len(nucleotide) <= 500][:400]
 
     model32, tokenizer = load_dnabert_s(tmp_path / "dnabert", "cuda", torch.float32)
     with torch.inference_mode():
-        expected = np.stack([model32.embed(PackedSequences.from_token_lists(tokenizer.encode([s])).to("cuda"))[0]
+        expected = np.stack([model32.embed(PackedSequences.from_token_lists(token_lists(tokenizer, [s])).to("cuda"))[0]
                              .cpu().numpy() for s in nucleotides])
     embedder = load_embedder("dnabert_s", tmp_path / "dnabert", torch.device("cuda"))
     fast, stats = embed_sequences(embedder, nucleotides, torch.device("cuda"), token_budget=8192)

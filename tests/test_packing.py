@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import token_lists
 from virnucpro.embedding import plan_batches
 from virnucpro.models import esm2
 from virnucpro.models.dnabert_s import load_dnabert_s
 from virnucpro.models.esm2 import load_esm2
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
+from virnucpro.models.tokens import ProteinTokenizer
 
 PROTEINS = ["MKTAYIAKQRQISFVKSHFSRQ", "MSE", "GLSDGEWQQVLNVWGKVEADIAGHGQEVLIRLF", "MXXAKLWR", "PEPTIDE",
             "ACDEFGHIKLMNPQRSTVWYACDEFGHIKLMNPQRSTVWY", "MM"]
@@ -67,7 +69,7 @@ def test_split_gives_two_consistent_halves(count):
 
 def test_split_halves_embed_like_the_whole_batch_esm2(esm2_checkpoint):
     model = load_esm2(esm2_checkpoint)
-    packed = PackedSequences.from_token_lists([esm2.tokenize(p) for p in PROTEINS])
+    packed = PackedSequences.from_token_lists(token_lists(ProteinTokenizer, PROTEINS))
     first, second = packed.split()
     with torch.no_grad():
         whole = model.embed(packed)
@@ -77,7 +79,7 @@ def test_split_halves_embed_like_the_whole_batch_esm2(esm2_checkpoint):
 
 def test_split_halves_embed_like_the_whole_batch_dnabert_s(dnabert_s_dir):
     model, tokenizer = load_dnabert_s(dnabert_s_dir)
-    packed = PackedSequences.from_token_lists(tokenizer.encode(DNA))
+    packed = PackedSequences.from_token_lists(token_lists(tokenizer, DNA))
     first, second = packed.split()
     with torch.no_grad():
         whole = model.embed(packed)

@@ -9,9 +9,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from virnucpro.chunking import READ_MANIFEST_SCHEMA
-from virnucpro.features import FeatureTable, write_features
+from virnucpro.chunking import READ_SCHEMA
+from virnucpro.features import FeatureWriter, merge_features
 from virnucpro.models.classifier import check_compatible, load_classifier
+from virnucpro.tables import TableWriter
+from virnucpro.translation import FRAME_SCHEMA
 from virnucpro.training import (
     Hyperparameters,
     balanced,
@@ -73,9 +75,11 @@ def test_balanced_subsamples_the_larger_class():
     assert set(np.flatnonzero(labels == 1)) <= set(chosen)
 
 
+READ_COLUMNS = ["read_index", "read_id", "length", "ambiguous_bases", "chunks", "origin_sequence", "origin_position"]
+
+
 def manifest(rows):
-    columns = ["read_index", "read_id", "length", "ambiguous_bases", "chunks", "origin_sequence", "origin_position"]
-    return pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}, schema=READ_MANIFEST_SCHEMA)
+    return pa.table({c: [r[i] for r in rows] for i, c in enumerate(READ_COLUMNS)}, schema=READ_SCHEMA)
 
 
 def test_regions_come_from_chunk_positions_or_a_reads_declared_origin():
@@ -83,9 +87,9 @@ def test_regions_come_from_chunk_positions_or_a_reads_declared_origin():
         (0, "genome", 25_000, 0, 84, None, None),
         (1, "read", 150, 0, 1, "genome", 12_001),
     ])
-    frames = ["genome_chunk_1F1", "genome_chunk_40R2", "genome_chunk_84F3", "read_chunk_1F1"]
+    read_index, chunk = np.array([0, 0, 0, 1]), np.array([1, 40, 84, 1])
     # chunk 40 starts near 39 * 300 - overlaps = 11,6xx, its middle in region 1 of 10,000
-    assert frame_regions(reads, frames, 300, 10_000) == ["genome:0", "genome:1", "genome:2", "genome:1"]
+    assert frame_regions(reads, read_index, chunk, 300, 10_000) == ["genome:0", "genome:1", "genome:2", "genome:1"]
 
 
 def test_the_recipe_learns_a_separable_problem_and_keeps_its_best_epoch():
@@ -108,19 +112,28 @@ IDENTITIES = [{"kind": "dnabert_s", "architecture": "a", "dim": 6, "fingerprint"
 
 
 def synthetic_input(tmp_path, name: str, label: int, genomes: int, rng) -> dict:
-    """Labelled merged features of `genomes` 30-kb sequences, viral ones shifted on one axis."""
-    rows, ids = [], []
-    for g in range(genomes):
-        rows.append((g, f"{name}{g}", 30_000, 0, 100, None, None))
-        ids += [f"{name}{g}_chunk_{k}F1" for k in range(1, 101)]
-    vectors = rng.standard_normal((len(ids), 16)).astype(np.float32)
+    """Stage 1-7 files of `genomes` 30-kb sequences with one frame per chunk, viral ones shifted on one axis."""
+    directory = tmp_path / name
+    with TableWriter(directory / "reads.arrow", READ_SCHEMA, 4) as reads:
+        reads.write_columns({column: values for column, values in zip(READ_COLUMNS, zip(
+            *[(g, f"{name}{g}", 30_000, 0, 100, None, None) for g in range(genomes)]))})
+    with TableWriter(directory / "frames.arrow", FRAME_SCHEMA, 64) as frames:
+        frames.write_columns({"read_index": np.repeat(np.arange(genomes), 100), "chunk": np.tile(np.arange(1, 101), genomes),
+                              "frame": np.zeros(100 * genomes, dtype=np.int8), "protein": [""] * 100 * genomes,
+                              "nucleotide": [""] * 100 * genomes})
+    vectors = rng.standard_normal((100 * genomes, 16)).astype(np.float32)
     vectors[:, 0] += 2.0 * label
-    import pyarrow.parquet as pq
-
-    pq.write_table(manifest(rows), tmp_path / f"{name}.parquet")
-    write_features(tmp_path / f"{name}.arrow", FeatureTable(ids, vectors, IDENTITIES))
+    views = []
+    for shard, (start, stop) in enumerate(((0, 50 * genomes), (50 * genomes, 100 * genomes))):  # two shards
+        paths = []
+        for kind, columns, identity in (("dnabert_s", slice(0, 6), IDENTITIES[0]), ("esm2", slice(6, 16), IDENTITIES[1])):
+            paths.append(directory / f"{kind}.{shard}.arrow")
+            with FeatureWriter(paths[-1], columns.stop - columns.start, [identity], start, stop) as out:
+                out.write_vectors(start, vectors[start:stop, columns])
+        views.append(directory / f"merged.{shard}.json")
+        merge_features(*paths, views[-1])
     return {"name": name, "label": "viral" if label else "host", "path": f"{name}.fa",
-            "manifest": tmp_path / f"{name}.parquet", "features": [tmp_path / f"{name}.arrow"]}
+            "reads": [directory / "reads.arrow"], "frames": [directory / "frames.arrow"], "views": views}
 
 
 def test_run_training_writes_a_classifier_bound_to_its_embedding_models(tmp_path):

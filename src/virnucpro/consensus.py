@@ -1,30 +1,45 @@
 """Stage 9: from frame predictions to calls, and the output files.
 
-- `prediction_results.txt`: VirNucPro's per-frame file (Sequence_ID, Prediction, score1, score2).
+- `prediction_results.txt`: VirNucPro's per-frame file (Sequence_ID, Prediction, score1, score2),
+  the shards' rows (written by stage 8) after the header.
 - `prediction_results_highestscore.csv`: VirNucPro's consensus file. VirNucPro groups frames by
   their ID minus the two-character frame suffix, i.e. by chunk, and calls a chunk a virus when its
   highest virus score (score2) is at least its highest others score (score1); rows sorted by ID.
 - `read_predictions.parquet`: one row per input read, in input order, with the same rule applied
   over all frames of all the read's chunks. Reads that could not be classified keep a row with a
   null call and the reason (empty_sequence, too_short, too_ambiguous, no_stop_free_frame).
+
+Everything is streamed. Reads, chunks, frames and predictions are all stored in input order, so a
+block of reads covers a run of chunk rows and a run of frame rows that the chunk and frame counts
+give directly; each block is joined by these integer positions and written out. The one global
+order, the consensus file's sort by chunk ID, is made by an external merge sort: sorted runs of
+a bounded size spilled to disk, then merged.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from virnucpro.chunking import chunk_id
-from virnucpro.sequence_io import atomic_output, atomic_path
+from virnucpro.files import atomic_output, atomic_path, concatenate_files
+from virnucpro.tables import PartedTable, TableReader, TableWriter
+from virnucpro.translation import frame_id
 
 log = logging.getLogger(__name__)
 
 REASON_EMPTY_SEQUENCE = "empty_sequence"
+RESULTS_HEADER = b"Sequence_ID\tPrediction\tscore1\tscore2\n"
+READ_BLOCK_ROWS = 65536
+SORT_RUN_ROWS = 4_000_000
 
 READ_PREDICTION_SCHEMA = pa.schema(
     [
@@ -47,88 +62,171 @@ READ_PREDICTION_SCHEMA = pa.schema(
 )
 
 
-def read_frame_predictions(paths: Sequence[str | os.PathLike]) -> pa.Table:
-    """Frame predictions of all shards, in shard order (which is the order of the input reads)."""
-    return pa.concat_tables([pq.read_table(path) for path in paths])
+class _Predictions:
+    """The shards' frame predictions as one stream of rows, taken in consecutive runs."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self._batches = (batch for path in paths for batch in pq.ParquetFile(path).iter_batches(65536))
+        self._held = pa.table({"row": pa.array([], pa.int64()), "score_others": pa.array([], pa.float32()),
+                               "score_virus": pa.array([], pa.float32())})
+        self.next_row = 0
+
+    def take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(others, virus) scores of the next `count` frame rows."""
+        pieces, held = [self._held], self._held.num_rows
+        while held < count:
+            batch = next(self._batches, None)
+            if batch is None:
+                raise ValueError(f"frame predictions end at row {self.next_row + held}, "
+                                 f"frames go on to row {self.next_row + count}")
+            pieces.append(pa.Table.from_batches([batch]))
+            held += batch.num_rows
+        table = pa.concat_tables(pieces)
+        taken, self._held = table.slice(0, count), table.slice(count)
+        rows = taken.column("row").to_numpy()
+        if not np.array_equal(rows, np.arange(self.next_row, self.next_row + count)):
+            raise ValueError(f"frame predictions of rows {self.next_row}-{self.next_row + count} are missing or "
+                             "out of order")
+        self.next_row += count
+        return (taken.column("score_others").to_numpy(), taken.column("score_virus").to_numpy())
+
+    def finish(self) -> None:
+        if self._held.num_rows or next(self._batches, None) is not None:
+            raise ValueError(f"frame predictions go on after the last frame (row {self.next_row})")
 
 
-def write_prediction_results(path, frame_ids: list[str], others: np.ndarray, virus: np.ndarray) -> None:
-    """VirNucPro's prediction_results.txt; scores printed as NumPy prints float32 values."""
-    labels = np.where(virus > others, "virus", "others")
-    with atomic_output(path) as out:
-        out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
-        for row in zip(frame_ids, labels, others.astype(str), virus.astype(str)):
-            out.write("\t".join(row) + "\n")
+class _SortedRuns:
+    """(key, value) pairs put out in key order, in bounded memory: sorted runs spilled to disk,
+    merged at the end."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = directory
+        self.runs: list[str] = []
+        self.keys: list[pa.Array] = []
+        self.values: list[np.ndarray] = []
+        self.held = 0
+
+    def add(self, keys: pa.Array, values: np.ndarray) -> None:
+        self.keys.append(keys)
+        self.values.append(values)
+        self.held += len(keys)
+        if self.held >= SORT_RUN_ROWS:
+            self._spill()
+
+    def _spill(self) -> None:
+        keys, values = pa.concat_arrays(self.keys), np.concatenate(self.values)
+        order = pc.sort_indices(keys)
+        path = os.path.join(self.directory, f"run{len(self.runs)}.arrow")
+        with TableWriter(path, pa.schema([("key", pa.string()), ("value", pa.bool_())]), 65536) as run:
+            run.write_columns({"key": keys.take(order), "value": values[order.to_numpy()]})
+        self.runs.append(path)
+        self.keys, self.values, self.held = [], [], 0
+
+    def __iter__(self) -> Iterator[tuple[str, bool]]:
+        if self.held:
+            self._spill()
+        streams = [((key, value) for batch in TableReader(path).batches()
+                    for key, value in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()))
+                   for path in self.runs]
+        return heapq.merge(*streams, key=lambda pair: pair[0])
 
 
-def chunk_best_scores(frame_ids: list[str], others: np.ndarray, virus: np.ndarray) -> dict[str, list[float]]:
-    """Per chunk (frame ID minus its frame suffix): [highest others score, highest virus score].
+def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths: list, prediction_paths: list,
+                  line_paths: list, expected_length: int, classifier: str, results_txt, highest_score_csv,
+                  read_table_path, note: str | None = None) -> dict[str, int]:
+    """All stage-9 outputs; `note` (a warning about the models) goes into the read table's metadata.
 
-    VirNucPro's consensus calls a chunk a virus when the second is at least the first.
-    """
-    best: dict[str, list[float]] = {}
-    for frame_id, score_others, score_virus in zip(frame_ids, others.tolist(), virus.tolist()):
-        scores = best.setdefault(frame_id[:-2], [score_others, score_virus])
-        scores[0], scores[1] = max(scores[0], score_others), max(scores[1], score_virus)
-    return best
+    Returns the number of reads per call ("virus", "others", "unclassified")."""
+    reads = PartedTable(read_paths)
+    chunks = PartedTable(chunk_paths, columns=["read_index", "chunk", "frames", "reason"])
+    frames = PartedTable(frame_paths, columns=["read_index", "chunk", "frame"])
+    predictions = _Predictions(prediction_paths)
+    schema = READ_PREDICTION_SCHEMA.with_metadata({"virnucpro.note": note} if note else None)
+    counts = {"virus": 0, "others": 0, "unclassified": 0}
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(highest_score_csv))) as scratch, \
+            atomic_path(read_table_path) as temporary, pq.ParquetWriter(temporary, schema) as read_table:
+        chunk_calls = _SortedRuns(scratch)
+        chunk_row = frame_row = 0
+        for block in reads.blocks(rows=READ_BLOCK_ROWS):
+            chunk_count = int(pc.sum(block.column("chunks")).as_py() or 0)
+            chunk_block = chunks.read(chunk_row, chunk_row + chunk_count)
+            frame_count = int(pc.sum(chunk_block.column("frames")).as_py() or 0)
+            frame_block = frames.read(frame_row, frame_row + frame_count)
+            others, virus = predictions.take(frame_count)
+            calls = _read_calls(sample, block, chunk_block, frame_block, others, virus, expected_length, classifier,
+                                chunk_calls)
+            read_table.write_table(calls.replace_schema_metadata(schema.metadata))
+            for call, number in zip(*np.unique(calls.column("call").fill_null("unclassified").to_numpy(
+                    zero_copy_only=False), return_counts=True)):
+                counts[call] += int(number)
+            chunk_row, frame_row = chunk_row + chunk_count, frame_row + frame_count
+        if chunk_row != chunks.num_rows or frame_row != frames.num_rows:
+            raise ValueError(f"the reads' chunk counts give {chunk_row} chunks and {frame_row} frames, stage 2 "
+                             f"wrote {chunks.num_rows} and {frames.num_rows}")
+        predictions.finish()
+        with atomic_output(highest_score_csv) as out:
+            out.write("Modified_ID\tIs_Virus\n")
+            for key, is_virus in chunk_calls:
+                out.write(f"{key}\t{is_virus}\n")
+    concatenate_files(line_paths, results_txt, header=RESULTS_HEADER)
+    if note:
+        log.warning("%s", note)
+    return counts
 
 
-def write_highest_score(path, frame_ids: list[str], others: np.ndarray, virus: np.ndarray) -> None:
-    """VirNucPro's prediction_results_highestscore.csv (tab-separated, like the original)."""
-    best = chunk_best_scores(frame_ids, others, virus)
-    with atomic_output(path) as out:
-        out.write("Modified_ID\tIs_Virus\n")
-        for group in sorted(best):
-            score_others, score_virus = best[group]
-            out.write(f"{group}\t{score_virus >= score_others}\n")
+def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table, others: np.ndarray,
+                virus: np.ndarray, expected_length: int, classifier: str, chunk_calls: _SortedRuns) -> pa.Table:
+    """The read table's rows for a block of reads, and its chunks' consensus calls into `chunk_calls`."""
+    first_read = reads.column("read_index")[0].as_py()
+    read_ids = reads.column("read_id").to_pylist()
+    frame_read = frames.column("read_index").to_numpy() - first_read
+    frame_chunk = frames.column("chunk").to_numpy()
+    chunk_frames = chunks.column("frames").to_numpy().astype(np.int64)
+    chunk_read = chunks.column("read_index").to_numpy() - first_read
+    if not (np.array_equal(np.repeat(chunk_read, chunk_frames), frame_read)
+            and np.array_equal(np.repeat(chunks.column("chunk").to_numpy(), chunk_frames), frame_chunk)):
+        raise ValueError(f"the frames of reads {first_read}-{first_read + len(read_ids)} do not match their chunks")
 
+    # Per chunk with frames: its highest scores, VirNucPro's consensus, under its ID.
+    with_frames = np.flatnonzero(chunk_frames > 0)
+    frame_starts = (np.cumsum(chunk_frames) - chunk_frames)[with_frames]
+    if len(with_frames):
+        chunk_others, chunk_virus = np.maximum.reduceat(others, frame_starts), np.maximum.reduceat(virus, frame_starts)
+        names = [chunk_id(read_ids[r], c) for r, c in zip(chunk_read[with_frames].tolist(),
+                                                          chunks.column("chunk").to_numpy()[with_frames].tolist())]
+        chunk_calls.add(pa.array(names, pa.string()), chunk_virus >= chunk_others)
 
-def read_calls(sample: str, manifest: pa.Table, chunk_summary: pa.Table, frame_ids: list[str], others: np.ndarray,
-               virus: np.ndarray, expected_length: int, classifier: str) -> pa.Table:
-    """One row per input read: the consensus call over all its frames, or why there is none."""
-    read_ids = manifest.column("read_id").to_pylist()
-    chunk_counts = manifest.column("chunks").to_numpy()
-    read_of_chunk = {chunk_id(read_id, k): row for row, (read_id, n) in enumerate(zip(read_ids, chunk_counts))
-                     for k in range(1, n + 1)}
+    # Per read: the same rule over all frames of all its chunks.
+    frame_counts = np.bincount(frame_read, minlength=len(read_ids))
+    classified = frame_counts > 0
+    starts = (np.cumsum(frame_counts) - frame_counts)[classified]
+    max_virus = np.zeros(len(read_ids), dtype=np.float32)
+    max_others = np.zeros(len(read_ids), dtype=np.float32)
+    best_frame: list[str | None] = [None] * len(read_ids)
+    if len(starts):
+        max_virus[classified] = np.maximum.reduceat(virus, starts)
+        max_others[classified] = np.maximum.reduceat(others, starts)
+        best = np.lexsort((-virus, frame_read))[np.r_[0, np.cumsum(frame_counts[classified])[:-1]]]
+        frame_numbers = frames.column("frame").to_numpy()
+        for index in best.tolist():
+            best_frame[frame_read[index]] = frame_id(read_ids[frame_read[index]], int(frame_chunk[index]),
+                                                     int(frame_numbers[index]))
+    is_virus = max_virus >= max_others
 
     reasons: list[set[str]] = [set() for _ in read_ids]
-    expected_frames = np.zeros(len(read_ids), dtype=np.int64)
-    for chunk, count, reason in zip(chunk_summary.column("chunk_id").to_pylist(),
-                                    chunk_summary.column("frames").to_numpy(),
-                                    chunk_summary.column("reason").to_pylist()):
-        row = read_of_chunk[chunk]
-        expected_frames[row] += count
+    for row, reason in zip(chunk_read.tolist(), chunks.column("reason").to_pylist()):
         if reason is not None:
             reasons[row].add(reason)
-
-    frame_read = np.fromiter((read_of_chunk[f[:-2]] for f in frame_ids), dtype=np.int64, count=len(frame_ids))
-    frame_counts = np.bincount(frame_read, minlength=len(read_ids))
-    if not np.array_equal(frame_counts, expected_frames):
-        lost = int(np.flatnonzero(frame_counts != expected_frames)[0])
-        raise ValueError(f"frame predictions do not match the identified frames (read '{read_ids[lost]}': "
-                         f"{frame_counts[lost]} predicted, {expected_frames[lost]} identified)")
-
-    max_virus = np.full(len(read_ids), -np.inf, dtype=np.float32)
-    max_others = np.full(len(read_ids), -np.inf, dtype=np.float32)
-    np.maximum.at(max_virus, frame_read, virus)
-    np.maximum.at(max_others, frame_read, others)
-    best_frame: list[str | None] = [None] * len(read_ids)
-    for index in np.lexsort((-virus, frame_read)):  # per read, its highest virus score first
-        if best_frame[frame_read[index]] is None:
-            best_frame[frame_read[index]] = frame_ids[index]
-
-    classified = frame_counts > 0
-    is_virus = max_virus >= max_others
-    lengths = manifest.column("length").to_numpy()
+    lengths = reads.column("length").to_numpy()
     reason = [None if classified[i] else (REASON_EMPTY_SEQUENCE if lengths[i] == 0 else ",".join(sorted(reasons[i])))
               for i in range(len(read_ids))]
     return pa.table({
         "sample": pa.array([sample] * len(read_ids), pa.string()),
-        "read_index": manifest.column("read_index"),
-        "read_id": manifest.column("read_id"),
-        "length": manifest.column("length"),
-        "ambiguous_bases": manifest.column("ambiguous_bases"),
-        "chunks": manifest.column("chunks"),
+        "read_index": reads.column("read_index"),
+        "read_id": reads.column("read_id"),
+        "length": reads.column("length"),
+        "ambiguous_bases": reads.column("ambiguous_bases"),
+        "chunks": reads.column("chunks"),
         "frames": pa.array(frame_counts.astype(np.int32)),
         "call": pa.array(np.where(is_virus, "virus", "others").tolist(), pa.string(), mask=~classified),
         "is_virus": pa.array(is_virus, pa.bool_(), mask=~classified),
@@ -139,22 +237,3 @@ def read_calls(sample: str, manifest: pa.Table, chunk_summary: pa.Table, frame_i
         "expected_length": pa.array([expected_length] * len(read_ids), pa.int32()),
         "classifier": pa.array([classifier] * len(read_ids), pa.string()),
     }, schema=READ_PREDICTION_SCHEMA)
-
-
-def write_outputs(sample: str, manifest_path, chunk_summary_path, frame_prediction_paths, expected_length: int,
-                  classifier: str, results_txt, highest_score_csv, read_table_path, note: str | None = None) -> pa.Table:
-    """All stage-9 outputs; `note` (a warning about the models) goes into the read table's metadata."""
-    frames = read_frame_predictions(frame_prediction_paths)
-    frame_ids = frames.column("id").to_pylist()
-    others = frames.column("score_others").to_numpy()
-    virus = frames.column("score_virus").to_numpy()
-    calls = read_calls(sample, pq.read_table(manifest_path), pq.read_table(chunk_summary_path), frame_ids, others,
-                       virus, expected_length, classifier)
-    write_prediction_results(results_txt, frame_ids, others, virus)
-    write_highest_score(highest_score_csv, frame_ids, others, virus)
-    if note:
-        log.warning("%s", note)
-        calls = calls.replace_schema_metadata({"virnucpro.note": note})
-    with atomic_path(read_table_path) as temporary:
-        pq.write_table(calls, temporary)
-    return calls

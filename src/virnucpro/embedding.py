@@ -1,30 +1,34 @@
-"""Stages 5 and 6: embed the sequences of one shard with DNABERT-S or ESM-2.
+"""Stages 5 and 6: embed one shard's tokens with DNABERT-S or ESM-2, streaming the embeddings out.
 
-One model load per job. Identical sequences are embedded once. The unique sequences are sorted by
-length, longest first (so that a batch too large for the GPU shows up at once), and packed into
-batches of at most `token_budget` tokens with no padding. A background thread tokenizes and packs
-the next batches into pinned memory while the GPU computes; host-to-device copies are
-asynchronous and the pooled embeddings stay on the device until the end, so the host never waits
+One model load per job. The shard's token file (stages 3 and 4) is read a record batch at a time;
+a background thread packs consecutive sequences end to end, with no padding, into batches of at
+most `token_budget` tokens in pinned memory while the GPU computes. Each batch's pooled
+embeddings are copied to the host asynchronously and a second thread writes them, in row order,
+to the shard's feature file. The job's memory, on the host and on the GPU, is therefore bounded by
+the token budget and a few batches in flight, whatever the size of the shard; the host never waits
 for the GPU between batches. A batch that runs out of GPU memory is split in two and retried.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from virnucpro.features import FeatureTable, write_features
+from virnucpro.features import FeatureWriter
 from virnucpro.models.packing import PackedSequences
-from virnucpro.sequence_io import read_fasta_simple
+from virnucpro.models.tokens import load_tokenizer
+from virnucpro.tables import TableReader
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +40,18 @@ CPU_TOKEN_BUDGET = 4096
 # Rough activation bytes per token, per unit of model width, at inference in bf16 with a float32
 # residual stream (used only to derive a default token budget from free GPU memory).
 _ACTIVATION_BYTES_PER_TOKEN_PER_WIDTH = 48
+# Batches whose embeddings may wait for the writer: bounds the pinned host memory in use.
+_WRITE_QUEUE_BATCHES = 4
 
 
 @dataclass
 class Embedder:
-    """A loaded embedding model and how to turn sequences into its tokens."""
+    """A loaded embedding model and the identity of the tokens it takes."""
 
     kind: str
     model: torch.nn.Module
-    tokenize: Callable[[list[str]], list[np.ndarray]]
     pad_id: int
+    tokenizer: str  # identity of its tokenizer, which the token files carry
     source: str
 
     @property
@@ -62,22 +68,21 @@ def load_embedder(kind: str, path: str | os.PathLike, device: torch.device, comp
 
     `compile_model` applies torch.compile to the model's layers on a GPU (`compile_layers`).
     """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown embedding model kind '{kind}', expected one of {MODEL_KINDS}")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tokenizer = load_tokenizer(kind, path)
     if kind == "dnabert_s":
         from virnucpro.models.dnabert_s import load_dnabert_s
 
-        model, tokenizer = load_dnabert_s(path, device, dtype)
-        if compile_model and device.type == "cuda":
-            model.compile_layers()
-        return Embedder(kind, model, tokenizer.encode, tokenizer.pad_id, os.fspath(path))
-    if kind == "esm2":
-        from virnucpro.models.esm2 import PAD, load_esm2, tokenize
+        model, _ = load_dnabert_s(path, device, dtype)
+    else:
+        from virnucpro.models.esm2 import load_esm2
 
         model = load_esm2(path, device, dtype)
-        if compile_model and device.type == "cuda":
-            model.compile_layers()
-        return Embedder(kind, model, lambda proteins: [tokenize(p) for p in proteins], PAD, os.fspath(path))
-    raise ValueError(f"unknown embedding model kind '{kind}', expected one of {MODEL_KINDS}")
+    if compile_model and device.type == "cuda":
+        model.compile_layers()
+    return Embedder(kind, model, tokenizer.pad_id, tokenizer.identity, os.fspath(path))
 
 
 def default_token_budget(embedder: Embedder, device: torch.device) -> int:
@@ -93,8 +98,7 @@ def default_token_budget(embedder: Embedder, device: torch.device) -> int:
 @dataclass
 class EmbeddingStats:
     sequences: int = 0
-    unique_sequences: int = 0
-    tokens: int = 0  # real tokens of the unique sequences, [CLS]/[SEP] or BOS/EOS included
+    tokens: int = 0  # real tokens, [CLS]/[SEP] or BOS/EOS included
     padding_tokens: int = 0  # tokens of the dummy sequences that round batches up
     batches: int = 0
     token_budget: int = 0
@@ -102,14 +106,14 @@ class EmbeddingStats:
     wait_seconds: float = 0.0  # host waiting for the next packed batch
     compute_seconds: float = 0.0  # device time of the forward passes
     peak_allocated_bytes: int = 0
+    first_output_at: float | None = None  # perf_counter() when the first batch's embeddings reached the host
     batch_fill: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         packing = float(np.mean(self.batch_fill)) if self.batch_fill else None
         return {
-            "sequences": self.sequences, "unique_sequences": self.unique_sequences, "tokens": self.tokens,
-            "padding_tokens": self.padding_tokens, "batches": self.batches, "token_budget": self.token_budget,
-            "oom_splits": self.oom_splits,
+            "sequences": self.sequences, "tokens": self.tokens, "padding_tokens": self.padding_tokens,
+            "batches": self.batches, "token_budget": self.token_budget, "oom_splits": self.oom_splits,
             "packing_efficiency": packing,
             "tokens_per_second_compute": self.tokens / self.compute_seconds if self.compute_seconds else None,
             "data_wait_seconds": self.wait_seconds, "compute_seconds": self.compute_seconds,
@@ -133,34 +137,31 @@ def plan_batches(token_counts: np.ndarray, token_budget: int) -> list[np.ndarray
     return batches
 
 
-def _packed_batches(sequences: list[str], tokenize, pad_id: int, token_budget: int, pin: bool,
-                    max_window: int = 16384) -> Iterator[tuple[torch.Tensor, PackedSequences]]:
-    """Tokenize `sequences` window by window and yield (sequence indices, packed batch).
+def _packed_batches(blocks: Iterable[pa.ListArray], pad_id: int, token_budget: int,
+                    pin: bool) -> Iterator[tuple[int, int, PackedSequences]]:
+    """(first row, sequences, packed batch) over consecutive rows of the token blocks.
 
-    Windows start small, so that the GPU gets its first batch soon, and double up to
-    `max_window`. Tokenized sequences that do not fill a whole batch wait for the next window, so
-    that every batch but the last is as full as the budget allows.
+    Rows that do not fill a whole batch wait for the next block, so that every batch but the last
+    is as full as the budget allows.
     """
-    pending_tokens: list[np.ndarray] = []
-    pending_index = 0
-    window_start, window = 0, 1024
-    while window_start < len(sequences):
-        pending_tokens.extend(tokenize(sequences[window_start : window_start + window]))
-        window_start += window
-        window = min(2 * window, max_window)
-        last_window = window_start >= len(sequences)
-        counts = np.fromiter((len(t) for t in pending_tokens), dtype=np.int64, count=len(pending_tokens))
-        batches = plan_batches(counts, token_budget)
-        if not last_window:
-            batches = batches[:-1]  # keep the partial batch for the next window
-        used = 0
+    row = 0
+    lengths, tokens = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint16)
+    for block in itertools.chain(blocks, [None]):
+        if block is not None:
+            block = block.combine_chunks() if isinstance(block, pa.ChunkedArray) else block
+            offsets = block.offsets.to_numpy()
+            lengths = np.concatenate((lengths, np.diff(offsets)))
+            tokens = np.concatenate((tokens, block.values.to_numpy()[offsets[0] : offsets[-1]]))
+        batches = plan_batches(lengths, token_budget)
+        if block is not None:
+            batches = batches[:-1]  # keep the partial batch for the next block
+        starts = np.r_[0, np.cumsum(lengths)]
         for batch in batches:
-            packed = PackedSequences.from_token_lists([pending_tokens[i] for i in batch], pad_id)
-            indices = torch.from_numpy(pending_index + batch)
-            yield (indices.pin_memory(), packed.pin_memory()) if pin else (indices, packed)
-            used = int(batch[-1]) + 1
-        pending_tokens = pending_tokens[used:]
-        pending_index += used
+            packed = PackedSequences.from_flat(tokens[starts[batch[0]] : starts[batch[-1] + 1]], lengths[batch], pad_id)
+            yield row, len(batch), packed.pin_memory() if pin else packed
+            row += len(batch)
+        used = int(batches[-1][-1]) + 1 if batches else 0
+        lengths, tokens = lengths[used:], tokens[starts[used] :]
 
 
 class _Prefetcher:
@@ -191,26 +192,47 @@ class _Prefetcher:
             yield item
 
 
-def embed_sequences(embedder: Embedder, sequences: list[str], device: torch.device,
-                    token_budget: int | None = None) -> tuple[np.ndarray, EmbeddingStats]:
-    """Embeddings [len(sequences), dim] float32 of `sequences`, in the given order."""
-    stats = EmbeddingStats(sequences=len(sequences))
-    first_index: dict[str, int] = {}
-    inverse = np.fromiter((first_index.setdefault(s, len(first_index)) for s in sequences), dtype=np.int64,
-                          count=len(sequences))
-    unique = list(first_index)
-    stats.unique_sequences = len(unique)
-    if not unique:
-        return np.empty((0, embedder.dim), dtype=np.float32), stats
-    order = np.argsort([-len(s) for s in unique], kind="stable")
-    ordered = [unique[i] for i in order]
-    stats.token_budget = token_budget or default_token_budget(embedder, device)
-    output = torch.empty((len(unique), embedder.dim), dtype=torch.float32, device=device)
+class _Writer:
+    """Hands each batch's embeddings to `write(first_row, vectors)` in a background thread, in
+    order, once the device has finished copying them to the host."""
 
+    def __init__(self, write: Callable[[int, np.ndarray], None]):
+        self._queue: queue.Queue = queue.Queue(maxsize=_WRITE_QUEUE_BATCHES)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, args=(write,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, write) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                first_row, vectors, copied = item
+                try:
+                    if copied is not None:
+                        copied.synchronize()
+                    write(first_row, vectors.numpy())
+                except BaseException as error:  # handed to the producer, which re-raises it
+                    self._error = error
+
+    def submit(self, first_row: int, vectors: torch.Tensor, copied: torch.cuda.Event | None) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((first_row, vectors, copied))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def embed_token_blocks(embedder: Embedder, blocks: Iterable[pa.ListArray], device: torch.device,
+                       write: Callable[[int, np.ndarray], None], token_budget: int | None = None) -> EmbeddingStats:
+    """Embed the sequences of `blocks` (token lists, in row order); `write(first_row, vectors)`
+    receives every batch's float32 embeddings [n, dim], in row order, rows counted from 0."""
+    stats = EmbeddingStats(token_budget=token_budget or default_token_budget(embedder, device))
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    order_on_device = torch.from_numpy(order).to(device)
     timings = []
     safe_tokens = None  # after an out-of-memory split, batches above this size are split first
 
@@ -229,29 +251,42 @@ def embed_sequences(embedder: Embedder, sequences: list[str], device: torch.devi
         first, second = packed.split()
         return torch.cat((run(first), run(second)))
 
-    batches = _Prefetcher(_packed_batches(ordered, embedder.tokenize, embedder.pad_id, stats.token_budget, pin=cuda))
-    with torch.inference_mode():
-        waited = time.perf_counter()
-        for indices, packed in batches:
-            stats.wait_seconds += time.perf_counter() - waited
-            stats.batches += 1
-            real_tokens = packed.num_tokens - packed.padding_tokens
-            stats.tokens += real_tokens
-            stats.padding_tokens += packed.padding_tokens
-            stats.batch_fill.append(min(1.0, real_tokens / stats.token_budget))
-            packed = packed.to(device, non_blocking=cuda)
-            started = _event(cuda)
-            pooled = run(packed)
-            output[order_on_device[indices.to(device, non_blocking=cuda)]] = pooled[: len(indices)]
-            timings.append((started, _event(cuda)))
+    def write_and_note_the_first(first_row: int, vectors: np.ndarray) -> None:
+        write(first_row, vectors)
+        if stats.first_output_at is None:
+            stats.first_output_at = time.perf_counter()
+
+    writer = _Writer(write_and_note_the_first)
+    batches = _Prefetcher(_packed_batches(blocks, embedder.pad_id, stats.token_budget, pin=cuda))
+    try:
+        with torch.inference_mode():
             waited = time.perf_counter()
-    result = output.cpu().numpy()
+            for first_row, count, packed in batches:
+                stats.wait_seconds += time.perf_counter() - waited
+                stats.batches += 1
+                stats.sequences += count
+                real_tokens = packed.num_tokens - packed.padding_tokens
+                stats.tokens += real_tokens
+                stats.padding_tokens += packed.padding_tokens
+                stats.batch_fill.append(min(1.0, real_tokens / stats.token_budget))
+                started = _event(cuda)
+                pooled = run(packed.to(device, non_blocking=cuda))[:count]
+                timings.append((started, _event(cuda)))
+                if cuda:
+                    host = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
+                    host.copy_(pooled, non_blocking=True)
+                    writer.submit(first_row, host, _event(cuda))
+                else:
+                    writer.submit(first_row, pooled, None)
+                waited = time.perf_counter()
+    finally:
+        writer.close()
     if cuda:
         stats.compute_seconds = sum(start.elapsed_time(end) for start, end in timings) / 1000
         stats.peak_allocated_bytes = torch.cuda.max_memory_allocated(device)
     else:
         stats.compute_seconds = sum(end - start for start, end in timings)
-    return result[inverse], stats
+    return stats
 
 
 def _event(cuda: bool):
@@ -262,16 +297,35 @@ def _event(cuda: bool):
     return event
 
 
-def embed_fasta(embedder: Embedder, fasta_path: str | os.PathLike, output_path: str | os.PathLike,
+def embed_sequences(embedder: Embedder, sequences: list[str], device: torch.device,
+                    token_budget: int | None = None) -> tuple[np.ndarray, EmbeddingStats]:
+    """Embeddings [len(sequences), dim] float32 of a list of sequences held in memory."""
+    tokens = load_tokenizer(embedder.kind, embedder.source).encode(pa.array(sequences, pa.string()))
+    output = np.empty((len(sequences), embedder.dim), dtype=np.float32)
+
+    def write(first_row: int, vectors: np.ndarray) -> None:
+        output[first_row : first_row + len(vectors)] = vectors
+
+    stats = embed_token_blocks(embedder, [tokens], device, write, token_budget)
+    return output, stats
+
+
+def embed_shard(embedder: Embedder, tokens_path: str | os.PathLike, output_path: str | os.PathLike,
                 device: torch.device, token_budget: int | None = None) -> EmbeddingStats:
-    """Embed every record of a shard FASTA and write the feature table as Parquet."""
-    records = list(read_fasta_simple(fasta_path))
-    embeddings, stats = embed_sequences(embedder, [r.sequence for r in records], device, token_budget)
-    write_features(output_path, FeatureTable([r.id for r in records], embeddings, [embedder.identity()]))
+    """Embed a shard's token file (stage 3 or 4) into its feature file."""
+    tokens = TableReader(tokens_path)
+    if (tokens.metadata("kind"), tokens.metadata("tokenizer")) != (embedder.kind, embedder.tokenizer):
+        raise ValueError(f"{tokens_path}: tokens made by {tokens.metadata('tokenizer')} for "
+                         f"{tokens.metadata('kind')}, not for this {embedder.kind} ({embedder.tokenizer})")
+    shard = tokens.metadata("shard")
+    with FeatureWriter(output_path, embedder.dim, [embedder.identity()], shard["row_start"], shard["row_end"]) as out:
+        stats = embed_token_blocks(embedder, (batch.column(0) for batch in tokens.batches()), device,
+                                   lambda first, vectors: out.write_vectors(shard["row_start"] + first, vectors),
+                                   token_budget)
     return stats
 
 
-def run_embedding_job(kind: str, model_path, fasta_path, output_path, device_setting: str, lock_dir,
+def run_embedding_job(kind: str, model_path, tokens_path, output_path, device_setting: str, lock_dir,
                       token_budget: int | None, compile_model: bool, threads: int, telemetry) -> None:
     """A whole stage-5/6 job: lease a device, load the model once, embed the shard, record telemetry."""
     from virnucpro.devices import lease_device
@@ -284,10 +338,13 @@ def run_embedding_job(kind: str, model_path, fasta_path, output_path, device_set
         embedder = load_embedder(kind, model_path, device, compile_model)
         load_seconds = time.perf_counter() - loaded
         with GpuMonitor(lease.uuid) if device.type == "cuda" else contextlib.nullcontext() as monitor:
-            stats = embed_fasta(embedder, fasta_path, output_path, device, token_budget)
+            stats = embed_shard(embedder, tokens_path, output_path, device, token_budget)
         telemetry.records_in = telemetry.records_out = stats.sequences
         telemetry.details = {
             **stats.as_dict(), "model": embedder.identity(), "model_load_seconds": load_seconds,
+            # job start to the first batch's embeddings on the host: lease, model load, first (compiling) batch
+            "first_batch_after_seconds": (stats.first_output_at - telemetry.start_perf
+                                          if stats.first_output_at is not None else None),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "leased_gpu": lease.gpu.lock_key if lease.gpu else None,
             "compute_dtype": str(next(embedder.model.parameters()).dtype).removeprefix("torch."),

@@ -1,13 +1,16 @@
-"""Feature files, and stage 7: merging nucleotide and protein embeddings frame by frame.
+"""Feature files, and stage 7: the merge of nucleotide and protein embeddings frame by frame.
 
-A feature file is an Arrow IPC file with an `id` column, a fixed-size float32 vector column and,
-in its metadata, the identity of the models that made the vectors. Arrow IPC rather than Parquet
-because these are large intermediate files: they are written at disk speed and read back
-memory-mapped, without decoding or copying (a million reads make tens of GB of features).
+A feature file holds one shard's embeddings from one model, in row order: a `row` column (the
+frame's row in the sample's frames table) and a fixed-size float32 `embedding` column, written a
+batch at a time by the embedding job, with the identity of the model and the shard's row range in
+its metadata.
 
 The merged vector of a frame is its DNABERT-S embedding followed by its ESM-2 embedding
-(768 + 2560 = 3328 values with the real models), in the order of the nucleotide records, as
-VirNucPro's `merge_data` builds it.
+(768 + 2560 = 3328 values with the real models), as VirNucPro's `merge_data` builds it. Copying
+both files into a third would double the largest data of a run (13 KB per frame), so stage 7
+checks that the two files cover the same rows in the same order, records the merge in a small
+JSON file (the view), and the classifier reads the concatenation block by block from the two
+files. The merged copy is written only when asked for (`outputs.merged_features`).
 """
 
 from __future__ import annotations
@@ -15,115 +18,112 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from virnucpro.sequence_io import atomic_path
+from virnucpro.files import atomic_output
+from virnucpro.tables import TableReader, TableWriter
 
-_MODELS_KEY = b"virnucpro.models"
-MERGE_BLOCK_ROWS = 65536
-
-
-@dataclass
-class FeatureTable:
-    ids: list[str]
-    vectors: np.ndarray  # [rows, dim] float32
-    models: list[dict]  # identity of each model whose embedding is part of the vector, in order
+FEATURE_BATCH_ROWS = 4096
+VIEW_FORMAT = "virnucpro-merged-features"
 
 
-def _schema(dim: int, models: list[dict], column: str) -> pa.Schema:
-    return pa.schema([("id", pa.string()), (column, pa.list_(pa.float32(), dim))],
-                     metadata={_MODELS_KEY: json.dumps(models)})
+def feature_schema(dim: int, column: str = "embedding") -> pa.Schema:
+    return pa.schema([("row", pa.int64()), (column, pa.list_(pa.float32(), dim))])
 
 
-def _batch(schema: pa.Schema, ids: list[str], vectors: np.ndarray) -> pa.RecordBatch:
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
-    dim = schema.field(1).type.list_size
-    return pa.RecordBatch.from_arrays([pa.array(ids, pa.string()), pa.FixedSizeListArray.from_arrays(flat, dim)],
-                                      schema=schema)
+class FeatureWriter(TableWriter):
+    """Writes the embeddings of rows [row_start, row_end), which must come in order, all of them."""
+
+    def __init__(self, path: str | os.PathLike, dim: int, models: list[dict], row_start: int, row_end: int,
+                 column: str = "embedding"):
+        super().__init__(path, feature_schema(dim, column), FEATURE_BATCH_ROWS,
+                         metadata={"models": models, "row_start": row_start, "row_end": row_end})
+        self.dim, self.next_row, self.row_end = dim, row_start, row_end
+
+    def write_vectors(self, first_row: int, vectors: np.ndarray) -> None:
+        if first_row != self.next_row:
+            raise ValueError(f"embeddings of row {first_row} written where row {self.next_row} was due")
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+        self.write_columns({"row": np.arange(first_row, first_row + len(vectors)),
+                            self.schema.field(1).name: pa.FixedSizeListArray.from_arrays(flat, self.dim)})
+        self.next_row += len(vectors)
+
+    def __exit__(self, error_type, error, traceback) -> bool:
+        if error is None and self.next_row != self.row_end:
+            error = ValueError(f"embeddings end at row {self.next_row}, the shard at {self.row_end}")
+            super().__exit__(ValueError, error, None)
+            raise error
+        return super().__exit__(error_type, error, traceback)
 
 
-def _vectors(batch: pa.RecordBatch) -> np.ndarray:
-    column = batch.column(1)
+class FeatureFile:
+    """A feature file, read by row range."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._table = TableReader(path)
+        try:
+            self.models = self._table.metadata("models")
+            self.row_start, self.row_end = self._table.metadata("row_start"), self._table.metadata("row_end")
+        except ValueError:
+            raise ValueError(f"{self.path}: not a feature file written by this pipeline") from None
+        self.dim = self._table.schema.field(1).type.list_size
+        if self._table.num_rows != self.row_end - self.row_start:
+            raise ValueError(f"{self.path}: {self._table.num_rows} rows for rows {self.row_start}-{self.row_end}")
+
+    def vectors(self, start: int, stop: int) -> np.ndarray:
+        """Embeddings [stop - start, dim] float32 of rows [start, stop) of the frames table."""
+        table = self._table.read(start - self.row_start, stop - self.row_start)
+        rows = table.column("row").to_numpy()
+        if not np.array_equal(rows, np.arange(start, start + len(rows))) or len(rows) != stop - start:
+            raise ValueError(f"{self.path}: rows {start}-{stop} are not stored in order")
+        return np.concatenate([_vectors(chunk) for chunk in table.column(1).chunks]) if table.num_rows else \
+            np.empty((0, self.dim), dtype=np.float32)
+
+
+def _vectors(column: pa.FixedSizeListArray) -> np.ndarray:
     values = column.values.slice(column.offset * column.type.list_size, len(column) * column.type.list_size)
     return values.to_numpy(zero_copy_only=True).reshape(len(column), column.type.list_size)
 
 
-def write_features(path: str | os.PathLike, features: FeatureTable, column: str = "embedding") -> None:
-    schema = _schema(features.vectors.shape[1], features.models, column)
-    with atomic_path(path) as temporary, pa.OSFile(str(temporary), "wb") as sink, \
-            pa.ipc.new_file(sink, schema) as writer:
-        writer.write_batch(_batch(schema, features.ids, features.vectors))
+def merge_features(nucleotide_path: str | os.PathLike, protein_path: str | os.PathLike,
+                   view_path: str | os.PathLike, merged_path: str | os.PathLike | None = None) -> int:
+    """Stage 7: check the two feature files of a shard against each other and write the merged
+    view (and, with `merged_path`, the merged vectors themselves). Returns the number of frames."""
+    nucleotide, protein = FeatureFile(nucleotide_path), FeatureFile(protein_path)
+    if (nucleotide.row_start, nucleotide.row_end) != (protein.row_start, protein.row_end):
+        raise ValueError(f"{nucleotide.path} covers rows {nucleotide.row_start}-{nucleotide.row_end} but "
+                         f"{protein.path} rows {protein.row_start}-{protein.row_end}: they are not the same shard")
+    view = {"format": VIEW_FORMAT, "row_start": nucleotide.row_start, "row_end": nucleotide.row_end,
+            "dim": nucleotide.dim + protein.dim, "models": nucleotide.models + protein.models,
+            "files": [nucleotide.path, protein.path], "merged": os.fspath(merged_path) if merged_path else None}
+    if merged_path:
+        with FeatureWriter(merged_path, view["dim"], view["models"], view["row_start"], view["row_end"],
+                           column="features") as out:
+            for first, vectors in MergedFeatures(view).blocks():
+                out.write_vectors(first, vectors)
+    with atomic_output(view_path) as out:
+        json.dump(view, out, indent=2)
+    return nucleotide.row_end - nucleotide.row_start
 
 
-def _open(path: str | os.PathLike) -> pa.ipc.RecordBatchFileReader:
-    try:
-        reader = pa.ipc.open_file(pa.memory_map(str(path)))
-    except pa.ArrowInvalid:
-        raise ValueError(f"{path}: not a feature file written by this pipeline") from None
-    if _MODELS_KEY not in (reader.schema.metadata or {}) or len(reader.schema) != 2:
-        raise ValueError(f"{path}: not a feature file written by this pipeline")
-    return reader
+class MergedFeatures:
+    """The merged features of a shard, read through its view (the path of the JSON, or the dict)."""
 
+    def __init__(self, view: str | os.PathLike | dict):
+        if not isinstance(view, dict):
+            with open(view) as handle:
+                view = json.load(handle)
+        if view.get("format") != VIEW_FORMAT:
+            raise ValueError(f"{view}: not a merged-features view written by this pipeline")
+        self.row_start, self.row_end, self.dim, self.models = (view["row_start"], view["row_end"], view["dim"],
+                                                               view["models"])
+        self.files = [FeatureFile(path) for path in view["files"]]
 
-def feature_batches(path: str | os.PathLike) -> tuple[list[dict], int, Iterator[tuple[list[str], np.ndarray]]]:
-    """The models, the vector width, and the file's (ids, vectors) blocks; vectors are memory-mapped."""
-    reader = _open(path)
-    models = json.loads(reader.schema.metadata[_MODELS_KEY])
-    dim = reader.schema.field(1).type.list_size
-
-    def blocks():
-        for index in range(reader.num_record_batches):
-            batch = reader.get_batch(index)
-            yield batch.column(0).to_pylist(), _vectors(batch)
-
-    return models, dim, blocks()
-
-
-def read_features(path: str | os.PathLike) -> FeatureTable:
-    models, dim, blocks = feature_batches(path)
-    ids, vectors = [], []
-    for block_ids, block_vectors in blocks:
-        ids += block_ids
-        vectors.append(block_vectors)
-    if len(vectors) != 1:  # a single block stays memory-mapped
-        vectors = [np.concatenate(vectors) if vectors else np.empty((0, dim), dtype=np.float32)]
-    return FeatureTable(ids, vectors[0], models)
-
-
-def merged_row_order(nucleotide_ids: list[str], protein_ids: list[str], source: str = "") -> np.ndarray:
-    """For each nucleotide frame, the row of the same frame among the protein features.
-
-    A frame present on one side only is an error: it means the two shards do not belong together.
-    """
-    if nucleotide_ids == protein_ids and len(set(nucleotide_ids)) == len(nucleotide_ids):
-        return np.arange(len(nucleotide_ids))
-    position = {frame_id: row for row, frame_id in enumerate(protein_ids)}
-    if len(position) != len(protein_ids) or len(set(nucleotide_ids)) != len(nucleotide_ids):
-        raise ValueError(f"{source}: duplicate frame IDs in a feature file")
-    only_nucleotide = [i for i in nucleotide_ids if i not in position]
-    only_protein = sorted(set(protein_ids) - set(nucleotide_ids))
-    if only_nucleotide or only_protein:
-        raise ValueError(
-            f"{source}: nucleotide and protein features do not cover the same frames: "
-            f"{len(only_nucleotide)} only in the nucleotide features (e.g. {only_nucleotide[:3]}), "
-            f"{len(only_protein)} only in the protein features (e.g. {only_protein[:3]})")
-    return np.fromiter((position[i] for i in nucleotide_ids), dtype=np.int64, count=len(nucleotide_ids))
-
-
-def merge_feature_files(nucleotide_path, protein_path, output_path) -> int:
-    """Stage 7: each frame's nucleotide vector followed by its protein vector, in the nucleotide
-    file's order, written block by block so that memory stays small whatever the shard size."""
-    nucleotide, protein = read_features(nucleotide_path), read_features(protein_path)
-    rows = merged_row_order(nucleotide.ids, protein.ids, source=f"{nucleotide_path} + {protein_path}")
-    schema = _schema(nucleotide.vectors.shape[1] + protein.vectors.shape[1], nucleotide.models + protein.models,
-                     "features")
-    with atomic_path(output_path) as temporary, pa.OSFile(str(temporary), "wb") as sink, \
-            pa.ipc.new_file(sink, schema) as writer:
-        for start in range(0, max(len(rows), 1), MERGE_BLOCK_ROWS):
-            block = slice(start, start + MERGE_BLOCK_ROWS)
-            vectors = np.concatenate((nucleotide.vectors[block], protein.vectors[rows[block]]), axis=1)
-            writer.write_batch(_batch(schema, nucleotide.ids[block], vectors))
-    return len(rows)
+    def blocks(self, rows: int = FEATURE_BATCH_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, merged vectors [n, dim]) for consecutive blocks of the shard's rows."""
+        for start in range(self.row_start, self.row_end, rows):
+            stop = min(start + rows, self.row_end)
+            yield start, np.concatenate([file.vectors(start, stop) for file in self.files], axis=1)

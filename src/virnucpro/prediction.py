@@ -1,4 +1,4 @@
-"""Stage 8: classify every frame with the MLP.
+"""Stage 8: classify every frame of a shard with the MLP, reading its merged features block by block.
 
 score1 is the softmax probability of class 0 (others), score2 of class 1 (virus); a frame is
 called virus when score2 > score1, as `torch.max` decides in VirNucPro (a tie goes to others).
@@ -13,46 +13,69 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from virnucpro.features import feature_batches
+from virnucpro.features import MergedFeatures
+from virnucpro.files import atomic_output, atomic_path
 from virnucpro.models.classifier import MLPClassifier
-from virnucpro.sequence_io import atomic_path
+from virnucpro.tables import PartedTable
+from virnucpro.translation import frame_id
 
 FRAME_PREDICTION_SCHEMA = pa.schema(
-    [("id", pa.string()), ("score_others", pa.float32()), ("score_virus", pa.float32())]
+    [("row", pa.int64()), ("score_others", pa.float32()), ("score_virus", pa.float32())]
 )
+PREDICTION_BLOCK_ROWS = 16384
+MLP_BLOCK_ROWS = 1024
 
 
-def frame_probabilities(model: MLPClassifier, features: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-    """Softmax class probabilities [rows, 2] float32 for merged feature vectors.
+def frame_probabilities(model: MLPClassifier, features: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """Softmax class probabilities [rows, 2] float32 for merged feature vectors of consecutive
+    frames, the first of which is row `first_row` of the frames table.
 
-    Batches are padded to a multiple of 8 rows: matrix-multiply libraries use other kernels for a
-    handful of rows, and a frame's scores must not depend on where a shard happens to end.
+    Matrix-multiply libraries round differently with the number of rows and a row's place among
+    them, so the frames go through the MLP in blocks of `MLP_BLOCK_ROWS` aligned to their row in
+    the frames table: a frame is computed in the same place of the same product whatever shard it
+    is in, and its scores do not depend on the shard size.
     """
     if features.shape[1] != model.hidden_layer.in_features:
         raise ValueError(f"features have {features.shape[1]} values, the classifier expects "
                          f"{model.hidden_layer.in_features}")
     out = np.empty((len(features), 2), dtype=np.float32)
+    block = np.zeros((MLP_BLOCK_ROWS, features.shape[1]), dtype=np.float32)
     with torch.inference_mode():
-        for start in range(0, len(features), batch_size):
-            batch = features[start : start + batch_size]
-            padded = np.zeros((len(batch) + -len(batch) % 8, batch.shape[1]), dtype=np.float32)
-            padded[: len(batch)] = batch
-            out[start : start + batch_size] = torch.softmax(model(torch.from_numpy(padded)), dim=1)[: len(batch)].numpy()
+        for start in range(-(first_row % MLP_BLOCK_ROWS), len(features), MLP_BLOCK_ROWS):
+            first, last = max(start, 0), min(start + MLP_BLOCK_ROWS, len(features))
+            block[:] = 0
+            block[first - start : last - start] = features[first:last]
+            probabilities = torch.softmax(model(torch.from_numpy(block)), dim=1).numpy()
+            out[first:last] = probabilities[first - start : last - start]
     return out
 
 
-def predict_frames(model: MLPClassifier, features_path: str | os.PathLike, output_path: str | os.PathLike,
-                   check_models) -> int:
-    """Classify the frames of one merged feature shard; `check_models(models)` vets its provenance."""
-    models, _, blocks = feature_batches(features_path)
-    check_models(models)
-    ids, probabilities = [], []
-    for block_ids, vectors in blocks:
-        ids += block_ids
-        probabilities.append(frame_probabilities(model, vectors))
-    probabilities = np.concatenate(probabilities) if probabilities else np.empty((0, 2), dtype=np.float32)
-    table = pa.table({"id": ids, "score_others": probabilities[:, 0], "score_virus": probabilities[:, 1]},
-                     schema=FRAME_PREDICTION_SCHEMA)
-    with atomic_path(output_path) as temporary:
-        pq.write_table(table, temporary)
-    return len(ids)
+def prediction_lines(frame_ids: list[str], others: np.ndarray, virus: np.ndarray) -> str:
+    """Rows of VirNucPro's prediction_results.txt; scores printed as NumPy prints float32 values."""
+    labels = np.where(virus > others, "virus", "others")
+    return "".join(f"{i}\t{label}\t{s1}\t{s2}\n"
+                   for i, label, s1, s2 in zip(frame_ids, labels, others.astype(str), virus.astype(str)))
+
+
+def predict_shard(model: MLPClassifier, view_path: str | os.PathLike, frame_paths: list, read_paths: list,
+                  predictions_path: str | os.PathLike, lines_path: str | os.PathLike, check_models) -> int:
+    """Stage 8 for one shard: the scores of its frames (Parquet, by row) and its rows of
+    prediction_results.txt. `check_models(models)` vets the features' provenance first."""
+    features = MergedFeatures(view_path)
+    check_models(features.models)
+    frames = PartedTable(frame_paths, columns=["read_index", "chunk", "frame"])
+    reads = PartedTable(read_paths, columns=["read_id"])
+    with atomic_path(predictions_path) as temporary, atomic_output(lines_path) as lines, \
+            pq.ParquetWriter(temporary, FRAME_PREDICTION_SCHEMA) as table:
+        for first, vectors in features.blocks(PREDICTION_BLOCK_ROWS):
+            scores = frame_probabilities(model, vectors, first)
+            table.write_table(pa.table({"row": np.arange(first, first + len(vectors)), "score_others": scores[:, 0],
+                                        "score_virus": scores[:, 1]}, schema=FRAME_PREDICTION_SCHEMA))
+            keys = frames.read(first, first + len(vectors))
+            read_index = keys.column("read_index").to_numpy()
+            read_ids = reads.read(int(read_index[0]), int(read_index[-1]) + 1).column("read_id").to_pylist()
+            ids = [frame_id(read_ids[r], c, f) for r, c, f in zip((read_index - read_index[0]).tolist(),
+                                                                  keys.column("chunk").to_pylist(),
+                                                                  keys.column("frame").to_pylist())]
+            lines.write(prediction_lines(ids, scores[:, 0], scores[:, 1]))
+    return features.row_end - features.row_start

@@ -1,6 +1,7 @@
 """Per-job telemetry: what each rule did, how long it took and what it used.
 
-Every rule script runs inside `JobTelemetry`, which writes `results/telemetry/<stage>/<sample>.<shard>.json`
+Every rule script runs inside `JobTelemetry`, which writes `results/telemetry/<stage>/<sample>.<unit>.json`
+(the unit is the job's part of the input, its shard, or `all`)
 when the job ends, also when it fails (with the error). Snakemake treats the file as a log, so it
 keeps it after a failure instead of deleting it with the job's outputs.
 
@@ -22,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from virnucpro.sequence_io import atomic_output
+from virnucpro.files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,17 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _seconds_since_process_start() -> float | None:
+    """How long this process has run (interpreter start-up and imports, when asked at a job's
+    start); from /proc, so on Linux only."""
+    try:
+        with open("/proc/self/stat") as stat:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def _size(paths) -> int:
     total = 0
     for path in paths:
@@ -56,10 +68,11 @@ def _size(paths) -> int:
 class JobTelemetry:
     """Context manager around one job; set `records_in`, `records_out` and `details` inside it."""
 
-    def __init__(self, path, stage: str, sample: str, shard: str, inputs=(), outputs=(), threads: int = 1,
-                 resources: dict | None = None):
+    def __init__(self, path, stage: str, sample: str, part: str | None = None, shard: str | None = None, inputs=(),
+                 outputs=(), threads: int = 1, resources: dict | None = None):
         self.path = Path(path)
-        self.stage, self.sample, self.shard = stage, sample, shard
+        self.stage, self.sample, self.part, self.shard = stage, sample, part, shard
+        self.unit = shard or part or "all"
         self.inputs, self.outputs = [os.fspath(p) for p in inputs], [os.fspath(p) for p in outputs]
         self.threads, self.resources = threads, resources or {}
         self.records_in: int | None = None
@@ -74,27 +87,28 @@ class JobTelemetry:
         wildcards = dict(snakemake.wildcards.items())
         resources = {name: value for name, value in snakemake.resources.items()
                      if not name.startswith("_") and isinstance(value, (int, float, str))}
-        return cls(snakemake.log.telemetry, stage, wildcards.get("sample", "all"), wildcards.get("shard", "all"),
-                   inputs=list(snakemake.input), outputs=list(snakemake.output), threads=snakemake.threads,
-                   resources=resources)
+        return cls(snakemake.log.telemetry, stage, wildcards.get("sample", "all"), wildcards.get("part"),
+                   wildcards.get("shard"), inputs=list(snakemake.input), outputs=list(snakemake.output),
+                   threads=snakemake.threads, resources=resources)
 
     def __enter__(self) -> JobTelemetry:
+        self._startup_seconds = _seconds_since_process_start()
         self._start_wall = time.time()
-        self._start_perf = time.perf_counter()
+        self.start_perf = time.perf_counter()
         self._start_cpu = _cpu_seconds()
-        log.info("%s %s.%s started on %s", self.stage, self.sample, self.shard, socket.gethostname())
+        log.info("%s %s.%s started on %s", self.stage, self.sample, self.unit, socket.gethostname())
         return self
 
     def __exit__(self, error_type, error, error_traceback) -> bool:
-        wall = time.perf_counter() - self._start_perf
+        wall = time.perf_counter() - self.start_perf
         bytes_in, bytes_out = _size(self.inputs), _size(self.outputs) if error is None else 0
         report = {
-            "stage": self.stage, "sample": self.sample, "shard": self.shard,
+            "stage": self.stage, "sample": self.sample, "part": self.part, "shard": self.shard,
             "status": "ok" if error is None else "failed",
             "error": None if error is None else f"{error_type.__name__}: {error}",
             "start": datetime.datetime.fromtimestamp(self._start_wall, datetime.timezone.utc).isoformat(),
             "end": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "start_unix": self._start_wall, "wall_seconds": wall,
+            "start_unix": self._start_wall, "wall_seconds": wall, "startup_seconds": self._startup_seconds,
             "cpu_seconds": _cpu_seconds() - self._start_cpu,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "records_in": self.records_in, "records_out": self.records_out,
@@ -109,7 +123,7 @@ class JobTelemetry:
             log.error("%s", "".join(traceback.format_exception(error_type, error, error_traceback)))
         with atomic_output(self.path) as out:
             out.write(json.dumps(report, indent=2, default=str) + "\n")
-        log.info("%s %s.%s %s in %.1f s", self.stage, self.sample, self.shard, report["status"], wall)
+        log.info("%s %s.%s %s in %.1f s", self.stage, self.sample, self.unit, report["status"], wall)
         return False
 
 

@@ -29,15 +29,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from virnucpro.chunking import chunk_starts
-from virnucpro.consensus import chunk_best_scores
-from virnucpro.features import read_features
+from virnucpro.chunking import chunk_start
+from virnucpro.features import MergedFeatures
 from virnucpro.models.classifier import MLPClassifier, save_classifier
-from virnucpro.sequence_io import atomic_output, atomic_path
+from virnucpro.tables import PartedTable
+from virnucpro.files import atomic_output, atomic_path
 from virnucpro.workflow_config import TRAINING_LABELS
 
 
@@ -56,7 +56,7 @@ class Hyperparameters:
 
 @dataclass
 class LabelledFrames:
-    ids: list[str]
+    chunks: np.ndarray  # [frames] the chunk of each frame, numbered over the whole training set
     features: np.ndarray  # [frames, dim] float32
     labels: np.ndarray  # [frames] 0 host, 1 viral
     groups: list[str]  # source region of each frame
@@ -64,42 +64,55 @@ class LabelledFrames:
     models: list[dict]  # identities of the embedding models that made the features
 
 
-def frame_regions(manifest, frame_ids: list[str], expected_length: int, region_length: int) -> list[str]:
-    """Source region of each frame: `<sequence>:<region index>`."""
-    reads = {row["read_id"]: row for row in manifest.to_pylist()}
-    starts: dict[str, list[int]] = {}
+def frame_regions(reads: pa.Table, read_index: np.ndarray, chunk: np.ndarray, expected_length: int,
+                  region_length: int) -> list[str]:
+    """Source region of each frame, `<sequence>:<region index>`, from its read (a table of the
+    reads, indexed from their first read index) and its chunk number."""
+    row = read_index - reads.column("read_index")[0].as_py()
+    length = reads.column("length").to_numpy()[row]
+    start = chunk_start(length, chunk, expected_length)
+    middle = start + np.minimum(expected_length, length - start) // 2
+    origin_sequence = reads.column("origin_sequence").to_pylist()
+    origin_position = reads.column("origin_position").to_pylist()
+    read_ids = reads.column("read_id").to_pylist()
     regions = []
-    for frame_id in frame_ids:
-        read_id, chunk_number = frame_id[:-2].rsplit("_chunk_", 1)
-        read = reads[read_id]
-        if read["origin_sequence"] is not None:  # a placed read: the middle of the read on its source
-            source, middle = read["origin_sequence"], read["origin_position"] - 1 + read["length"] // 2
+    for r, chunk_middle, read_length in zip(row.tolist(), middle.tolist(), length.tolist()):
+        if origin_sequence[r] is not None:  # a placed read: the middle of the read on its source
+            source, position = origin_sequence[r], origin_position[r] - 1 + read_length // 2
         else:
-            if read_id not in starts:
-                starts[read_id] = chunk_starts(read["length"], expected_length)
-            start = starts[read_id][int(chunk_number) - 1]
-            source, middle = read_id, start + min(expected_length, read["length"] - start) // 2
-        regions.append(f"{source}:{middle // region_length}")
+            source, position = read_ids[r], chunk_middle
+        regions.append(f"{source}:{position // region_length}")
     return regions
 
 
 def load_labelled_frames(inputs: list[dict], expected_length: int, region_length: int) -> LabelledFrames:
-    """`inputs`: dicts with name, label, manifest (path) and features (merged shard paths)."""
-    ids, features, labels, groups, names, models = [], [], [], [], [], None
+    """`inputs`: dicts with name, label and the part files of its reads and frames and the
+    merged-feature views of its shards (stages 1-7)."""
+    chunks, features, labels, groups, names, models = [], [], [], [], [], None
+    chunks_before = 0
     for entry in inputs:
-        manifest = pq.read_table(entry["manifest"])
-        for path in entry["features"]:
-            table = read_features(path)
+        reads = PartedTable(entry["reads"])
+        frames = PartedTable(entry["frames"], columns=["read_index", "chunk"])
+        keys = frames.read(0, frames.num_rows)
+        read_index, chunk = keys.column("read_index").to_numpy(), keys.column("chunk").to_numpy()
+        for view in entry["views"]:
+            merged = MergedFeatures(view)
             if models is None:
-                models = table.models
-            elif [m["fingerprint"] for m in table.models] != [m["fingerprint"] for m in models]:
-                raise ValueError(f"{path}: features from other embedding models than the rest of the training set")
-            ids += table.ids
-            features.append(np.asarray(table.vectors))
-            labels += [TRAINING_LABELS[entry["label"]]] * len(table.ids)
-            groups += frame_regions(manifest, table.ids, expected_length, region_length)
-            names += [entry["name"]] * len(table.ids)
-    return LabelledFrames(ids, np.concatenate(features), np.array(labels, dtype=np.int64), groups, names, models)
+                models = merged.models
+            elif [m["fingerprint"] for m in merged.models] != [m["fingerprint"] for m in models]:
+                raise ValueError(f"{view}: features from other embedding models than the rest of the training set")
+            features += [vectors for _, vectors in merged.blocks()]
+        if len(read_index):
+            new_chunk = np.r_[True, (np.diff(read_index) != 0) | (np.diff(chunk) != 0)]
+            chunks.append(chunks_before + np.cumsum(new_chunk) - 1)
+            chunks_before = int(chunks[-1][-1]) + 1
+            groups += frame_regions(reads.read(0, reads.num_rows), read_index, chunk, expected_length, region_length)
+        labels += [TRAINING_LABELS[entry["label"]]] * len(read_index)
+        names += [entry["name"]] * len(read_index)
+    if not features:
+        raise ValueError("the training inputs have no stop-free frames")
+    return LabelledFrames(np.concatenate(chunks), np.concatenate(features), np.array(labels, dtype=np.int64), groups,
+                          names, models)
 
 
 def split_by_group(groups: list[str], labels: np.ndarray, fraction: float, seed: int,
@@ -215,12 +228,11 @@ def evaluate(model: MLPClassifier, frames: LabelledFrames, rows: np.ndarray) -> 
     scores = class_probabilities(model, frames.features[rows])
     labels = frames.labels[rows]
     per_frame = binary_metrics(labels, (scores[:, 1] > scores[:, 0]).astype(np.int64), scores[:, 1])
-    frame_ids = [frames.ids[row] for row in rows]
-    chunks = chunk_best_scores(frame_ids, scores[:, 0], scores[:, 1])
-    label_of_chunk = {frame_id[:-2]: label for frame_id, label in zip(frame_ids, labels)}
-    chunk_labels = np.array([label_of_chunk[chunk] for chunk in chunks])
-    chunk_calls = np.array([virus >= others for others, virus in chunks.values()], dtype=np.int64)
-    per_chunk = binary_metrics(chunk_labels, chunk_calls, np.array([virus for _, virus in chunks.values()]))
+    _, first_row, chunk_of_row = np.unique(frames.chunks[rows], return_index=True, return_inverse=True)
+    best = np.full((len(first_row), 2), -np.inf, dtype=np.float32)
+    np.maximum.at(best, chunk_of_row, scores)
+    chunk_calls = (best[:, 1] >= best[:, 0]).astype(np.int64)
+    per_chunk = binary_metrics(labels[first_row], chunk_calls, best[:, 1])
     fpr, tpr = roc_curve(labels, scores[:, 1])
     return {"frames": per_frame, "chunks": per_chunk}, {"fpr": fpr, "tpr": tpr}
 

@@ -43,13 +43,23 @@ class PackedSequences:
     @classmethod
     def from_token_lists(cls, token_lists: list[np.ndarray], pad_id: int | None = None,
                          multiple: int = 64) -> PackedSequences:
-        """Pack `token_lists`; with `pad_id`, a dummy sequence of it tops the batch up to a multiple
-        of `multiple` tokens (it comes last, and its pooled row is to be ignored)."""
-        remainder = sum(len(t) for t in token_lists) % multiple
+        """Pack `token_lists` (see `from_flat`)."""
+        lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+        tokens = np.concatenate(token_lists) if token_lists else np.empty(0, dtype=np.int64)
+        return cls.from_flat(tokens, lengths, pad_id, multiple)
+
+    @classmethod
+    def from_flat(cls, tokens: np.ndarray, lengths: np.ndarray, pad_id: int | None = None,
+                  multiple: int = 64) -> PackedSequences:
+        """Pack sequences given end to end (`tokens`) with their `lengths`; with `pad_id`, a dummy
+        sequence of it tops the batch up to a multiple of `multiple` tokens (it comes last, and
+        its pooled row is to be ignored)."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        remainder = len(tokens) % multiple
         padding = multiple - remainder if pad_id is not None and remainder else 0
         if padding:
-            token_lists = [*token_lists, np.full(padding, pad_id, dtype=np.int64)]
-        lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+            tokens = np.concatenate((tokens, np.full(padding, pad_id, dtype=tokens.dtype)))
+            lengths = np.append(lengths, padding)
         starts = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=starts[1:])
         groups = []
@@ -57,7 +67,7 @@ class PackedSequences:
             first_tokens = starts[:-1][lengths == length]
             groups.append(LengthGroup(int(length), torch.from_numpy(first_tokens[:, None] + np.arange(length))))
         return cls(
-            tokens=torch.from_numpy(np.concatenate(token_lists).astype(np.int64)),
+            tokens=torch.from_numpy(tokens.astype(np.int64)),
             cu_seqlens=torch.from_numpy(starts.astype(np.int32)),
             positions=torch.from_numpy(np.arange(int(starts[-1])) - np.repeat(starts[:-1], lengths)),
             segments=torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)),
