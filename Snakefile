@@ -32,3 +32,8 @@ rule all:
     input:
         expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
         "results/timing_report.md",
+        expand(
+            "results/{sample}/{name}",
+            sample=SAMPLES if WRITE_FASTA else [],
+            name=["chunked.fa", "identified_nucleotide.fa", "identified_protein.faa"],
+        ),

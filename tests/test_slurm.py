@@ -24,7 +24,7 @@ def profile() -> dict:
     return yaml.safe_load((PROFILE / "config.yaml").read_text())
 
 
-def absolute_config(workdir: Path) -> Path:
+def absolute_config(workdir: Path, **overrides) -> Path:
     """The demo config with its repository paths made absolute, for a run in another directory."""
 
     def absolute(node: dict) -> None:
@@ -37,6 +37,7 @@ def absolute_config(workdir: Path) -> Path:
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     absolute(config)
+    config.update(overrides)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -64,21 +65,25 @@ def test_the_profile_sets_slurm_options_only_through_resources():
     assert settings["resources"]["gpu"] >= 1
 
 
-def test_the_profile_plans_one_shard_per_gpu(tmp_path):
+def test_the_profile_gives_each_embedding_job_a_gpu_and_no_other_job(tmp_path):
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.fail("snakemake-executor-plugin-slurm is not installed (pyproject.toml's test extras need it)")
+    # (Without the VirNucPro FASTA files, whose parts a run stopped early would delete as unneeded.)
+    config = absolute_config(tmp_path, shard_tokens=4_000, outputs={"virnucpro_fasta": False, "merged_features": False})
+    snakemake = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                 str(tmp_path), "--configfile", str(config)]
+    # The shards are known once stage 2 has run (a checkpoint): run stages 1-2 here, then plan the rest.
+    prepared = subprocess.run(snakemake + ["--cores", "2", "--until", "plan_shards"], capture_output=True, text=True)
+    assert prepared.returncode == 0, prepared.stderr[-5000:]
+    shards = (tmp_path / "results/demo/shards.tsv").read_text().count("\n") - 1
+    assert shards > 1
     # A dry run submits nothing, so the profile's placeholder partition and account do not matter.
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--profile", str(PROFILE), "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(absolute_config(tmp_path))],
-        capture_output=True, text=True)
+    result = subprocess.run(snakemake + ["-n", "--profile", str(PROFILE)], capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     counts = {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", output, re.MULTILINE)}
-    shards = profile()["resources"]["gpu"]
-    expected = {"chunk": 1, "translate": 1, "split_nucleotide": 1, "split_protein": 1,
-                "embed_dnabert_s": shards, "embed_esm2": shards, "merge_features": shards, "predict_frames": shards,
-                "consensus": 1, "timing_report": 1}
+    expected = {"split_nucleotide": shards, "split_protein": shards, "embed_dnabert_s": shards, "embed_esm2": shards,
+                "merge_features": shards, "predict_frames": shards, "consensus": 1, "timing_report": 1}
     assert {rule: counts.get(rule) for rule in expected} == expected
     # Each job's resources as the plugin will see them: a GPU for the embedding jobs only.
     jobs = re.findall(r"^(?:local)?rule (\w+):\n.*?^\s+resources: ([^\n]*)", output, re.MULTILINE | re.DOTALL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def run_workflow(workdir: Path, config: Path, *extra: str, check: bool = True) -
 def one_shard_run(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("run1")
     read_ids = write_input(workdir / "reads.fa", data_dir)
-    run_workflow(workdir, write_config(workdir, workdir / "reads.fa", shards=1))
+    run_workflow(workdir, write_config(workdir, workdir / "reads.fa"))
     return workdir, read_ids
 
 
@@ -92,6 +93,7 @@ def test_every_read_is_accounted_for(one_shard_run):
 def test_outputs_cover_every_identified_frame(one_shard_run):
     workdir, _ = one_shard_run
     results = workdir / "results/reads"
+    assert (results / "shards.tsv").read_text().count("\n") == 2  # the header and one shard
     frames = [line[1:].strip() for line in open(results / "identified_protein.faa") if line.startswith(">")]
     rows = (results / "prediction_results.txt").read_text().splitlines()
     assert rows[0] == "Sequence_ID\tPrediction\tscore1\tscore2"
@@ -110,8 +112,9 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     workdir, _ = one_shard_run
     jobs = [json.loads(p.read_text()) for p in (workdir / "results/telemetry").rglob("*.json")]
     stages = {job["stage"] for job in jobs}
-    assert stages == {"chunk", "translate", "split_nucleotide", "split_protein", "embed_dnabert_s", "embed_esm2",
-                      "merge_features", "predict_frames", "consensus", "timing_report"}
+    assert stages == {"partition_input", "chunk", "translate", "plan_shards", "split_nucleotide", "split_protein",
+                      "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus", "collect_fasta",
+                      "timing_report"}
     for job in jobs:
         assert job["status"] == "ok"
         assert job["wall_seconds"] > 0 and job["cpu_seconds"] >= 0 and job["peak_rss_mb"] > 0
@@ -140,26 +143,37 @@ def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run,
     assert models_note(real, str(REPO)) is None
 
 
-def test_results_do_not_depend_on_the_shard_count(one_shard_run, tmp_path):
+def test_results_do_not_depend_on_parts_or_shards(one_shard_run, tmp_path):
+    """Bit for bit on the CPU: one part and one shard against many of each."""
     workdir, _ = one_shard_run
     shutil.copy(workdir / "reads.fa", tmp_path / "reads.fa")
-    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shards=3))
-    assert len(list((tmp_path / "results/reads/frame_predictions").glob("*.parquet"))) == 3
-    for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
-        assert (tmp_path / "results/reads" / name).read_text() == (workdir / "results/reads" / name).read_text()
-    assert pq.read_table(tmp_path / "results/reads/read_predictions.parquet").equals(
-        pq.read_table(workdir / "results/reads/read_predictions.parquet"))
+    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shard_tokens=400, part_mb=0.001))
+    many, one = tmp_path / "results/reads", workdir / "results/reads"
+    assert len(list(many.glob("frames/*.arrow"))) > 3 and len(list(one.glob("frames/*.arrow"))) == 1
+    assert len(list(many.glob("frame_predictions/*.parquet"))) > 5
+    for name in ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa", "prediction_results.txt",
+                 "prediction_results_highestscore.csv"):
+        assert (many / name).read_bytes() == (one / name).read_bytes(), name
+    assert pq.read_table(many / "read_predictions.parquet").equals(pq.read_table(one / "read_predictions.parquet"))
+
+
+def test_snakemake_n_shows_the_plan_up_to_the_shard_plan(tmp_path, data_dir):
+    write_input(tmp_path / "reads.fa", data_dir)
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", part_mb=0.002), "-n")
+    for rule, jobs in (("partition_input", 1), ("chunk", 3), ("translate", 3), ("plan_shards", 1)):
+        assert re.search(rf"^{rule}\s+{jobs}$", result.stdout, re.MULTILINE), (rule, result.stdout)
 
 
 def test_bad_input_fails_with_a_clear_error_and_keeps_its_telemetry(tmp_path):
     (tmp_path / "reads.fa").write_text(">r1\nACGT\n>r2\nACGT\n>r1\nGGGG\n")
     result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa"), check=False)
     assert result.returncode != 0
-    telemetry = json.loads((tmp_path / "results/telemetry/chunk/reads.all.json").read_text())
+    telemetry = json.loads((tmp_path / "results/telemetry/plan_shards/reads.all.json").read_text())
     assert telemetry["status"] == "failed"
-    assert "reads.fa, record 'r1': duplicate sequence ID" in telemetry["error"]
-    assert not (tmp_path / "results/reads/chunked.fa").exists()
-    assert not list((tmp_path / "results/reads").glob(".*tmp*"))
+    assert "reads.fa, record 'r1': duplicate sequence ID in records 1 and 3" in telemetry["error"]
+    assert not (tmp_path / "results/reads/shards.tsv").exists()
+    assert not (tmp_path / "results/telemetry/embed_esm2").exists()  # refused before any GPU work
+    assert not list((tmp_path / "results/reads").rglob(".*tmp*"))
 
 
 def test_a_classifier_for_another_length_is_refused(tmp_path, data_dir):

@@ -10,16 +10,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from virnucpro.sequence_io import atomic_output, atomic_path
+from virnucpro.files import atomic_output, atomic_path
 
-STAGES = ("chunk", "translate", "split_nucleotide", "split_protein", "embed_dnabert_s", "embed_esm2",
-          "merge_features", "predict_frames", "consensus")
+STAGES = ("partition_input", "chunk", "translate", "plan_shards", "split_nucleotide", "split_protein",
+          "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus", "collect_fasta")
 GPU_STAGES = ("embed_dnabert_s", "embed_esm2")
 
 
-def load_telemetry(paths: Sequence[str | os.PathLike]) -> list[dict]:
-    """The telemetry of every job that has written one (a job not run yet has none)."""
-    return [json.loads(Path(path).read_text()) for path in paths if Path(path).exists()]
+def load_telemetry(directory: str | os.PathLike, samples: Sequence[str]) -> list[dict]:
+    """The telemetry of every job of these samples that has written one."""
+    return [json.loads(path.read_text()) for sample in samples
+            for path in sorted(Path(directory).glob(f"*/{sample}.*.json"))]
 
 
 def telemetry_table(jobs: list[dict]) -> pa.Table:
@@ -125,9 +126,9 @@ def render_markdown(jobs: list[dict], summary: list[dict], note: str | None = No
     return "\n".join(lines) + "\n"
 
 
-def write_report(telemetry_paths: Sequence[str | os.PathLike], table_path, report_path, summary_path,
-                 note: str | None = None) -> int:
-    jobs = load_telemetry(telemetry_paths)
+def write_report(telemetry_directory: str | os.PathLike, samples: Sequence[str], table_path, report_path,
+                 summary_path, note: str | None = None) -> int:
+    jobs = load_telemetry(telemetry_directory, samples)
     if not jobs:
         raise ValueError("no telemetry found: no job of this workflow has run yet")
     with atomic_path(table_path) as temporary:

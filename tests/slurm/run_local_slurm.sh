@@ -182,6 +182,7 @@ config = yaml.safe_load(open(f"{repo}/config/config.yaml"))
 absolute(config)
 config["samples"] = {"reads": f"{work}/reads.fq.gz"}
 config["embedding"]["gpu_lock_dir"] = f"{work}/gpu-locks"
+config.update(shard_tokens=800, part_mb=0.001)  # several parts and shards from a small input
 yaml.safe_dump(config, open(f"{work}/config.yaml", "w"), sort_keys=False)
 
 profile = yaml.safe_load(open(f"{repo}/profiles/slurm/config.yaml"))
@@ -195,9 +196,6 @@ for resources in [profile["default-resources"], *profile["set-resources"].values
 os.makedirs(f"{work}/profile")
 yaml.safe_dump(profile, open(f"{work}/profile/config.yaml", "w"), sort_keys=False)
 EOF
-GPUS=$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["resources"]["gpu"])' \
-    "$WORK/profile/config.yaml")
-echo "profile: resources gpu=$GPUS, so $GPUS shards"
 
 # Both runs use one thread per job: the node has 2 CPUs, fewer than the rules ask for, and the
 # comparison should not depend on thread counts. Otherwise the SLURM run differs from the local
@@ -221,7 +219,10 @@ timeout 600 "$PYTHON" -m snakemake --snakefile "$REPO/Snakefile" --directory "$W
 echo "local run: $((SECONDS - t0)) s"
 
 say "the results are identical"
-for name in prediction_results.txt prediction_results_highestscore.csv; do
+SHARDS=$(($(wc -l <"$WORK/slurm-run/results/reads/shards.tsv") - 1))
+echo "$SHARDS shards"
+for name in prediction_results.txt prediction_results_highestscore.csv chunked.fa identified_nucleotide.fa \
+    identified_protein.faa; do
     cmp "$WORK/slurm-run/results/reads/$name" "$WORK/local-run/results/reads/$name" \
         || fail "$name differs between the SLURM and the local run"
     echo "$name: identical"
@@ -240,11 +241,11 @@ EOF
 
 say "SLURM gave a GPU to each embedding job and to no other"
 scontrol --details --oneliner show job >"$WORK/jobs.txt"
-"$PYTHON" - "$WORK/jobs.txt" "$GPUS" "$PARTITION" "$ACCOUNT" <<'EOF' \
+"$PYTHON" - "$WORK/jobs.txt" "$SHARDS" "$PARTITION" "$ACCOUNT" <<'EOF' \
     || fail "the jobs' SLURM allocations are not as expected (see $WORK/jobs.txt)"
 import collections, re, sys
 
-jobs_file, gpus, partition, account = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+jobs_file, shards, partition, account = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 field = lambda line, name: re.search(rf"(?:^| ){name}=(\S*)", line).group(1)
 gpu_rules = {"embed_dnabert_s", "embed_esm2"}
 jobs = collections.Counter()
@@ -263,8 +264,8 @@ for line in open(jobs_file):
 for (rule, gres), count in sorted(jobs.items()):
     print(f"{count:3d} x {rule:18s} GPUs: {gres}")
 for rule in sorted(gpu_rules):
-    if jobs[rule, "gpu:1"] != gpus:
-        problems.append(f"{jobs[rule, 'gpu:1']} {rule} jobs with a GPU, expected {gpus} (one per shard)")
+    if jobs[rule, "gpu:1"] != shards:
+        problems.append(f"{jobs[rule, 'gpu:1']} {rule} jobs with a GPU, expected {shards} (one per shard)")
 assert not problems, "\n".join(problems)
 EOF
 

@@ -6,7 +6,12 @@ rule merge_features:
         nucleotide="results/{sample}/features/dnabert_s/{shard}.arrow",
         protein="results/{sample}/features/esm2/{shard}.arrow",
     output:
-        features="results/{sample}/features/merged/{shard}.arrow",
+        view="results/{sample}/features/merged/{shard}.json",
+        **(
+            {"merged": "results/{sample}/features/merged/{shard}.arrow"}
+            if config["outputs"]["merged_features"]
+            else {}
+        ),
     log:
         log="results/logs/merge_features/{sample}.{shard}.log",
         telemetry="results/telemetry/merge_features/{sample}.{shard}.json",
@@ -20,10 +25,16 @@ rule merge_features:
 
 rule predict_frames:
     input:
-        features="results/{sample}/features/merged/{shard}.arrow",
+        view="results/{sample}/features/merged/{shard}.json",
+        # read through the view; named so that Snakemake keeps them until this job is done
+        nucleotide="results/{sample}/features/dnabert_s/{shard}.arrow",
+        protein="results/{sample}/features/esm2/{shard}.arrow",
+        frames=part_files("results/{sample}/frames/{part}.arrow"),
+        reads=part_files("results/{sample}/reads/{part}.arrow"),
         classifier=CLASSIFIER,
     output:
         predictions="results/{sample}/frame_predictions/{shard}.parquet",
+        lines=temp("results/{sample}/frame_predictions/{shard}.txt"),
     params:
         expected_length=EXPECTED_LENGTH,
         classifier_expected_length=config["models"]["classifier_expected_length"],
@@ -41,9 +52,11 @@ rule predict_frames:
 
 rule consensus:
     input:
-        manifest="results/{sample}/read_manifest.parquet",
-        chunk_summary="results/{sample}/chunk_summary.parquet",
-        predictions=expand("results/{{sample}}/frame_predictions/{shard}.parquet", shard=SHARDS),
+        reads=part_files("results/{sample}/reads/{part}.arrow"),
+        chunk_summary=part_files("results/{sample}/chunk_summary/{part}.arrow"),
+        frames=part_files("results/{sample}/frames/{part}.arrow"),
+        predictions=shard_files("results/{sample}/frame_predictions/{shard}.parquet"),
+        lines=shard_files("results/{sample}/frame_predictions/{shard}.txt"),
     output:
         results_txt="results/{sample}/prediction_results.txt",
         highest_score="results/{sample}/prediction_results_highestscore.csv",

@@ -1,16 +1,15 @@
-import os
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from virnucpro.report import STAGES
-from virnucpro.sharding import shard_names
+from virnucpro.partition import part_count
+from virnucpro.sharding import read_shard_plan
 from virnucpro.workflow_config import (
     models_note,
     read_training_inputs,
     resolve_classifier_path,
     resolve_samples,
-    resolve_shard_count,
+    unit_names,
 )
 
 
@@ -28,24 +27,12 @@ if clashes:
 # Every sequence file the stages 1-7 may process, prediction samples and training inputs alike.
 INPUTS = {**SAMPLES, **{row["name"]: row["path"] for row in TRAINING_INPUTS}}
 EXPECTED_LENGTH = config["expected_length"]
-# --resources gpu=N, if given: a number, or a Resource holding it in newer Snakemake versions
-GPUS_GRANTED = workflow.global_resources.get("gpu")
-GPUS_GRANTED = getattr(GPUS_GRANTED, "value", GPUS_GRANTED)
-# Jobs that a cluster executor (SLURM) starts get the main process's --config but not its
-# --resources, so they could not count the shards themselves: the main process hands its count
-# down in the environment (which the SLURM plugin exports to the jobs; envvars has other
-# executors pass it on).
-if workflow.is_main_process:
-    os.environ["VIRNUCPRO_SHARDS"] = str(
-        resolve_shard_count(config["shards"], GPUS_GRANTED)
-    )
-
-
-envvars:
-    "VIRNUCPRO_SHARDS",
-
-
-SHARDS = shard_names(int(os.environ["VIRNUCPRO_SHARDS"]))
+# Stages 1-2 run over parts of each input; their number follows from the file's size, so it is
+# known now, in every Snakemake process (the main one and each cluster job's).
+PARTS = {
+    name: unit_names(part_count(path, config["part_mb"])) for name, path in SAMPLES.items()
+}
+WRITE_FASTA = config["outputs"]["virnucpro_fasta"]
 CLASSIFIER = resolve_classifier_path(config)
 # Set when the run uses the built-in demonstration models: the outputs then say so.
 MODELS_NOTE = models_note(config, workflow.basedir)
@@ -55,6 +42,7 @@ GPU_PER_JOB = 0 if config["embedding"]["device"] == "cpu" else 1
 
 wildcard_constraints:
     sample="[A-Za-z0-9][A-Za-z0-9_-]*",
+    part="[0-9]+",
     shard="[0-9]+",
 
 
@@ -62,35 +50,62 @@ def sample_input(wildcards):
     return INPUTS[wildcards.sample]
 
 
+def sample_parts(sample):
+    """Part names of a sample (a training input gets its own the first time it is asked for)."""
+    if sample not in PARTS:
+        PARTS[sample] = unit_names(part_count(INPUTS[sample], config["part_mb"]))
+    return PARTS[sample]
+
+
+def sample_shards(sample):
+    """Shard names of a sample, from its shard plan (a checkpoint: known once stage 2 has run)."""
+    plan = checkpoints.plan_shards.get(sample=sample).output.plan
+    return [shard.name for shard in read_shard_plan(plan)]
+
+
+def parts(wildcards):
+    return sample_parts(wildcards.sample)
+
+
+def part_files(pattern):
+    """`pattern` (with {sample} and {part}) for every part of the wildcards' sample."""
+    return lambda wildcards: expand(
+        pattern, sample=wildcards.sample, part=sample_parts(wildcards.sample)
+    )
+
+
+def shard_files(pattern):
+    """`pattern` (with {sample} and {shard}) for every shard of the wildcards' sample."""
+    return lambda wildcards: expand(
+        pattern, sample=wildcards.sample, shard=sample_shards(wildcards.sample)
+    )
+
+
 def token_budget(kind):
     value = config["embedding"][f"{kind}_token_budget"]
     return None if value == "auto" else value
 
 
-def telemetry_paths():
-    """Telemetry files of every job of this run, for the timing report."""
-    sharded = {"embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames"}
-    return [
-        f"results/telemetry/{stage}/{sample}.{shard}.json"
-        for sample in SAMPLES
-        for stage in STAGES
-        for shard in (SHARDS if stage in sharded else ["all"])
-    ]
-
-
 TRAINING_DIR = f"results/training/expected_length_{EXPECTED_LENGTH}"
 
 
-def training_files(pattern):
-    """`pattern` for every training input; asked for only when the `train` target is built."""
-
-    def files(wildcards):
-        if not TRAINING_INPUTS:
-            raise ValueError(
-                f"config: training.inputs '{TRAINING_TABLE}' does not exist "
-                "(a tab-separated table with columns name, path, label)"
+def training_inputs(wildcards):
+    """Per training input, the files of its stages 1-7 (named `<input>__<kind>`)."""
+    if not TRAINING_INPUTS:
+        raise ValueError(
+            f"config: training.inputs '{TRAINING_TABLE}' does not exist "
+            "(a tab-separated table with columns name, path, label)"
+        )
+    files = {}
+    for row in TRAINING_INPUTS:
+        name = row["name"]
+        for kind in ("reads", "frames"):
+            files[f"{name}__{kind}"] = expand(
+                f"results/{name}/{kind}/{{part}}.arrow", part=sample_parts(name)
             )
-        names = [row["name"] for row in TRAINING_INPUTS]
-        return expand(pattern, sample=names, shard=SHARDS)
-
+        for kind, suffix in (("merged", "json"), ("dnabert_s", "arrow"), ("esm2", "arrow")):
+            files[f"{name}__{kind}"] = expand(
+                f"results/{name}/features/{kind}/{{shard}}.{suffix}",
+                shard=sample_shards(name),
+            )
     return files

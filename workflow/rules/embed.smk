@@ -4,7 +4,7 @@
 
 rule embed_dnabert_s:
     input:
-        records="results/{sample}/shards/nucleotide/{shard}.fa",
+        tokens="results/{sample}/tokens/dnabert_s/{shard}.arrow",
         model=config["models"]["dnabert_s"],
     output:
         features=temp("results/{sample}/features/dnabert_s/{shard}.arrow"),
@@ -30,7 +30,7 @@ rule embed_dnabert_s:
 
 rule embed_esm2:
     input:
-        records="results/{sample}/shards/protein/{shard}.faa",
+        tokens="results/{sample}/tokens/esm2/{shard}.arrow",
         model=config["models"]["esm2"],
     output:
         features=temp("results/{sample}/features/esm2/{shard}.arrow"),

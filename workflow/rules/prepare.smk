@@ -1,19 +1,40 @@
-# Stages 1-4: chunk the reads, translate them in six frames, split the frames into shards.
+# Stages 1-4: read the input in parts, chunk the reads, translate them in six frames, plan the
+# shards and tokenize each shard for the two embedding models.
+
+
+rule partition_input:
+    input:
+        reads=sample_input,
+    output:
+        parts=temp(directory("results/{sample}/input")),
+    params:
+        parts=parts,
+    log:
+        log="results/logs/partition_input/{sample}.all.log",
+        telemetry="results/telemetry/partition_input/{sample}.all.json",
+    benchmark:
+        "results/benchmarks/partition_input/{sample}.all.tsv"
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../scripts/partition_input.py"
 
 
 rule chunk:
     input:
-        reads=sample_input,
+        parts="results/{sample}/input",
     output:
-        chunks="results/{sample}/chunked.fa",
-        manifest="results/{sample}/read_manifest.parquet",
+        reads="results/{sample}/reads/{part}.arrow",
+        chunks=temp("results/{sample}/chunks/{part}.arrow"),
+        read_ids=temp("results/{sample}/read_ids/{part}.arrow"),
+        **({"fasta": temp("results/{sample}/fasta/{part}.chunked.fa")} if WRITE_FASTA else {}),
     params:
         expected_length=EXPECTED_LENGTH,
     log:
-        log="results/logs/chunk/{sample}.all.log",
-        telemetry="results/telemetry/chunk/{sample}.all.json",
+        log="results/logs/chunk/{sample}.{part}.log",
+        telemetry="results/telemetry/chunk/{sample}.{part}.json",
     benchmark:
-        "results/benchmarks/chunk/{sample}.all.tsv"
+        "results/benchmarks/chunk/{sample}.{part}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
     script:
@@ -22,34 +43,73 @@ rule chunk:
 
 rule translate:
     input:
-        chunks="results/{sample}/chunked.fa",
+        chunks="results/{sample}/chunks/{part}.arrow",
+        reads="results/{sample}/reads/{part}.arrow",
     output:
-        nucleotide="results/{sample}/identified_nucleotide.fa",
-        protein="results/{sample}/identified_protein.faa",
-        summary="results/{sample}/chunk_summary.parquet",
+        frames="results/{sample}/frames/{part}.arrow",
+        chunk_summary="results/{sample}/chunk_summary/{part}.arrow",
+        **(
+            {
+                "nucleotide_fasta": temp(
+                    "results/{sample}/fasta/{part}.identified_nucleotide.fa"
+                ),
+                "protein_fasta": temp(
+                    "results/{sample}/fasta/{part}.identified_protein.faa"
+                ),
+            }
+            if WRITE_FASTA
+            else {}
+        ),
     params:
         max_ambiguous_fraction=config["max_ambiguous_fraction"],
     log:
-        log="results/logs/translate/{sample}.all.log",
-        telemetry="results/telemetry/translate/{sample}.all.json",
+        log="results/logs/translate/{sample}.{part}.log",
+        telemetry="results/telemetry/translate/{sample}.{part}.json",
     benchmark:
-        "results/benchmarks/translate/{sample}.all.tsv"
+        "results/benchmarks/translate/{sample}.{part}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
     script:
         "../scripts/translate.py"
 
 
+# The number of shards follows from the frames' work, known once stage 2 has run: a checkpoint.
+checkpoint plan_shards:
+    input:
+        reads=part_files("results/{sample}/reads/{part}.arrow"),
+        read_ids=part_files("results/{sample}/read_ids/{part}.arrow"),
+        frames=part_files("results/{sample}/frames/{part}.arrow"),
+    output:
+        plan="results/{sample}/shards.tsv",
+    params:
+        source=sample_input,
+        shard_tokens=config["shard_tokens"],
+    log:
+        log="results/logs/plan_shards/{sample}.all.log",
+        telemetry="results/telemetry/plan_shards/{sample}.all.json",
+    benchmark:
+        "results/benchmarks/plan_shards/{sample}.all.tsv"
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../scripts/plan_shards.py"
+
+
 rule split_nucleotide:
     input:
-        records="results/{sample}/identified_nucleotide.fa",
+        plan="results/{sample}/shards.tsv",
+        frames=part_files("results/{sample}/frames/{part}.arrow"),
+        model=config["models"]["dnabert_s"],
     output:
-        shards=expand("results/{{sample}}/shards/nucleotide/{shard}.fa", shard=SHARDS),
+        tokens=temp("results/{sample}/tokens/dnabert_s/{shard}.arrow"),
+    params:
+        kind="dnabert_s",
+    threads: 4
     log:
-        log="results/logs/split_nucleotide/{sample}.all.log",
-        telemetry="results/telemetry/split_nucleotide/{sample}.all.json",
+        log="results/logs/split_nucleotide/{sample}.{shard}.log",
+        telemetry="results/telemetry/split_nucleotide/{sample}.{shard}.json",
     benchmark:
-        "results/benchmarks/split_nucleotide/{sample}.all.tsv"
+        "results/benchmarks/split_nucleotide/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
     script:
@@ -58,15 +118,40 @@ rule split_nucleotide:
 
 rule split_protein:
     input:
-        records="results/{sample}/identified_protein.faa",
+        plan="results/{sample}/shards.tsv",
+        frames=part_files("results/{sample}/frames/{part}.arrow"),
+        model=config["models"]["esm2"],
     output:
-        shards=expand("results/{{sample}}/shards/protein/{shard}.faa", shard=SHARDS),
+        tokens=temp("results/{sample}/tokens/esm2/{shard}.arrow"),
+    params:
+        kind="esm2",
     log:
-        log="results/logs/split_protein/{sample}.all.log",
-        telemetry="results/telemetry/split_protein/{sample}.all.json",
+        log="results/logs/split_protein/{sample}.{shard}.log",
+        telemetry="results/telemetry/split_protein/{sample}.{shard}.json",
     benchmark:
-        "results/benchmarks/split_protein/{sample}.all.tsv"
+        "results/benchmarks/split_protein/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
     script:
         "../scripts/split.py"
+
+
+# VirNucPro's FASTA files, for people: the parts' shares, concatenated.
+rule collect_fasta:
+    input:
+        chunked=part_files("results/{sample}/fasta/{part}.chunked.fa"),
+        nucleotide=part_files("results/{sample}/fasta/{part}.identified_nucleotide.fa"),
+        protein=part_files("results/{sample}/fasta/{part}.identified_protein.faa"),
+    output:
+        chunked="results/{sample}/chunked.fa",
+        nucleotide="results/{sample}/identified_nucleotide.fa",
+        protein="results/{sample}/identified_protein.faa",
+    log:
+        log="results/logs/collect_fasta/{sample}.all.log",
+        telemetry="results/telemetry/collect_fasta/{sample}.all.json",
+    benchmark:
+        "results/benchmarks/collect_fasta/{sample}.all.tsv"
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../scripts/collect_fasta.py"

@@ -9,7 +9,7 @@ rule timing_report:
         summary="results/timing_report.tsv",
         report="results/timing_report.md",
     params:
-        telemetry=telemetry_paths(),
+        samples=list(SAMPLES),
         note=MODELS_NOTE,
     log:
         log="results/logs/timing_report/all.all.log",

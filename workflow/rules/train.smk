@@ -3,8 +3,7 @@
 
 rule train_classifier:
     input:
-        manifests=training_files("results/{sample}/read_manifest.parquet"),
-        features=training_files("results/{sample}/features/merged/{shard}.arrow"),
+        unpack(training_inputs),
     output:
         model=f"{TRAINING_DIR}/classifier.pt",
         metrics=f"{TRAINING_DIR}/metrics.json",
@@ -14,7 +13,6 @@ rule train_classifier:
         holdout=f"{TRAINING_DIR}/held_out_regions.tsv",
     params:
         inputs=TRAINING_INPUTS,
-        shards=SHARDS,
         expected_length=EXPECTED_LENGTH,
         training=config["training"],
     threads: 4

@@ -1,9 +1,10 @@
-# Stage 1: chunk each read to the expected length.
-from virnucpro.chunking import chunk_reads
+# Stage 1: chunk each read of one part of the input to the expected length.
+from virnucpro.chunking import chunk_part
 from virnucpro.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "chunk") as telemetry:
-    result = chunk_reads(snakemake.input.reads, snakemake.output.chunks, snakemake.output.manifest,
-                         snakemake.params.expected_length)
+    result = chunk_part(f"{snakemake.input.parts}/{snakemake.wildcards.part}.arrow", snakemake.params.expected_length,
+                        snakemake.output.reads, snakemake.output.chunks, snakemake.output.read_ids,
+                        snakemake.output.get("fasta"))
     telemetry.records_in, telemetry.records_out = result.reads, result.chunks
     telemetry.details = {"bases": result.bases, "expected_length": snakemake.params.expected_length}

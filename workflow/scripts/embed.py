@@ -3,6 +3,6 @@ from virnucpro.embedding import run_embedding_job
 from virnucpro.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, snakemake.rule) as telemetry:
-    run_embedding_job(snakemake.params.kind, snakemake.input.model, snakemake.input.records,
+    run_embedding_job(snakemake.params.kind, snakemake.input.model, snakemake.input.tokens,
                       snakemake.output.features, snakemake.params.device, snakemake.params.lock_dir,
                       snakemake.params.token_budget, snakemake.params.compile, snakemake.threads, telemetry)

@@ -1,7 +1,9 @@
-# Stage 7: DNABERT-S and ESM-2 embeddings of each frame, concatenated.
-from virnucpro.features import merge_feature_files
+# Stage 7: the DNABERT-S and ESM-2 embeddings of each frame of a shard, merged (as a checked view,
+# and as vectors when outputs.merged_features asks for them).
+from virnucpro.features import merge_features
 from virnucpro.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "merge_features") as telemetry:
-    frames = merge_feature_files(snakemake.input.nucleotide, snakemake.input.protein, snakemake.output.features)
+    frames = merge_features(snakemake.input.nucleotide, snakemake.input.protein, snakemake.output.view,
+                            snakemake.output.get("merged"))
     telemetry.records_in = telemetry.records_out = frames

@@ -4,13 +4,14 @@ import functools
 import torch
 
 from virnucpro.models.classifier import check_compatible, load_classifier
-from virnucpro.prediction import predict_frames
+from virnucpro.prediction import predict_shard
 from virnucpro.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "predict_frames") as telemetry:
     torch.set_num_threads(snakemake.threads)
     model, info = load_classifier(snakemake.input.classifier, snakemake.params.classifier_expected_length)
     check = functools.partial(check_compatible, info, snakemake.params.expected_length)
-    frames = predict_frames(model, snakemake.input.features, snakemake.output.predictions, check)
+    frames = predict_shard(model, snakemake.input.view, snakemake.input.frames, snakemake.input.reads,
+                           snakemake.output.predictions, snakemake.output.lines, check)
     telemetry.records_in = telemetry.records_out = frames
     telemetry.details = {"classifier": info.path, "classifier_format": info.source}

@@ -1,8 +1,13 @@
-# Stages 3 and 4: split the identified nucleotide or protein records into shards.
-from virnucpro.sharding import split_fasta
+# Stages 3 and 4: one shard's nucleotide or protein frames, tokenized for DNABERT-S or ESM-2.
+import os
+
+from virnucpro.sharding import shard_of, split_shard
 from virnucpro.telemetry import JobTelemetry
 
+os.environ["RAYON_NUM_THREADS"] = str(snakemake.threads)  # the tokenizers library's threads
 with JobTelemetry.from_snakemake(snakemake, snakemake.rule) as telemetry:
-    counts = split_fasta(snakemake.input.records, snakemake.output.shards)
-    telemetry.records_in = telemetry.records_out = sum(counts)
-    telemetry.details = {"records_per_shard": counts}
+    shard = shard_of(snakemake.input.plan, snakemake.wildcards.shard)
+    tokens = split_shard(snakemake.params.kind, snakemake.input.model, snakemake.input.frames, shard,
+                         snakemake.output.tokens)
+    telemetry.records_in = telemetry.records_out = shard.frames
+    telemetry.details = {"tokens": tokens, "row_start": shard.row_start, "row_end": shard.row_end}

@@ -7,10 +7,9 @@ from virnucpro.training import Hyperparameters, run_training
 with JobTelemetry.from_snakemake(snakemake, "train_classifier") as telemetry:
     torch.set_num_threads(snakemake.threads)
     settings = snakemake.params.training
-    shards = len(snakemake.params.shards)
-    features = list(snakemake.input.features)  # input by input, shard by shard
-    inputs = [{**row, "manifest": manifest, "features": features[i * shards : (i + 1) * shards]}
-              for i, (row, manifest) in enumerate(zip(snakemake.params.inputs, snakemake.input.manifests))]
+    inputs = [{**row, "reads": snakemake.input[f"{row['name']}__reads"],
+               "frames": snakemake.input[f"{row['name']}__frames"],
+               "views": snakemake.input[f"{row['name']}__merged"]} for row in snakemake.params.inputs]
     hyper = Hyperparameters(**{name: settings[name] for name in Hyperparameters.__dataclass_fields__})
     summary = run_training(inputs, snakemake.params.expected_length, settings["region_length"],
                            settings["holdout_fraction"], settings["validation_fraction"], settings["seed"], hyper,

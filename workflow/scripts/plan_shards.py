@@ -1,0 +1,15 @@
+# Before any GPU work: refuse duplicate read IDs, then cut the frames into shards sized by work.
+from pathlib import Path
+
+from virnucpro.read_ids import check_unique_ids
+from virnucpro.sharding import plan_shards, write_shard_plan
+from virnucpro.telemetry import JobTelemetry
+
+with JobTelemetry.from_snakemake(snakemake, "plan_shards") as telemetry:
+    check_unique_ids(snakemake.params.source, snakemake.input.reads, snakemake.input.read_ids,
+                     Path(snakemake.output.plan).parent)
+    shards = plan_shards(snakemake.input.frames, snakemake.params.shard_tokens)
+    write_shard_plan(snakemake.output.plan, shards)
+    telemetry.records_in = telemetry.records_out = sum(shard.frames for shard in shards)
+    telemetry.details = {"shards": len(shards), "shard_tokens": snakemake.params.shard_tokens,
+                         "protein_tokens": sum(shard.protein_tokens for shard in shards)}
