@@ -1,13 +1,15 @@
-"""All nine stages on simulated reads, with random-weight models of the real sizes, on GPUs.
+"""All stages on simulated reads, with random-weight models of the real sizes, on GPUs.
 
 Makes (once, cached in --work) a seeded workload of 150-bp reads simulated from the lambda and
 Klebsiella genomes, an ESM-2 3B checkpoint (fp16, fair-esm format), a DNABERT-S directory and a
 3328-feature classifier, all with random weights (throughput does not depend on them). Then runs
-the workflow for each requested GPU count, each in its own directory, and copies every run's
-timing report and a summary to --out. With several runs it also compares their predictions.
+the workflow with the default config for each requested GPU count (`--resources gpu=N`), each in
+its own directory, and writes a summary: wall time against the ESM-2 compute time, each stage's
+span and job-seconds, every job's peak RSS, the time stages 1-4 take, each GPU job's fixed costs
+(start-up, model load, first batch), and whether the predictions agree across GPU counts.
 
     python benchmarks/end_to_end.py --data ../shared/data --reads 1000000 --gpus 1 --out benchmarks/results
-    python benchmarks/end_to_end.py --data ../shared/data --reads 200000 --gpus 1 2 4 --out benchmarks/results
+    python benchmarks/end_to_end.py --data ../shared/data --reads 1000000 --gpus 1 2 4 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -16,24 +18,21 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
-import yaml
 
+from runs import REPO, jobs, run_workflow, same_outputs, stage_rows, unit, workload
 from virnucpro.builtin_models import perturb_layer_norms
 from virnucpro.embedding import load_embedder
 from virnucpro.models.classifier import MLPClassifier, save_classifier
 from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, save_dnabert_s
 from virnucpro.models.esm2 import ESM2, ESM2Config, save_fair_esm_checkpoint
-from virnucpro.simulate import load_genomes, simulate_reads, write_reads
 
-REPO = Path(__file__).resolve().parents[1]
+PREPARE_STAGES = ("partition_input", "chunk", "translate", "plan_shards", "split_nucleotide", "split_protein")
+GPU_STAGES = ("embed_dnabert_s", "embed_esm2")
 
 
 def make_models(work: Path) -> dict:
@@ -69,47 +68,34 @@ def make_models(work: Path) -> dict:
     return paths
 
 
-def run_workflow(work: Path, workload: Path, models: dict, gpus: int, eager: bool, cores: int) -> dict:
-    run_dir = work / f"run_{gpus}gpu"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    config["samples"] = {"bench": str(workload)}
-    config["models"].update({key: str(path) for key, path in models.items()})
-    config["embedding"].update({"device": "cuda", "gpu_lock_dir": str(run_dir / "locks")})
-    if eager:
-        config["embedding"]["compile"] = False
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    environment = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, range(gpus))))
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-               str(run_dir), "--configfile", str(run_dir / "config.yaml"), "--cores", str(cores),
-               "--resources", f"gpu={gpus}"]
-    start = time.perf_counter()
-    result = subprocess.run(command, env=environment, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    (run_dir / "snakemake.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise RuntimeError(f"workflow failed with {gpus} GPU(s):\n{result.stderr[-4000:]}")
-    return {"gpus": gpus, "wall_seconds": wall, "directory": str(run_dir),
-            "command": " ".join(command[1:]), "cuda_visible_devices": environment["CUDA_VISIBLE_DEVICES"]}
-
-
-def stage_seconds(run_dir: Path) -> dict:
-    rows = (run_dir / "results/timing_report.tsv").read_text().splitlines()
-    header = rows[0].split("\t")
-    summary = [dict(zip(header, row.split("\t"))) for row in rows[1:]]
-    return {row["stage"]: {"job_seconds": float(row["job_seconds"]), "span_seconds": float(row["span_seconds"]),
-                           "jobs": int(row["jobs"])} for row in summary}
-
-
-def compare_predictions(first: Path, second: Path) -> dict:
-    a = pq.read_table(first / "results/bench/read_predictions.parquet")
-    b = pq.read_table(second / "results/bench/read_predictions.parquet")
-    virus_a = a.column("score_virus").to_numpy(zero_copy_only=False)
-    virus_b = b.column("score_virus").to_numpy(zero_copy_only=False)
-    same_calls = a.column("call").to_pylist() == b.column("call").to_pylist()
-    return {"same_read_ids": a.column("read_id").equals(b.column("read_id")), "same_calls": same_calls,
-            "max_abs_score_difference": float(np.nanmax(np.abs(virus_a - virus_b))) if len(virus_a) else 0.0}
+def analyse(run_dir: Path) -> dict:
+    run_jobs = jobs(run_dir)
+    stages = stage_rows(run_jobs)
+    first = min(job["start_unix"] for job in run_jobs)
+    end = max(job["start_unix"] + job["wall_seconds"] for job in run_jobs)
+    esm_compute = sum(job["details"]["compute_seconds"] for job in run_jobs if job["stage"] == "embed_esm2")
+    gpu_jobs = [job for job in run_jobs if job["stage"] in GPU_STAGES]
+    prepare = [job for job in run_jobs if job["stage"] in PREPARE_STAGES]
+    return {
+        "elapsed_seconds": end - first,
+        "esm2_compute_seconds": esm_compute,
+        "elapsed_over_esm2_compute": (end - first) / esm_compute,
+        "stages_1_to_4_seconds": max(j["start_unix"] + j["wall_seconds"] for j in prepare) - first,
+        "first_gpu_job_starts_after_seconds": min(job["start_unix"] for job in gpu_jobs) - first,
+        "gpu_busy_seconds": sum(job["wall_seconds"] for job in gpu_jobs),
+        "stages": stages,
+        "gpu_jobs": [{"stage": job["stage"], "shard": unit(job), "wall_seconds": job["wall_seconds"],
+                      "startup_seconds": job.get("startup_seconds"),
+                      "model_load_seconds": job["details"]["model_load_seconds"],
+                      "first_batch_after_seconds": job["details"]["first_batch_after_seconds"],
+                      "compute_seconds": job["details"]["compute_seconds"], "tokens": job["details"]["tokens"],
+                      "peak_allocated_gib": job["details"]["peak_allocated_bytes"] / 2**30,
+                      "peak_rss_mb": job["peak_rss_mb"], "leased_gpu": job["details"]["leased_gpu"]}
+                     for job in gpu_jobs],
+        "jobs": [{"stage": job["stage"], "unit": unit(job), "start_seconds": round(job["start_unix"] - first, 2),
+                  "wall_seconds": round(job["wall_seconds"], 2), "peak_rss_mb": round(job["peak_rss_mb"], 1),
+                  "records_in": job["records_in"]} for job in run_jobs],
+    }
 
 
 def main() -> None:
@@ -119,38 +105,47 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/virnucpro-e2e"))
     parser.add_argument("--reads", type=int, default=1_000_000)
     parser.add_argument("--gpus", type=int, nargs="+", default=[1])
-    parser.add_argument("--eager", action="store_true", help="embedding.compile: false")
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    workload = args.work / f"reads_{args.reads}_150bp_seed{args.seed}.fa.gz"
     started = time.perf_counter()
-    if not workload.exists():
-        write_reads(simulate_reads(load_genomes(args.data), args.reads, 150, 150, 0.5, 0.002, 0.0005, args.seed), workload)
+    reads = workload(args.data, args.work, args.reads, args.seed)
     models = make_models(args.work)
-    preparation = time.perf_counter() - started
-
     summary = {"command": "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:]),
                "device": torch.cuda.get_device_name(), "gpus_on_machine": torch.cuda.device_count(),
                "cpu_cores": os.cpu_count(), "reads": args.reads, "read_length": 150,
                "workload": f"simulated with virnucpro.simulate, seed {args.seed}, half lambda, half Klebsiella",
-               "preparation_seconds": preparation, "runs": []}
+               "preparation_seconds": time.perf_counter() - started, "runs": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"e2e_{torch.cuda.get_device_name().split()[1].lower()}_{args.reads}reads"
     for gpus in args.gpus:
-        run = run_workflow(args.work, workload, models, gpus, args.eager, args.cores)
-        run["stages"] = stage_seconds(Path(run["directory"]))
+        run_dir = args.work / f"run_{gpus}gpu"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(gpus)))
+        run = run_workflow(run_dir, "bench", reads, args.cores, gpus,
+                           {"models": {key: str(path) for key, path in models.items()}, "embedding": {"device": "cuda"}})
+        run.update(gpus=gpus, **analyse(run_dir))
         summary["runs"].append(run)
-        for name in ("timing_report.md", "timing_report.tsv"):
-            shutil.copy(Path(run["directory"]) / "results" / name, args.out / f"e2e_{args.reads}reads_{gpus}gpu_{name}")
-        (args.out / f"e2e_{args.reads}reads_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for report in ("timing_report.md", "timing_report.tsv"):
+            shutil.copy(run_dir / "results" / report, args.out / f"{name}_{gpus}gpu_{report}")
+        (args.out / f"{name}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if len(summary["runs"]) > 1:
         base = Path(summary["runs"][0]["directory"])
-        summary["predictions_vs_first_run"] = {
-            run["gpus"]: compare_predictions(base, Path(run["directory"])) for run in summary["runs"][1:]}
-    (args.out / f"e2e_{args.reads}reads_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+        summary["outputs_identical_to_first_run"] = {
+            run["gpus"]: same_outputs(base, Path(run["directory"]), "bench") for run in summary["runs"][1:]}
+    (args.out / f"{name}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for run in summary["runs"]:
+        print(f"{run['gpus']} GPU(s): elapsed {run['elapsed_seconds']:.1f} s, ESM-2 compute "
+              f"{run['esm2_compute_seconds']:.1f} s, ratio {run['elapsed_over_esm2_compute']:.3f}, stages 1-4 "
+              f"{run['stages_1_to_4_seconds']:.1f} s, first GPU job after {run['first_gpu_job_starts_after_seconds']:.1f} s")
+        for stage, row in run["stages"].items():
+            print(f"  {stage:18s} jobs {row['jobs']:4d}  span {row['span_seconds']:8.1f}  job-s {row['job_seconds']:8.1f}"
+                  f"  max RSS MB {row['max_rss_mb']:8.0f}")
+        for job in run["gpu_jobs"]:
+            print(f"  {job['stage']:16s} {job['shard']}  wall {job['wall_seconds']:6.1f}  start-up "
+                  f"{job['startup_seconds'] or 0:4.1f}  load {job['model_load_seconds']:4.1f}  first batch after "
+                  f"{job['first_batch_after_seconds'] or 0:5.1f}  compute {job['compute_seconds']:6.1f}")
 
 
 if __name__ == "__main__":

@@ -76,8 +76,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     frames = realistic_frames(args.data, 40000, seed=2)
-    proteins = [f.protein for f in frames if 40 <= len(f.protein) <= 170]
-    nucleotides = [f.nucleotide for f in frames if 150 <= len(f.nucleotide) <= 500]
+    proteins = [p for p, _ in frames if 40 <= len(p) <= 170]
+    nucleotides = [n for _, n in frames if 150 <= len(n) <= 500]
     results = {
         "device": torch.cuda.get_device_name(),
         "esm2": profile_model("esm2", args.esm2, proteins[:3000], proteins[3000:4000]),
