@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, nargs="+", default=[1])
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--shard-tokens", type=int, help="instead of the config's default")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -123,8 +124,10 @@ def main() -> None:
         run_dir = args.work / f"run_{gpus}gpu"
         shutil.rmtree(run_dir, ignore_errors=True)
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(gpus)))
-        run = run_workflow(run_dir, "bench", reads, args.cores, gpus,
-                           {"models": {key: str(path) for key, path in models.items()}, "embedding": {"device": "cuda"}})
+        overrides = {"models": {key: str(path) for key, path in models.items()}, "embedding": {"device": "cuda"}}
+        if args.shard_tokens:
+            overrides["shard_tokens"] = args.shard_tokens
+        run = run_workflow(run_dir, "bench", reads, args.cores, gpus, overrides)
         run.update(gpus=gpus, **analyse(run_dir))
         summary["runs"].append(run)
         for report in ("timing_report.md", "timing_report.tsv"):
