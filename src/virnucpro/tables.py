@@ -124,8 +124,9 @@ class TableReader:
         if BATCH_ROWS_KEY not in metadata:
             raise ValueError(f"{self.path}: not a table written by this pipeline (no batch size)")
         self.batch_rows = int(metadata[BATCH_ROWS_KEY])
-        self.num_rows = self._reader.count_rows()
         self._cached: tuple[int, pa.RecordBatch] | None = None
+        batches = self._reader.num_record_batches  # all of `batch_rows` rows but the last
+        self.num_rows = (batches - 1) * self.batch_rows + self._batch(batches - 1).num_rows if batches else 0
 
     @property
     def schema(self) -> pa.Schema:
