@@ -119,11 +119,12 @@ class BertLayer(nn.Module):
         self.mlp = BertGatedLinearUnitMLP(config)
         self.heads = config.num_attention_heads
         self.intermediate_size = config.intermediate_size
+        self.attention_function = attention_within_sequences
 
     def forward(self, x: torch.Tensor, packed: PackedSequences, alibi: torch.Tensor) -> torch.Tensor:
         dtype = self.attention.self.Wqkv.weight.dtype
         q, k, v = self.attention.self.Wqkv(x.to(dtype)).view(x.shape[0], 3, self.heads, -1).unbind(1)
-        context = _attention(q, k, v, packed, alibi).reshape(x.shape[0], -1)
+        context = self.attention_function(q, k, v, packed, alibi).reshape(x.shape[0], -1)
         out = self.attention.output
         x = F.layer_norm(x + out.dense(context).float(), x.shape[-1:], out.LayerNorm.weight, out.LayerNorm.bias,
                          out.LayerNorm.eps)
@@ -131,10 +132,6 @@ class BertLayer(nn.Module):
         gated, linear = mlp.gated_layers(x.to(dtype)).split(self.intermediate_size, dim=-1)
         hidden = mlp.wo(F.gelu(gated) * linear).float()
         return F.layer_norm(x + hidden, x.shape[-1:], mlp.layernorm.weight, mlp.layernorm.bias, mlp.layernorm.eps)
-
-
-# Compiled layers leave attention to eager PyTorch: it loops over a batch's length groups.
-_attention = torch.compiler.disable(attention_within_sequences)
 
 
 class BertEncoder(nn.Module):
@@ -158,8 +155,11 @@ class DnabertS(nn.Module):
 
     def compile_layers(self) -> None:
         """torch.compile every layer but its attention, for dynamic token counts: it fuses the
-        LayerNorms, gated GELU and residual adds around the matrix multiplies (worth it on a GPU)."""
+        LayerNorms, gated GELU and residual adds around the matrix multiplies (worth it on a GPU).
+        Attention stays eager: its padding mask gives shapes that depend on the data."""
+        eager_attention = torch.compiler.disable(attention_within_sequences)
         for layer in self.encoder.layer:
+            layer.attention_function = eager_attention
             layer.compile(dynamic=True)
 
     def alibi(self, length: int) -> torch.Tensor:

@@ -4,11 +4,12 @@ The embedding models run their matrix multiplies on the packed tokens [T, E]. At
 know where each sequence starts (`cu_seqlens`, as FlashAttention's varlen kernels take it) and
 where each token sits in its sequence (`positions`, for rotary embeddings and ALiBi).
 
-Where attention goes through `scaled_dot_product_attention` instead of a varlen kernel, no
-sequence is padded: on a GPU the sequences of equal length share one call, on the CPU each
-sequence has its own. On the CPU that makes a sequence's embedding bit-for-bit the same whatever
-else is in its batch, and so independent of batching and sharding: CPU kernels round differently
-depending on how many matrices share a call. For the same reason pooling uses a deterministic
+Where attention goes through `scaled_dot_product_attention` instead of a varlen kernel (DNABERT-S,
+whose ALiBi bias the varlen kernel does not take), a GPU makes one call per batch over the
+sequences padded to the batch's longest, the padding masked out (only attention sees padding; the
+matrix multiplies stay packed), and the CPU one call per sequence. On the CPU that makes a
+sequence's embedding bit-for-bit the same whatever else is in its batch, and so independent of
+batching and sharding: CPU kernels round differently depending on how many matrices share a call. For the same reason pooling uses a deterministic
 segment reduction, and batches are topped up with one dummy sequence to a whole multiple of 64
 tokens, since matrix-multiply libraries switch kernels for very few rows (the dummy's output is
 dropped).
@@ -24,12 +25,6 @@ import torch.nn.functional as F
 
 
 @dataclass
-class LengthGroup:
-    length: int
-    token_index: torch.Tensor  # [sequences of this length, length]: their tokens' rows in the batch
-
-
-@dataclass
 class PackedSequences:
     tokens: torch.Tensor  # [T] token ids
     cu_seqlens: torch.Tensor  # [B + 1] int32 start offsets, cu_seqlens[-1] == T
@@ -37,7 +32,7 @@ class PackedSequences:
     segments: torch.Tensor  # [T] index of each token's sequence
     lengths: torch.Tensor  # [B] tokens per sequence
     max_len: int
-    groups: list[LengthGroup]
+    padded_index: torch.Tensor  # [B, max_len] row of each sequence's tokens in the batch, T for padding
     padding_tokens: int = 0  # tokens of the trailing dummy sequence, if any
 
     @classmethod
@@ -62,18 +57,17 @@ class PackedSequences:
             lengths = np.append(lengths, padding)
         starts = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=starts[1:])
-        groups = []
-        for length in np.unique(lengths):
-            first_tokens = starts[:-1][lengths == length]
-            groups.append(LengthGroup(int(length), torch.from_numpy(first_tokens[:, None] + np.arange(length))))
+        max_len = int(lengths.max()) if len(lengths) else 0
+        padded_index = starts[:-1, None] + np.arange(max_len)
+        padded_index[np.arange(max_len) >= lengths[:, None]] = starts[-1]
         return cls(
             tokens=torch.from_numpy(tokens.astype(np.int64)),
             cu_seqlens=torch.from_numpy(starts.astype(np.int32)),
             positions=torch.from_numpy(np.arange(int(starts[-1])) - np.repeat(starts[:-1], lengths)),
             segments=torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)),
             lengths=torch.from_numpy(lengths),
-            max_len=int(lengths.max()),
-            groups=groups,
+            max_len=max_len,
+            padded_index=torch.from_numpy(padded_index),
             padding_tokens=padding,
         )
 
@@ -88,8 +82,7 @@ class PackedSequences:
     def _map(self, function) -> PackedSequences:
         return PackedSequences(function(self.tokens), function(self.cu_seqlens), function(self.positions),
                                function(self.segments), function(self.lengths), self.max_len,
-                               [LengthGroup(g.length, function(g.token_index)) for g in self.groups],
-                               self.padding_tokens)
+                               function(self.padded_index), self.padding_tokens)
 
     def pin_memory(self) -> PackedSequences:
         return self._map(torch.Tensor.pin_memory)
@@ -113,20 +106,28 @@ def attention_within_sequences(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
     `bias` [heads, L, L] (ALiBi), for L at least the longest sequence, is added to the scores.
     """
-    out = torch.empty_like(q)
     if q.is_cuda:
-        for group in packed.groups:
-            index = group.token_index
-            q_g, k_g, v_g = (t[index].transpose(1, 2) for t in (q, k, v))  # [n, heads, L, D]
-            mask = None if bias is None else bias[:, : group.length, : group.length].to(q.dtype)
-            out[index] = F.scaled_dot_product_attention(q_g, k_g, v_g, attn_mask=mask).transpose(1, 2)
-        return out
+        return _padded_attention(q, k, v, packed, bias)
+    out = torch.empty_like(q)
     bounds = packed.cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
         q_s, k_s, v_s = (t[start:end].transpose(0, 1).contiguous()[None] for t in (q, k, v))  # [1, heads, L, D]
         mask = None if bias is None else bias[:, : end - start, : end - start].to(q.dtype)
         out[start:end] = F.scaled_dot_product_attention(q_s, k_s, v_s, attn_mask=mask)[0].transpose(0, 1)
     return out
+
+
+def _padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """One call for the whole batch: sequences padded to the longest, padded keys masked out."""
+    length = packed.max_len
+    real = packed.padded_index < packed.num_tokens  # [B, L]
+    mask = torch.zeros(real.shape, dtype=q.dtype, device=q.device).masked_fill_(~real, float("-inf"))[:, None, None]
+    if bias is not None:
+        mask = mask + bias[None, :, :length, :length].to(q.dtype)
+    padded = [F.pad(t, (0, 0, 0, 0, 0, 1))[packed.padded_index].transpose(1, 2) for t in (q, k, v)]  # [B, h, L, D]
+    out = F.scaled_dot_product_attention(*padded, attn_mask=mask)  # padded queries attend too; dropped below
+    return out.transpose(1, 2)[real]
 
 
 def mean_pool(hidden: torch.Tensor, packed: PackedSequences, skip_ends: bool) -> torch.Tensor:

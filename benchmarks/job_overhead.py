@@ -1,0 +1,108 @@
+"""Where a GPU job's fixed costs go: process start-up and imports, CUDA, model load, compile and
+first batch, and exit, for ESM-2 3B and DNABERT-S (random weights of the real sizes), each job
+run several times in a row as a fresh process the way Snakemake runs them (the first fills the
+compile cache; later ones show a node that has run the job before).
+
+    python benchmarks/job_overhead.py --data ../shared/data --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time
+from virnucpro.telemetry import _seconds_since_process_start
+marks = {"imports_started_after": _seconds_since_process_start()}
+start = time.perf_counter()
+def mark(name):
+    marks[name] = time.perf_counter() - start
+import torch
+from virnucpro.embedding import embed_shard, load_embedder
+mark("imports")
+torch.zeros(1, device="cuda")
+mark("cuda")
+embedder = load_embedder(sys.argv[1], sys.argv[2], torch.device("cuda"), compile_model=False)
+torch.cuda.synchronize()
+mark("model_load")
+if sys.argv[5] == "compile":
+    embedder.model.compile_layers()
+mark("compile_setup")
+stats = embed_shard(embedder, sys.argv[3], sys.argv[4], torch.device("cuda"))
+marks["first_batch"] = stats.first_output_at - start
+mark("done")
+marks["compute_seconds"] = stats.compute_seconds
+marks["tokens"] = stats.tokens
+marks["batches"] = stats.batches
+print("MARKS " + json.dumps(marks), flush=True)
+"""
+
+
+def token_file(kind: str, model: Path, frames: list[str], path: Path) -> None:
+    import pyarrow as pa
+
+    from virnucpro.models.tokens import load_tokenizer
+    from virnucpro.sharding import TOKEN_SCHEMA, Shard
+    from virnucpro.tables import TableWriter
+
+    tokenizer = load_tokenizer(kind, model)
+    with TableWriter(path, TOKEN_SCHEMA, 65536, metadata={"kind": kind, "tokenizer": tokenizer.identity,
+                                                          "shard": Shard("000", 0, len(frames), 0).__dict__}) as out:
+        out.write_columns({"tokens": tokenizer.encode(pa.array(frames))})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/virnucpro-e2e"))
+    parser.add_argument("--frames", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from embedding_throughput import realistic_frames
+    from end_to_end import make_models
+
+    models = make_models(args.work)
+    frames = realistic_frames(args.data, args.frames, seed=3)[: args.frames]
+    sequences = {"esm2": [p for p, _ in frames], "dnabert_s": [n for _, n in frames]}
+    results = {"command": "python benchmarks/job_overhead.py " + " ".join(sys.argv[1:]), "runs": []}
+    for variant, environment in (("compile", {}), ("eager", {})):
+        for kind in ("dnabert_s", "esm2"):
+            tokens = args.work / f"overhead_{kind}.arrow"
+            if not tokens.exists():
+                token_file(kind, models[kind], sequences[kind], tokens)
+            for repeat in range(args.repeats):
+                started = time.perf_counter()
+                child = subprocess.run([sys.executable, "-c", CHILD, kind, str(models[kind]), str(tokens),
+                                        str(args.work / f"overhead_{kind}.features.arrow"),
+                                        "eager" if variant == "eager" else "compile"],
+                                       capture_output=True, text=True, env={**os.environ, **environment})
+                wall = time.perf_counter() - started
+                line = next((l for l in child.stdout.splitlines() if l.startswith("MARKS ")), None)
+                if line is None:
+                    raise RuntimeError(child.stderr[-3000:])
+                marks = json.loads(line[6:])
+                run = {"variant": variant, "kind": kind, "repeat": repeat, "process_wall": wall, **marks,
+                       "exit_after_done": wall - marks["imports_started_after"] - marks["done"]}
+                results["runs"].append(run)
+                print(f"{variant:26s} {kind:9s} #{repeat}: process {wall:5.1f} s | to imports "
+                      f"{marks['imports_started_after']:.1f} + imports {marks['imports']:.1f} | cuda "
+                      f"{marks['cuda'] - marks['imports']:.1f} | load {marks['model_load'] - marks['cuda']:.1f} | "
+                      f"compile setup {marks['compile_setup'] - marks['model_load']:.1f} | first batch "
+                      f"{marks['first_batch'] - marks['compile_setup']:.1f} | rest {marks['done'] - marks['first_batch']:.1f}"
+                      f" (compute {marks['compute_seconds']:.1f}) | exit {run['exit_after_done']:.1f} | after the first batch "
+                      f"{marks['tokens'] * (1 - 1 / max(1, marks['batches'])) / max(1e-9, marks['done'] - marks['first_batch']):,.0f}"
+                      " tokens/s", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "job_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
