@@ -81,11 +81,11 @@ def load_embedder(kind: str, path: str | os.PathLike, device: torch.device, comp
 
         model = load_esm2(path, device, dtype)
     if compile_model and device.type == "cuda":
-        import torch._inductor.config
+        from torch._inductor import config as inductor_config
 
         # Compile in this process: a pool of compile workers costs seconds when every GPU job
         # starts and exits, and with the node's compile cache warm there is little to compile.
-        torch._inductor.config.compile_threads = 1
+        inductor_config.compile_threads = 1
         model.compile_layers()
     return Embedder(kind, model, tokenizer.pad_id, tokenizer.identity, os.fspath(path))
 
