@@ -28,9 +28,18 @@ from virnucpro.embedding import embed_shard, load_embedder
 mark("imports")
 torch.zeros(1, device="cuda")
 mark("cuda")
+if sys.argv[6]:
+    import cProfile, io, pstats
+    profiler = cProfile.Profile()
+    profiler.enable()
 embedder = load_embedder(sys.argv[1], sys.argv[2], torch.device("cuda"), compile_model=False)
 torch.cuda.synchronize()
 mark("model_load")
+if sys.argv[6]:
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
+    open(sys.argv[6], "w").write(text.getvalue())
 if sys.argv[5] == "compile":
     embedder.model.compile_layers()
 mark("compile_setup")
@@ -64,8 +73,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/virnucpro-e2e"))
     parser.add_argument("--frames", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--kinds", nargs="+", default=["dnabert_s", "esm2"])
+    parser.add_argument("--variants", nargs="+", default=["compile", "eager"])
     args = parser.parse_args()
 
+    args.out.mkdir(parents=True, exist_ok=True)
     from embedding_throughput import realistic_frames
     from end_to_end import make_models
 
@@ -73,8 +85,8 @@ def main() -> None:
     frames = realistic_frames(args.data, args.frames, seed=3)[: args.frames]
     sequences = {"esm2": [p for p, _ in frames], "dnabert_s": [n for _, n in frames]}
     results = {"command": "python benchmarks/job_overhead.py " + " ".join(sys.argv[1:]), "runs": []}
-    for variant, environment in (("compile", {}), ("eager", {})):
-        for kind in ("dnabert_s", "esm2"):
+    for variant in args.variants:
+        for kind in args.kinds:
             tokens = args.work / f"overhead_{kind}.arrow"
             if not tokens.exists():
                 token_file(kind, models[kind], sequences[kind], tokens)
@@ -82,8 +94,8 @@ def main() -> None:
                 started = time.perf_counter()
                 child = subprocess.run([sys.executable, "-c", CHILD, kind, str(models[kind]), str(tokens),
                                         str(args.work / f"overhead_{kind}.features.arrow"),
-                                        "eager" if variant == "eager" else "compile"],
-                                       capture_output=True, text=True, env={**os.environ, **environment})
+                                        variant, str(args.out / f"load_profile_{kind}.txt") if repeat == 1 else ""],
+                                       capture_output=True, text=True)
                 wall = time.perf_counter() - started
                 line = next((l for l in child.stdout.splitlines() if l.startswith("MARKS ")), None)
                 if line is None:

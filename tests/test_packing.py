@@ -13,7 +13,7 @@ from virnucpro.embedding import plan_batches
 from virnucpro.models import esm2
 from virnucpro.models.dnabert_s import load_dnabert_s
 from virnucpro.models.esm2 import load_esm2
-from virnucpro.models.packing import _padded_attention, PackedSequences, attention_within_sequences, mean_pool
+from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
 from virnucpro.models.tokens import ProteinTokenizer
 
 PROTEINS = ["MKTAYIAKQRQISFVKSHFSRQ", "MSE", "GLSDGEWQQVLNVWGKVEADIAGHGQEVLIRLF", "MXXAKLWR", "PEPTIDE",
@@ -34,11 +34,6 @@ def test_from_token_lists_lays_sequences_end_to_end():
     assert packed.max_len == 4
     assert packed.num_sequences == 3
     assert packed.num_tokens == 8
-
-
-def test_padded_index_lays_each_sequence_out_in_a_row():
-    packed = PackedSequences.from_token_lists([np.array([5, 6]), np.array([7]), np.array([8, 9, 10])])
-    assert packed.padded_index.tolist() == [[0, 1, 6], [2, 6, 6], [3, 4, 5]]  # 6 = the number of tokens: padding
 
 
 def test_pad_id_tops_the_batch_up_with_one_trailing_dummy_sequence():
@@ -116,16 +111,14 @@ def test_mean_pool_returns_float32_for_low_precision_states(random_packed):
     assert pooled.dtype == torch.float32
 
 
-@pytest.mark.parametrize("attention", [attention_within_sequences, _padded_attention],
-                         ids=["one_call_per_sequence_cpu", "one_padded_call_gpu"])
-def test_attention_within_sequences_matches_per_sequence_attention(attention):
+def test_attention_within_sequences_matches_per_sequence_attention():
     generator = torch.Generator().manual_seed(3)
     lengths, heads, head_dim = [4, 1, 7, 3, 4], 2, 5
     packed = PackedSequences.from_token_lists([np.zeros(n, dtype=np.int64) for n in lengths])
     q, k, v = (torch.randn(packed.num_tokens, heads, head_dim, generator=generator) for _ in range(3))
     bias = torch.randn(heads, packed.max_len, packed.max_len, generator=generator)
     for with_bias in (False, True):
-        out = attention(q, k, v, packed, bias if with_bias else None)
+        out = attention_within_sequences(q, k, v, packed, bias=bias if with_bias else None)
         starts = np.cumsum([0] + lengths)
         for i, n in enumerate(lengths):
             rows = slice(starts[i], starts[i + 1])

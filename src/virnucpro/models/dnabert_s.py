@@ -119,12 +119,12 @@ class BertLayer(nn.Module):
         self.mlp = BertGatedLinearUnitMLP(config)
         self.heads = config.num_attention_heads
         self.intermediate_size = config.intermediate_size
-        self.attention_function = attention_within_sequences
+        self.attention_function = alibi_attention
 
-    def forward(self, x: torch.Tensor, packed: PackedSequences, alibi: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packed: PackedSequences, slopes: torch.Tensor) -> torch.Tensor:
         dtype = self.attention.self.Wqkv.weight.dtype
         q, k, v = self.attention.self.Wqkv(x.to(dtype)).view(x.shape[0], 3, self.heads, -1).unbind(1)
-        context = self.attention_function(q, k, v, packed, alibi).reshape(x.shape[0], -1)
+        context = self.attention_function(q, k, v, packed, slopes).reshape(x.shape[0], -1)
         out = self.attention.output
         x = F.layer_norm(x + out.dense(context).float(), x.shape[-1:], out.LayerNorm.weight, out.LayerNorm.bias,
                          out.LayerNorm.eps)
@@ -132,6 +132,18 @@ class BertLayer(nn.Module):
         gated, linear = mlp.gated_layers(x.to(dtype)).split(self.intermediate_size, dim=-1)
         hidden = mlp.wo(F.gelu(gated) * linear).float()
         return F.layer_norm(x + hidden, x.shape[-1:], mlp.layernorm.weight, mlp.layernorm.bias, mlp.layernorm.eps)
+
+
+def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
+                    slopes: torch.Tensor) -> torch.Tensor:
+    """Attention within each packed sequence with ALiBi's symmetric bias -slope * |i - j|."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        from virnucpro.models.kernels import alibi_varlen_attention
+
+        return alibi_varlen_attention(q, k, v, packed.cu_seqlens, packed.max_len, slopes)
+    position = torch.arange(packed.max_len, device=q.device)
+    bias = -slopes[:, None, None] * (position[None, :] - position[:, None]).abs()[None]
+    return attention_within_sequences(q, k, v, packed, bias)
 
 
 class BertEncoder(nn.Module):
@@ -156,17 +168,11 @@ class DnabertS(nn.Module):
     def compile_layers(self) -> None:
         """torch.compile every layer but its attention, for dynamic token counts: it fuses the
         LayerNorms, gated GELU and residual adds around the matrix multiplies (worth it on a GPU).
-        Attention stays eager: its padding mask gives shapes that depend on the data."""
-        eager_attention = torch.compiler.disable(attention_within_sequences)
+        Attention stays eager: it is one kernel launch already."""
+        eager_attention = torch.compiler.disable(alibi_attention)
         for layer in self.encoder.layer:
             layer.attention_function = eager_attention
             layer.compile(dynamic=True)
-
-    def alibi(self, length: int) -> torch.Tensor:
-        """Symmetric ALiBi bias [heads, length, length]: -slope * |i - j|."""
-        position = torch.arange(length, device=self.slopes.device)
-        distance = (position[None, :] - position[:, None]).abs()
-        return -self.slopes[:, None, None] * distance[None]
 
     def forward(self, packed: PackedSequences) -> torch.Tensor:
         """Last hidden states [T, H] in float32 for a packed batch of [CLS] ... [SEP] tokens."""
@@ -174,9 +180,8 @@ class DnabertS(nn.Module):
         x = embeddings.word_embeddings(packed.tokens).float() + embeddings.token_type_embeddings.weight[0].float()
         x = F.layer_norm(x, x.shape[-1:], embeddings.LayerNorm.weight, embeddings.LayerNorm.bias,
                          embeddings.LayerNorm.eps)
-        alibi = self.alibi(packed.max_len)
         for layer in self.encoder.layer:
-            x = layer(x, packed, alibi)
+            x = layer(x, packed, self.slopes)
         return x
 
     def embed(self, packed: PackedSequences) -> torch.Tensor:

@@ -4,10 +4,9 @@ The embedding models run their matrix multiplies on the packed tokens [T, E]. At
 know where each sequence starts (`cu_seqlens`, as FlashAttention's varlen kernels take it) and
 where each token sits in its sequence (`positions`, for rotary embeddings and ALiBi).
 
-Where attention goes through `scaled_dot_product_attention` instead of a varlen kernel (DNABERT-S,
-whose ALiBi bias the varlen kernel does not take), a GPU makes one call per batch over the
-sequences padded to the batch's longest, the padding masked out (only attention sees padding; the
-matrix multiplies stay packed), and the CPU one call per sequence. On the CPU that makes a
+On a GPU in half precision attention goes through variable-length kernels (PyTorch's for ESM-2,
+`kernels.alibi_varlen_attention` for DNABERT-S). Otherwise `attention_within_sequences` makes one
+`scaled_dot_product_attention` call per sequence, with no padding. On the CPU that makes a
 sequence's embedding bit-for-bit the same whatever else is in its batch, and so independent of
 batching and sharding: CPU kernels round differently depending on how many matrices share a call. For the same reason pooling uses a deterministic
 segment reduction, and batches are topped up with one dummy sequence to a whole multiple of 64
@@ -32,7 +31,6 @@ class PackedSequences:
     segments: torch.Tensor  # [T] index of each token's sequence
     lengths: torch.Tensor  # [B] tokens per sequence
     max_len: int
-    padded_index: torch.Tensor  # [B, max_len] row of each sequence's tokens in the batch, T for padding
     padding_tokens: int = 0  # tokens of the trailing dummy sequence, if any
 
     @classmethod
@@ -57,17 +55,13 @@ class PackedSequences:
             lengths = np.append(lengths, padding)
         starts = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=starts[1:])
-        max_len = int(lengths.max()) if len(lengths) else 0
-        padded_index = starts[:-1, None] + np.arange(max_len)
-        padded_index[np.arange(max_len) >= lengths[:, None]] = starts[-1]
         return cls(
             tokens=torch.from_numpy(tokens.astype(np.int64)),
             cu_seqlens=torch.from_numpy(starts.astype(np.int32)),
             positions=torch.from_numpy(np.arange(int(starts[-1])) - np.repeat(starts[:-1], lengths)),
             segments=torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)),
             lengths=torch.from_numpy(lengths),
-            max_len=max_len,
-            padded_index=torch.from_numpy(padded_index),
+            max_len=int(lengths.max()) if len(lengths) else 0,
             padding_tokens=padding,
         )
 
@@ -82,7 +76,7 @@ class PackedSequences:
     def _map(self, function) -> PackedSequences:
         return PackedSequences(function(self.tokens), function(self.cu_seqlens), function(self.positions),
                                function(self.segments), function(self.lengths), self.max_len,
-                               function(self.padded_index), self.padding_tokens)
+                               self.padding_tokens)
 
     def pin_memory(self) -> PackedSequences:
         return self._map(torch.Tensor.pin_memory)
@@ -106,8 +100,6 @@ def attention_within_sequences(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
     `bias` [heads, L, L] (ALiBi), for L at least the longest sequence, is added to the scores.
     """
-    if q.is_cuda:
-        return _padded_attention(q, k, v, packed, bias)
     out = torch.empty_like(q)
     bounds = packed.cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
@@ -115,19 +107,6 @@ def attention_within_sequences(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         mask = None if bias is None else bias[:, : end - start, : end - start].to(q.dtype)
         out[start:end] = F.scaled_dot_product_attention(q_s, k_s, v_s, attn_mask=mask)[0].transpose(0, 1)
     return out
-
-
-def _padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
-                      bias: torch.Tensor | None) -> torch.Tensor:
-    """One call for the whole batch: sequences padded to the longest, padded keys masked out."""
-    length = packed.max_len
-    real = packed.padded_index < packed.num_tokens  # [B, L]
-    mask = torch.zeros(real.shape, dtype=q.dtype, device=q.device).masked_fill_(~real, float("-inf"))[:, None, None]
-    if bias is not None:
-        mask = mask + bias[None, :, :length, :length].to(q.dtype)
-    padded = [F.pad(t, (0, 0, 0, 0, 0, 1))[packed.padded_index].transpose(1, 2) for t in (q, k, v)]  # [B, h, L, D]
-    out = F.scaled_dot_product_attention(*padded, attn_mask=mask)  # padded queries attend too; dropped below
-    return out.transpose(1, 2)[real]
 
 
 def mean_pool(hidden: torch.Tensor, packed: PackedSequences, skip_ends: bool) -> torch.Tensor:
