@@ -6,12 +6,12 @@ rule merge_features:
         nucleotide="results/{sample}/features/dnabert_s/{shard}.arrow",
         protein="results/{sample}/features/esm2/{shard}.arrow",
     output:
-        view="results/{sample}/features/merged/{shard}.json",
         **(
             {"merged": "results/{sample}/features/merged/{shard}.arrow"}
             if config["outputs"]["merged_features"]
             else {}
         ),
+        view="results/{sample}/features/merged/{shard}.json",
     log:
         log="results/logs/merge_features/{sample}.{shard}.log",
         telemetry="results/telemetry/merge_features/{sample}.{shard}.json",
@@ -35,10 +35,6 @@ rule predict_frames:
     output:
         predictions="results/{sample}/frame_predictions/{shard}.parquet",
         lines=temp("results/{sample}/frame_predictions/{shard}.txt"),
-    params:
-        expected_length=EXPECTED_LENGTH,
-        classifier_expected_length=config["models"]["classifier_expected_length"],
-    threads: 8
     log:
         log="results/logs/predict_frames/{sample}.{shard}.log",
         telemetry="results/telemetry/predict_frames/{sample}.{shard}.json",
@@ -46,6 +42,10 @@ rule predict_frames:
         "results/benchmarks/predict_frames/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 8
+    params:
+        expected_length=EXPECTED_LENGTH,
+        classifier_expected_length=config["models"]["classifier_expected_length"],
     script:
         "../scripts/predict_frames.py"
 
@@ -61,10 +61,6 @@ rule consensus:
         results_txt="results/{sample}/prediction_results.txt",
         highest_score="results/{sample}/prediction_results_highestscore.csv",
         reads="results/{sample}/read_predictions.parquet",
-    params:
-        expected_length=EXPECTED_LENGTH,
-        classifier=CLASSIFIER,
-        note=MODELS_NOTE,
     log:
         log="results/logs/consensus/{sample}.all.log",
         telemetry="results/telemetry/consensus/{sample}.all.json",
@@ -72,5 +68,9 @@ rule consensus:
         "results/benchmarks/consensus/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        expected_length=EXPECTED_LENGTH,
+        classifier=CLASSIFIER,
+        note=MODELS_NOTE,
     script:
         "../scripts/consensus.py"

@@ -12,7 +12,6 @@ from virnucpro.workflow_config import (
     unit_names,
 )
 
-
 validate(config, "../schemas/config.schema.yaml")
 
 SAMPLES = resolve_samples(config)
@@ -23,14 +22,17 @@ TRAINING_INPUTS = (
 )
 clashes = set(SAMPLES) & {row["name"] for row in TRAINING_INPUTS}
 if clashes:
-    raise ValueError(f"config: samples and training inputs share names {sorted(clashes)}")
+    raise ValueError(
+        f"config: samples and training inputs share names {sorted(clashes)}"
+    )
 # Every sequence file the stages 1-7 may process, prediction samples and training inputs alike.
 INPUTS = {**SAMPLES, **{row["name"]: row["path"] for row in TRAINING_INPUTS}}
 EXPECTED_LENGTH = config["expected_length"]
 # Stages 1-2 run over parts of each input; their number follows from the file's size, so it is
 # known now, in every Snakemake process (the main one and each cluster job's).
 PARTS = {
-    name: unit_names(part_count(path, config["part_mb"])) for name, path in SAMPLES.items()
+    name: unit_names(part_count(path, config["part_mb"]))
+    for name, path in SAMPLES.items()
 }
 WRITE_FASTA = config["outputs"]["virnucpro_fasta"]
 CLASSIFIER = resolve_classifier_path(config)
@@ -103,7 +105,11 @@ def training_inputs(wildcards):
             files[f"{name}__{kind}"] = expand(
                 f"results/{name}/{kind}/{{part}}.arrow", part=sample_parts(name)
             )
-        for kind, suffix in (("merged", "json"), ("dnabert_s", "arrow"), ("esm2", "arrow")):
+        for kind, suffix in (
+            ("merged", "json"),
+            ("dnabert_s", "arrow"),
+            ("esm2", "arrow"),
+        ):
             files[f"{name}__{kind}"] = expand(
                 f"results/{name}/features/{kind}/{{shard}}.{suffix}",
                 shard=sample_shards(name),

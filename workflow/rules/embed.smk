@@ -8,15 +8,6 @@ rule embed_dnabert_s:
         model=config["models"]["dnabert_s"],
     output:
         features=temp("results/{sample}/features/dnabert_s/{shard}.arrow"),
-    params:
-        kind="dnabert_s",
-        device=config["embedding"]["device"],
-        token_budget=token_budget("dnabert_s"),
-        compile=config["embedding"]["compile"],
-        lock_dir=config["embedding"]["gpu_lock_dir"],
-    threads: 4
-    resources:
-        gpu=GPU_PER_JOB,
     log:
         log="results/logs/embed_dnabert_s/{sample}.{shard}.log",
         telemetry="results/telemetry/embed_dnabert_s/{sample}.{shard}.json",
@@ -24,6 +15,15 @@ rule embed_dnabert_s:
         "results/benchmarks/embed_dnabert_s/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 4
+    resources:
+        gpu=GPU_PER_JOB,
+    params:
+        kind="dnabert_s",
+        device=config["embedding"]["device"],
+        token_budget=token_budget("dnabert_s"),
+        compile=config["embedding"]["compile"],
+        lock_dir=config["embedding"]["gpu_lock_dir"],
     script:
         "../scripts/embed.py"
 
@@ -34,15 +34,6 @@ rule embed_esm2:
         model=config["models"]["esm2"],
     output:
         features=temp("results/{sample}/features/esm2/{shard}.arrow"),
-    params:
-        kind="esm2",
-        device=config["embedding"]["device"],
-        token_budget=token_budget("esm2"),
-        compile=config["embedding"]["compile"],
-        lock_dir=config["embedding"]["gpu_lock_dir"],
-    threads: 4
-    resources:
-        gpu=GPU_PER_JOB,
     log:
         log="results/logs/embed_esm2/{sample}.{shard}.log",
         telemetry="results/telemetry/embed_esm2/{sample}.{shard}.json",
@@ -50,5 +41,14 @@ rule embed_esm2:
         "results/benchmarks/embed_esm2/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 4
+    resources:
+        gpu=GPU_PER_JOB,
+    params:
+        kind="esm2",
+        device=config["embedding"]["device"],
+        token_budget=token_budget("esm2"),
+        compile=config["embedding"]["compile"],
+        lock_dir=config["embedding"]["gpu_lock_dir"],
     script:
         "../scripts/embed.py"

@@ -7,8 +7,6 @@ rule partition_input:
         reads=sample_input,
     output:
         parts=temp(directory("results/{sample}/input")),
-    params:
-        parts=parts,
     log:
         log="results/logs/partition_input/{sample}.all.log",
         telemetry="results/telemetry/partition_input/{sample}.all.json",
@@ -16,6 +14,8 @@ rule partition_input:
         "results/benchmarks/partition_input/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        parts=parts,
     script:
         "../scripts/partition_input.py"
 
@@ -24,12 +24,14 @@ rule chunk:
     input:
         parts="results/{sample}/input",
     output:
+        **(
+            {"fasta": temp("results/{sample}/fasta/{part}.chunked.fa")}
+            if WRITE_FASTA
+            else {}
+        ),
         reads="results/{sample}/reads/{part}.arrow",
         chunks=temp("results/{sample}/chunks/{part}.arrow"),
         read_ids=temp("results/{sample}/read_ids/{part}.arrow"),
-        **({"fasta": temp("results/{sample}/fasta/{part}.chunked.fa")} if WRITE_FASTA else {}),
-    params:
-        expected_length=EXPECTED_LENGTH,
     log:
         log="results/logs/chunk/{sample}.{part}.log",
         telemetry="results/telemetry/chunk/{sample}.{part}.json",
@@ -37,6 +39,8 @@ rule chunk:
         "results/benchmarks/chunk/{sample}.{part}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        expected_length=EXPECTED_LENGTH,
     script:
         "../scripts/chunk.py"
 
@@ -46,8 +50,6 @@ rule translate:
         chunks="results/{sample}/chunks/{part}.arrow",
         reads="results/{sample}/reads/{part}.arrow",
     output:
-        frames="results/{sample}/frames/{part}.arrow",
-        chunk_summary="results/{sample}/chunk_summary/{part}.arrow",
         **(
             {
                 "nucleotide_fasta": temp(
@@ -60,8 +62,8 @@ rule translate:
             if WRITE_FASTA
             else {}
         ),
-    params:
-        max_ambiguous_fraction=config["max_ambiguous_fraction"],
+        frames="results/{sample}/frames/{part}.arrow",
+        chunk_summary="results/{sample}/chunk_summary/{part}.arrow",
     log:
         log="results/logs/translate/{sample}.{part}.log",
         telemetry="results/telemetry/translate/{sample}.{part}.json",
@@ -69,6 +71,8 @@ rule translate:
         "results/benchmarks/translate/{sample}.{part}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        max_ambiguous_fraction=config["max_ambiguous_fraction"],
     script:
         "../scripts/translate.py"
 
@@ -81,9 +85,6 @@ checkpoint plan_shards:
         frames=part_files("results/{sample}/frames/{part}.arrow"),
     output:
         plan="results/{sample}/shards.tsv",
-    params:
-        source=sample_input,
-        shard_tokens=config["shard_tokens"],
     log:
         log="results/logs/plan_shards/{sample}.all.log",
         telemetry="results/telemetry/plan_shards/{sample}.all.json",
@@ -91,6 +92,9 @@ checkpoint plan_shards:
         "results/benchmarks/plan_shards/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        source=sample_input,
+        shard_tokens=config["shard_tokens"],
     script:
         "../scripts/plan_shards.py"
 
@@ -102,9 +106,6 @@ rule split_nucleotide:
         model=config["models"]["dnabert_s"],
     output:
         tokens=temp("results/{sample}/tokens/dnabert_s/{shard}.arrow"),
-    params:
-        kind="dnabert_s",
-    threads: 4
     log:
         log="results/logs/split_nucleotide/{sample}.{shard}.log",
         telemetry="results/telemetry/split_nucleotide/{sample}.{shard}.json",
@@ -112,6 +113,9 @@ rule split_nucleotide:
         "results/benchmarks/split_nucleotide/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 4
+    params:
+        kind="dnabert_s",
     script:
         "../scripts/split.py"
 
@@ -123,8 +127,6 @@ rule split_protein:
         model=config["models"]["esm2"],
     output:
         tokens=temp("results/{sample}/tokens/esm2/{shard}.arrow"),
-    params:
-        kind="esm2",
     log:
         log="results/logs/split_protein/{sample}.{shard}.log",
         telemetry="results/telemetry/split_protein/{sample}.{shard}.json",
@@ -132,6 +134,8 @@ rule split_protein:
         "results/benchmarks/split_protein/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        kind="esm2",
     script:
         "../scripts/split.py"
 

@@ -8,9 +8,6 @@ rule timing_report:
         table="results/telemetry.parquet",
         summary="results/timing_report.tsv",
         report="results/timing_report.md",
-    params:
-        samples=list(SAMPLES),
-        note=MODELS_NOTE,
     log:
         log="results/logs/timing_report/all.all.log",
         telemetry="results/telemetry/timing_report/all.all.json",
@@ -18,5 +15,8 @@ rule timing_report:
         "results/benchmarks/timing_report/all.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        samples=list(SAMPLES),
+        note=MODELS_NOTE,
     script:
         "../scripts/timing_report.py"

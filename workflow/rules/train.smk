@@ -11,11 +11,6 @@ rule train_classifier:
         roc=f"{TRAINING_DIR}/roc.png",
         curve=f"{TRAINING_DIR}/training_curve.png",
         holdout=f"{TRAINING_DIR}/held_out_regions.tsv",
-    params:
-        inputs=TRAINING_INPUTS,
-        expected_length=EXPECTED_LENGTH,
-        training=config["training"],
-    threads: 4
     log:
         log=f"results/logs/train_classifier/training.{EXPECTED_LENGTH}.log",
         telemetry=f"results/telemetry/train_classifier/training.{EXPECTED_LENGTH}.json",
@@ -23,6 +18,11 @@ rule train_classifier:
         f"results/benchmarks/train_classifier/training.{EXPECTED_LENGTH}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 4
+    params:
+        inputs=TRAINING_INPUTS,
+        expected_length=EXPECTED_LENGTH,
+        training=config["training"],
     script:
         "../scripts/train_classifier.py"
 
