@@ -63,15 +63,17 @@ def unit(job: dict) -> str:
 
 
 def stage_rows(run_jobs: list[dict]) -> dict[str, dict]:
-    """Per stage: jobs, first start to last end (span), sum of job seconds, the largest peak RSS."""
+    """Per stage: jobs, first start to last end (span), sum of job seconds, the largest peak RSS, and
+    the bytes its jobs wrote (temporary files included, measured before Snakemake removes them)."""
     stages: dict[str, dict] = {}
     for job in run_jobs:
         entry = stages.setdefault(job["stage"], {"jobs": 0, "start": job["start_unix"], "end": 0.0,
-                                                 "job_seconds": 0.0, "max_rss_mb": 0.0})
+                                                 "job_seconds": 0.0, "max_rss_mb": 0.0, "bytes_out": 0})
         entry["jobs"] += 1
         entry["end"] = max(entry["end"], job["start_unix"] + job["wall_seconds"])
         entry["job_seconds"] += job["wall_seconds"]
         entry["max_rss_mb"] = max(entry["max_rss_mb"], job["peak_rss_mb"])
+        entry["bytes_out"] += job["bytes_out"] or 0
     first = min(entry["start"] for entry in stages.values())
     for entry in stages.values():
         entry["span_seconds"] = entry["end"] - entry["start"]
