@@ -71,7 +71,7 @@ def run_workflow(workdir: Path, config: Path, *extra: str, check: bool = True) -
 def one_shard_run(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("run1")
     read_ids = write_input(workdir / "reads.fa", data_dir)
-    run_workflow(workdir, write_config(workdir, workdir / "reads.fa"))
+    run_workflow(workdir, write_config(workdir, workdir / "reads.fa"), "--resources", "gpu=1")
     return workdir, read_ids
 
 
@@ -117,7 +117,8 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
                       "timing_report"}
     for job in jobs:
         assert job["status"] == "ok"
-        assert job["wall_seconds"] > 0 and job["cpu_seconds"] >= 0 and job["peak_rss_mb"] > 0
+        assert job["wall_seconds"] > 0 and job["cpu_seconds"] >= 0
+        assert 0 < job["peak_rss_mb"] <= job["memory_bound_mb"]
         assert job["host"] and job["start"] < job["end"]
         assert job["bytes_out"] > 0
     embedding = next(job for job in jobs if job["stage"] == "embed_esm2")
@@ -143,11 +144,13 @@ def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run,
     assert models_note(real, str(REPO)) is None
 
 
-def test_results_do_not_depend_on_parts_or_shards(one_shard_run, tmp_path):
-    """Bit for bit on the CPU: one part and one shard against many of each."""
+def test_results_do_not_depend_on_parts_shards_or_gpu_jobs_at_once(one_shard_run, tmp_path):
+    """Bit for bit on the CPU: one part and one shard, one embedding job at a time, against many
+    parts and shards with two embedding jobs at once (each leasing its device, as on two GPUs)."""
     workdir, _ = one_shard_run
     shutil.copy(workdir / "reads.fa", tmp_path / "reads.fa")
-    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shard_tokens=400, part_mb=0.001))
+    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shard_tokens=400, part_mb=0.001),
+                 "--resources", "gpu=2")
     many, one = tmp_path / "results/reads", workdir / "results/reads"
     assert len(list(many.glob("frames/*.arrow"))) > 3 and len(list(one.glob("frames/*.arrow"))) == 1
     assert len(list(many.glob("frame_predictions/*.parquet"))) > 5

@@ -111,6 +111,8 @@ class JobTelemetry:
             "start_unix": self._start_wall, "wall_seconds": wall, "startup_seconds": self._startup_seconds,
             "cpu_seconds": _cpu_seconds() - self._start_cpu,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # the rule's mem_mb: a constant bound that no job's peak should pass, whatever the input
+            "memory_bound_mb": self.resources.get("mem_mb"),
             "records_in": self.records_in, "records_out": self.records_out,
             "bytes_in": bytes_in, "bytes_out": bytes_out,
             "records_per_second": self.records_in / wall if self.records_in is not None and wall > 0 else None,
@@ -121,6 +123,9 @@ class JobTelemetry:
         }
         if error is not None:
             log.error("%s", "".join(traceback.format_exception(error_type, error, error_traceback)))
+        if report["memory_bound_mb"] and report["peak_rss_mb"] > report["memory_bound_mb"]:
+            log.warning("peak memory %.0f MB is over the job's bound of %s MB (mem_mb)", report["peak_rss_mb"],
+                        report["memory_bound_mb"])
         with atomic_output(self.path) as out:
             out.write(json.dumps(report, indent=2, default=str) + "\n")
         log.info("%s %s.%s %s in %.1f s", self.stage, self.sample, self.unit, report["status"], wall)

@@ -19,6 +19,8 @@ rule merge_features:
         "results/benchmarks/merge_features/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     script:
         "../scripts/merge_features.py"
 
@@ -43,6 +45,8 @@ rule predict_frames:
     conda:
         "../../envs/virnucpro.yaml"
     threads: 8
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=EXPECTED_LENGTH,
         classifier_expected_length=config["models"]["classifier_expected_length"],
@@ -68,6 +72,8 @@ rule consensus:
         "results/benchmarks/consensus/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=EXPECTED_LENGTH,
         classifier=CLASSIFIER,

@@ -38,6 +38,12 @@ WRITE_FASTA = config["outputs"]["virnucpro_fasta"]
 CLASSIFIER = resolve_classifier_path(config)
 # Set when the run uses the built-in demonstration models: the outputs then say so.
 MODELS_NOTE = models_note(config, workflow.basedir)
+# Memory of a job in MB (the `mem_mb` resource; SLURM's --mem): a constant, since every job streams
+# its data in blocks of a fixed size (README, "Scale"). The embedding jobs hold a model as well.
+# Telemetry records each job's peak RSS against it.
+JOB_MEM_MB = 4000
+DNABERT_S_JOB_MEM_MB = 16000
+ESM2_JOB_MEM_MB = 32000
 # GPU rules ask for the standard `gpu` resource unless the embedding runs on the CPU.
 GPU_PER_JOB = 0 if config["embedding"]["device"] == "cpu" else 1
 

@@ -14,6 +14,8 @@ rule partition_input:
         "results/benchmarks/partition_input/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         parts=parts,
     script:
@@ -39,6 +41,8 @@ rule chunk:
         "results/benchmarks/chunk/{sample}.{part}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=EXPECTED_LENGTH,
     script:
@@ -71,6 +75,8 @@ rule translate:
         "results/benchmarks/translate/{sample}.{part}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         max_ambiguous_fraction=config["max_ambiguous_fraction"],
     script:
@@ -92,6 +98,8 @@ checkpoint plan_shards:
         "results/benchmarks/plan_shards/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         source=sample_input,
         shard_tokens=config["shard_tokens"],
@@ -114,6 +122,8 @@ rule split_nucleotide:
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         kind="dnabert_s",
     script:
@@ -134,6 +144,8 @@ rule split_protein:
         "results/benchmarks/split_protein/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         kind="esm2",
     script:
@@ -157,5 +169,7 @@ rule collect_fasta:
         "results/benchmarks/collect_fasta/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     script:
         "../scripts/collect_fasta.py"

@@ -15,6 +15,8 @@ rule timing_report:
         "results/benchmarks/timing_report/all.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         samples=list(SAMPLES),
         note=MODELS_NOTE,
