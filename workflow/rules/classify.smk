@@ -1,4 +1,5 @@
-# Stages 7-9: merge the two embeddings of each frame, classify the frames, call each read.
+# Stages 7-9: merge the two embeddings of each frame, classify the frames, call each read and find
+# the viral regions of each sequence.
 
 
 rule merge_features:
@@ -65,6 +66,7 @@ rule consensus:
         results_txt="results/{sample}/prediction_results.txt",
         highest_score="results/{sample}/prediction_results_highestscore.csv",
         reads="results/{sample}/read_predictions.parquet",
+        regions="results/{sample}/viral_regions.tsv",
     log:
         log="results/logs/consensus/{sample}.all.log",
         telemetry="results/telemetry/consensus/{sample}.all.json",
