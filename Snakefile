@@ -12,6 +12,9 @@ min_version("9.27")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/embed.smk"
@@ -20,17 +23,23 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/train.smk"
 
 
-# Target rules and the small report job run where Snakemake runs, not as cluster jobs.
+# Target rules and the small report jobs run where Snakemake runs, not as cluster jobs.
 localrules:
     all,
     train,
+    run_summary,
     timing_report,
 
 
 rule all:
     default_target: True
     input:
-        expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
+        expand(
+            "results/{sample}/{name}",
+            sample=SAMPLES,
+            name=["read_predictions.parquet", "viral_regions.tsv", "summary.tsv"],
+        ),
+        "results/run_summary.tsv",
         "results/timing_report.md",
         expand(
             "results/{sample}/{name}",

@@ -3,7 +3,10 @@
 Every rule script runs inside `JobTelemetry`, which writes `results/telemetry/<stage>/<sample>.<unit>.json`
 (the unit is the job's part of the input, its shard, or `all`)
 when the job ends, also when it fails (with the error). Snakemake treats the file as a log, so it
-keeps it after a failure instead of deleting it with the job's outputs.
+keeps it after a failure instead of deleting it with the job's outputs. Each file names the run
+(the Snakemake invocation) the job ran in, from RUN_ID_VARIABLE, which the workflow sets once per
+invocation and hands to every job, so that the report can tell this run's jobs from those of
+earlier runs whose outputs are reused.
 
 GPU jobs add NVML samples over the job (utilisation, memory, power) and the energy used, through
 nvidia-ml-py; without a GPU or NVML that part is simply absent.
@@ -26,6 +29,13 @@ from pathlib import Path
 from virnucpro.files import atomic_output
 
 log = logging.getLogger(__name__)
+
+RUN_ID_VARIABLE = "VIRNUCPRO_RUN_ID"
+
+
+def new_run_id() -> str:
+    """A run's identifier: the time it started, in UTC."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def configure_logging(log_path: str | os.PathLike | None) -> None:
@@ -103,6 +113,7 @@ class JobTelemetry:
         wall = time.perf_counter() - self.start_perf
         bytes_in, bytes_out = _size(self.inputs), _size(self.outputs) if error is None else 0
         report = {
+            "run_id": os.environ.get(RUN_ID_VARIABLE),
             "stage": self.stage, "sample": self.sample, "part": self.part, "shard": self.shard,
             "status": "ok" if error is None else "failed",
             "error": None if error is None else f"{error_type.__name__}: {error}",

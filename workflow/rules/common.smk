@@ -1,9 +1,11 @@
+import os
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from virnucpro.partition import part_count
 from virnucpro.sharding import read_shard_plan
+from virnucpro.telemetry import RUN_ID_VARIABLE, new_run_id
 from virnucpro.workflow_config import (
     models_note,
     read_training_inputs,
@@ -13,6 +15,16 @@ from virnucpro.workflow_config import (
 )
 
 validate(config, "../schemas/config.schema.yaml")
+
+# One identifier per Snakemake invocation, recorded in every job's telemetry so that the report
+# tells this run's jobs from those of earlier runs. Set here in the main process; a job's own
+# Snakemake process (a cluster job's, through envvars) inherits it and keeps it.
+os.environ.setdefault(RUN_ID_VARIABLE, new_run_id())
+
+
+envvars:
+    RUN_ID_VARIABLE,
+
 
 SAMPLES = resolve_samples(config)
 # The training table matters only to the `train` target; a run without it still works.
