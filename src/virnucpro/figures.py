@@ -39,18 +39,13 @@ def _seconds_since(times: pl.Series, origin) -> np.ndarray:
     return ((times - origin).dt.total_microseconds() / 1e6).to_numpy()
 
 
-def run_start(jobs: pl.DataFrame):
-    """The first job's process start: its telemetry start less its start-up."""
-    return jobs.select((pl.col("start") - pl.duration(seconds=pl.col("startup_seconds").fill_null(0))).min()).item()
-
-
 def gpu_labels(jobs: pl.DataFrame) -> pl.DataFrame:
-    """`job` and `gpu`: a short name of the GPU each GPU job leased (its UUID's start, and the host
+    """`job` and `gpu_label`: a short name of the GPU each GPU job leased (its UUID's start, and the host
     when the run used several), null for the other jobs."""
     details = pl.col("details").struct
     several_hosts = jobs.filter(details.field("leased_gpu").is_not_null())["host"].n_unique() > 1
     short = details.field("leased_gpu").str.slice(0, 12)
-    return jobs.select("job", gpu=pl.concat_str(pl.col("host"), pl.lit(" "), short) if several_hosts else short)
+    return jobs.select("job", gpu_label=pl.concat_str(pl.col("host"), pl.lit(" "), short) if several_hosts else short)
 
 
 def _no_data(message: str) -> Figure:
@@ -64,9 +59,9 @@ def _no_data(message: str) -> Figure:
 def job_timeline(jobs: pl.DataFrame) -> Figure:
     """One bar per job, by stage, from its start to its end; before it, lighter, its start-up."""
     jobs = jobs.join(gpu_labels(jobs), on="job", maintain_order="left")
-    origin = run_start(jobs)
+    origin = jobs["process_start"].min()
     starts, walls = _seconds_since(jobs["start"], origin), jobs["wall_seconds"].to_numpy()
-    startups = jobs["startup_seconds"].fill_null(0).to_numpy()
+    startups = starts - _seconds_since(jobs["process_start"], origin)
     colours = _stage_colours(jobs)
     figure = Figure(figsize=(WIDTH, min(40, 1.6 + 0.24 * jobs.height)), layout="constrained")
     axis = figure.subplots()
@@ -76,15 +71,15 @@ def job_timeline(jobs: pl.DataFrame) -> Figure:
     axis.barh(rows, walls, left=starts, color=colour, height=0.7,
               edgecolor=["red" if status != "ok" else "none" for status in jobs["status"]])
     labels = [f"{stage} {sample}.{unit}" + (f"  [{gpu}]" if gpu else "")
-              for stage, sample, unit, gpu in jobs.select("stage", "sample", "unit", "gpu").iter_rows()]
+              for stage, sample, unit, gpu in jobs.select("stage", "sample", "unit", "gpu_label").iter_rows()]
     axis.set_yticks(rows, labels if jobs.height <= 150 else [""] * jobs.height, fontsize=8)
     axis.invert_yaxis()
     axis.set_xlabel("seconds since the run's first job started")
     axis.set_title("Jobs: start-up (light) and run time, by stage; GPU jobs name their GPU")
     axis.grid(axis="x", alpha=0.3)
-    axis.legend(handles=[Patch(color=c, label=s) for s, c in colours.items()]
-                + [Patch(color="grey", alpha=0.35, label="start-up (interpreter, imports)")],
-                fontsize=8, loc="lower right")
+    figure.legend(handles=[Patch(color=c, label=s) for s, c in colours.items()]
+                  + [Patch(color="grey", alpha=0.35, label="start-up (interpreter, imports)")],
+                  fontsize=8, loc="outside right upper")
     return figure
 
 
@@ -94,9 +89,9 @@ def gpu_usage(jobs: pl.DataFrame, gpu_samples: pl.DataFrame) -> Figure:
     if samples.height == 0:
         return _no_data("no GPU samples\n(no job ran on a GPU with NVML readings)")
     figure = Figure(figsize=(WIDTH, 7.5), layout="constrained")
-    origin = run_start(jobs)
+    origin = jobs["process_start"].min()
     axes = figure.subplots(3, 1, sharex=True)
-    gpus = samples["gpu"].unique(maintain_order=True).to_list()
+    gpus = samples["gpu_label"].unique(maintain_order=True).to_list()
     metrics = (("gpu_util", "GPU utilisation %", 1), ("memory_used_mb", "memory used GiB", 1 / 1024),
                ("power_w", "power W", 1))
     for axis, (column, label, scale) in zip(axes, metrics):
@@ -106,10 +101,11 @@ def gpu_usage(jobs: pl.DataFrame, gpu_samples: pl.DataFrame) -> Figure:
             axis.text(0.5, 0.5, "not available", ha="center", va="center", transform=axis.transAxes)
             continue
         for job, job_samples in samples.group_by("job", maintain_order=True):
-            gpu = job_samples["gpu"][0]
+            gpu = job_samples["gpu_label"][0]
             values = job_samples[column].cast(pl.Float64).fill_null(np.nan).to_numpy() * scale  # gaps where missing
-            axis.plot(_seconds_since(job_samples["time"], origin), values,
-                      color=_COLOURS[gpus.index(gpu) % len(_COLOURS)])
+            axis.plot(_seconds_since(job_samples["time"], origin), values, marker=".", markersize=3,
+                      color=_COLOURS[gpus.index(gpu) % len(_COLOURS)])  # a marker: a reading between gaps shows
+        axis.set_ylim(0, 105 if column == "gpu_util" else None)
     handles = [Patch(color=_COLOURS[index % len(_COLOURS)], label=gpu) for index, gpu in enumerate(gpus)]
     axes[0].legend(handles=handles, fontsize=8, loc="upper right")
     axes[0].set_title("GPUs over the run (NVML samples)")
@@ -148,7 +144,7 @@ def embedding_throughput(jobs: pl.DataFrame, batches: pl.DataFrame) -> Figure:
     if batches.height == 0:
         return _no_data("no embedding batches in this run")
     figure = Figure(figsize=(WIDTH, 4.5), layout="constrained")
-    origin = run_start(jobs)
+    origin = jobs["process_start"].min()
     axis = figure.subplots()
     for (job, stage), job_batches in batches.group_by("job", "stage", maintain_order=True):
         axis.plot(_seconds_since(job_batches["end"], origin),

@@ -76,7 +76,9 @@ NAMED_VALUES = pl.List(pl.Struct({"name": pl.String, "value": pl.String}))
 JOB_SCHEMA = pl.Schema({
     "job": pl.Int64, "run_id": pl.String, "stage": pl.String, "sample": pl.String, "part": pl.String,
     "shard": pl.String, "unit": pl.String, "status": pl.String, "error": pl.String,
-    "start": UTC_TIME, "end": UTC_TIME, "wall_seconds": pl.Float64, "startup_seconds": pl.Float64,
+    # the process started at `process_start`, `startup_seconds` before its telemetry's `start`
+    "process_start": UTC_TIME, "start": UTC_TIME, "end": UTC_TIME, "wall_seconds": pl.Float64,
+    "startup_seconds": pl.Float64,
     "cpu_seconds": pl.Float64, "peak_rss_mb": pl.Float64, "records_in": pl.Int64, "records_out": pl.Int64,
     "bytes_in": pl.Int64, "bytes_out": pl.Int64, "host": pl.String, "pid": pl.Int64, "threads": pl.Int64,
     "resources": NAMED_VALUES, "details": DETAILS, "gpu": GPU_SUMMARY,
@@ -130,6 +132,7 @@ def telemetry_tables(records: list[dict]) -> Telemetry:
         jobs.append({
             **{key: record.get(key) for key in JOB_SCHEMA if key not in ("start", "end", "details", "gpu")},
             "job": index, "unit": record.get("shard") or record.get("part") or "all",
+            "process_start": start - datetime.timedelta(seconds=record.get("startup_seconds") or 0),
             "start": start, "end": start + datetime.timedelta(seconds=record["wall_seconds"]),
             "resources": [{"name": key, "value": _text(value)} for key, value in (record.get("resources") or {}).items()],
             "details": {key: details.get(key) for key in DETAILS.to_schema()} if record.get("details") else None,
@@ -154,10 +157,11 @@ def telemetry_tables(records: list[dict]) -> Telemetry:
 
 
 def runs(telemetry: Telemetry) -> pl.DataFrame:
-    """One row per run, oldest first: its jobs, first start, last end and stages."""
+    """One row per run, oldest first: its jobs, first process start, last end and stages."""
     return (telemetry.jobs.with_columns(run_id=pl.col("run_id").fill_null("(no run id)"))
-            .group_by("run_id")
-            .agg(jobs=pl.len(), failed=(pl.col("status") != "ok").sum(), start=pl.col("start").min(),
+            .sort(_stage_order(pl.col("stage")), "start")
+            .group_by("run_id", maintain_order=True)
+            .agg(jobs=pl.len(), failed=(pl.col("status") != "ok").sum(), start=pl.col("process_start").min(),
                  end=pl.col("end").max(), job_seconds=pl.col("wall_seconds").sum(),
                  stages=pl.col("stage").unique(maintain_order=True))
             .sort("start"))
@@ -253,7 +257,8 @@ EMBEDDING_COLUMNS = [
     ("padding_share", "padding share", "share"), ("model_load_per_job", "model load s per job", "decimal"),
     ("first_batch_after_per_job", "first batch after s", "decimal"),
     ("data_wait_seconds", "data wait s", "decimal"), ("compute_seconds", "device s", "decimal"),
-    ("peak_allocated_gib", "peak alloc GiB", "gib"), ("mean_gpu_util", "mean GPU util %", "decimal"),
+    ("peak_allocated_gib", "peak alloc GiB", "gib"), ("max_memory_used_gib", "max GPU memory GiB", "gib"),
+    ("mean_gpu_util", "mean GPU util %", "decimal"),
     ("mean_power_w", "mean power W", "decimal"), ("energy_j", "energy J", "int"),
 ]
 RUN_COLUMNS = [("run_id", "run", "text"), ("start", "first job started (UTC)", "text"), ("jobs", "jobs", "int"),
@@ -315,7 +320,7 @@ def timing_report(run: Telemetry, all_runs: pl.DataFrame, note: str | None = Non
     """The timing report of one run's telemetry (`all_runs` lists every run), and its stage table."""
     stages = stage_summary(run)
     jobs = run.jobs
-    process_start = figures.run_start(jobs)
+    process_start = jobs["process_start"].min()
     end = jobs["end"].max()
     run_id = jobs["run_id"][0] or "(no run id)"
     startup, load = jobs["startup_seconds"].sum(), jobs["details"].struct.field("model_load_seconds").sum()

@@ -27,6 +27,7 @@ from virnucpro import figures, html_pages
 from virnucpro.files import atomic_output
 
 SCORE_BINS = np.linspace(0.0, 1.0, 51)
+_BATCH_ROWS = 1 << 20
 # Reasons a read is not classified (virnucpro.consensus, virnucpro.translation), always listed; a
 # read whose chunks failed for several reasons counts under their combination.
 REASONS = ("empty_sequence", "too_short", "too_ambiguous", "no_stop_free_frame")
@@ -51,7 +52,7 @@ def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: di
     reasons: Counter = Counter()
     histograms = {(score, call): np.zeros(len(SCORE_BINS) - 1, dtype=np.int64)
                   for score in ("score_virus", "score_others") for call in ("virus", "others")}
-    for batch in pq.ParquetFile(read_table_path).iter_batches(batch_size=1 << 20, columns=_COLUMNS):
+    for batch in pq.ParquetFile(read_table_path).iter_batches(batch_size=_BATCH_ROWS, columns=_COLUMNS):
         call = batch.column("call")
         counts["reads"] += batch.num_rows
         for name in ("length", "chunks", "frames", "classified_chunks", "viral_chunks", "viral_regions"):
