@@ -41,9 +41,29 @@ def _opening(result: str, category: str, subcategory: str) -> str:
             " }, 300);</script>")
 
 
+def _headless(chromium: str, profile: str, size: tuple[int, int], *arguments: str, timeout: float) -> str:
+    return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                           "--hide-scrollbars", f"--window-size={size[0]},{size[1]}", *arguments],
+                          check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+
+def _window_frame(chromium: str, scratch: str, timeout: float) -> int:
+    """How much taller headless Chromium's window is than the page it shows (its screenshot is of
+    the window, the page's layout fills the viewport)."""
+    probe = Path(scratch) / "probe.html"
+    probe.write_text("<html><body><script>document.body.textContent = 'frame=' + (outerHeight - innerHeight)"
+                     "</script></body></html>")
+    found = re.search(r"frame=(\d+)", _headless(chromium, f"{scratch}/profile", (800, 600), "--dump-dom",
+                                                probe.as_uri(), timeout=timeout))
+    return int(found.group(1)) if found else 0
+
+
 def screenshot(report_html: str | Path, png: str | Path, result: str | None = None, size: tuple[int, int] = (1400, 900),
                chromium: str | None = None, timeout: float = 120) -> Path:
-    """Render the report (with `result` opened, if given) and write a PNG screenshot."""
+    """Render the report (with `result` opened, if given) and write a PNG screenshot of `size`."""
+    from PIL import Image
+
     chromium = chromium or find_chromium()
     if chromium is None:
         raise FileNotFoundError(f"no Chromium found (looked for {', '.join(CHROMIUM_NAMES)})")
@@ -58,13 +78,13 @@ def screenshot(report_html: str | Path, png: str | Path, result: str | None = No
             end = text.rindex("</body>")
             page = Path(scratch) / "report.html"
             page.write_text(text[:end] + _opening(result, category, subcategory) + text[end:])
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", "--no-first-run",
-                        f"--user-data-dir={scratch}/profile", "--hide-scrollbars", f"--screenshot={png}",
-                        f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=10000", page.as_uri()],
-                       check=True, capture_output=True, timeout=timeout)
-    if not png.exists():
-        raise RuntimeError(f"Chromium wrote no screenshot of {report_html}")
+        window = (size[0], size[1] + _window_frame(chromium, scratch, timeout))
+        shot = Path(scratch) / "screenshot.png"
+        _headless(chromium, f"{scratch}/profile", window, f"--screenshot={shot}", "--virtual-time-budget=10000",
+                  page.as_uri(), timeout=timeout)
+        if not shot.exists():
+            raise RuntimeError(f"Chromium wrote no screenshot of {report_html}")
+        Image.open(shot).crop((0, 0, *size)).save(png, optimize=True)
     return png
 
 
