@@ -405,8 +405,7 @@ def embed_sequences(embedder: Embedder, sequences: list[str], device: torch.devi
 
 
 def embed_shard(embedder: Embedder, tokens_path: str | os.PathLike, output_path: str | os.PathLike,
-                device: torch.device, token_budget: int | None = None,
-                progress_seconds: float = PROGRESS_SECONDS) -> EmbeddingStats:
+                device: torch.device, token_budget: int | None = None) -> EmbeddingStats:
     """Embed a shard's token file (stage 3 or 4) into its feature file."""
     tokens = TableReader(tokens_path)
     if (tokens.metadata("kind"), tokens.metadata("tokenizer")) != (embedder.kind, embedder.tokenizer):
@@ -416,7 +415,7 @@ def embed_shard(embedder: Embedder, tokens_path: str | os.PathLike, output_path:
     with FeatureWriter(output_path, embedder.dim, [embedder.identity()], shard["row_start"], shard["row_end"]) as out:
         stats = embed_token_blocks(embedder, (batch.column(0) for batch in tokens.batches()), device,
                                    lambda first, vectors: out.write_vectors(shard["row_start"] + first, vectors),
-                                   token_budget, tokens.num_rows, progress_seconds)
+                                   token_budget, tokens.num_rows)
     return stats
 
 
