@@ -27,6 +27,8 @@ rule summarize_sample:
         "results/benchmarks/summarize_sample/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=EXPECTED_LENGTH,
         models={
@@ -65,6 +67,8 @@ rule run_summary:
         "results/benchmarks/run_summary/all.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         samples=list(SAMPLES),
         note=MODELS_NOTE,
