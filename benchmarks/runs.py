@@ -29,8 +29,9 @@ def workload(data: Path, work: Path, reads: int, seed: int = 1) -> Path:
 
 
 def run_workflow(run_dir: Path, sample: str, reads: Path, cores: int, gpus: int = 0,
-                 overrides: dict | None = None) -> dict:
-    """The workflow on `reads` with the default config, `overrides` merged into it."""
+                 overrides: dict | None = None, extra: tuple[str, ...] = ()) -> dict:
+    """The workflow on `reads` with the default config, `overrides` merged into it; `extra` are
+    further Snakemake arguments."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["samples"] = {sample: str(reads)}
@@ -42,7 +43,8 @@ def run_workflow(run_dir: Path, sample: str, reads: Path, cores: int, gpus: int 
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(run_dir),
-               "--configfile", str(run_dir / "config.yaml"), "--cores", str(cores), "--resources", f"gpu={gpus}"]
+               "--configfile", str(run_dir / "config.yaml"), "--cores", str(cores), "--resources", f"gpu={gpus}",
+               *extra]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
     wall = time.perf_counter() - start
