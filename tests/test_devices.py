@@ -1,5 +1,7 @@
 """GPU leases: never two jobs on one GPU, also across processes; a crashed job frees its GPU; the
-user's CUDA_VISIBLE_DEVICES is respected. Real GPUs are not needed: the locks are what is tested."""
+user's CUDA_VISIBLE_DEVICES is respected; lock files cannot be turned against the user; a job that
+falls back to the CPU although it seems to have a GPU says so. Real GPUs are not needed: the locks
+are what is tested."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from virnucpro import devices
-from virnucpro.devices import GpuCandidate, gpu_candidates, lease_device
+from virnucpro.devices import GpuCandidate, gpu_candidates, job_gpus, lease_device, lock_directory
 
 UUIDS = ["GPU-aaaa", "GPU-bbbb", "GPU-cccc", "GPU-dddd"]
 
@@ -37,27 +41,47 @@ def environment(monkeypatch):
 
 
 def test_cpu_setting_leases_the_cpu(environment, tmp_path):
-    environment.setattr(devices, "_nvml_uuids", lambda: UUIDS)
+    environment.setattr(devices, "_nvml_uuids", lambda: (UUIDS, None))
     with lease_device("cpu", tmp_path) as lease:
         assert lease.device == "cpu" and lease.gpu is None
 
 
 def test_auto_without_a_gpu_driver_runs_on_the_cpu_even_under_a_scheduler(environment, tmp_path):
-    environment.setattr(devices, "_nvml_uuids", lambda: None)
+    environment.setattr(devices, "_nvml_uuids", lambda: (None, "NVMLError_DriverNotLoaded: Driver Not Loaded"))
     environment.setenv("CUDA_VISIBLE_DEVICES", "0")  # as SLURM sets it for a job with --gpus=1
     with lease_device("auto", tmp_path) as lease:
         assert lease.device == "cpu"
+    assert "CUDA_VISIBLE_DEVICES=0" in lease.cpu_fallback and "Driver Not Loaded" in lease.cpu_fallback
+
+
+def test_falling_back_to_the_cpu_with_a_gpu_in_sight_is_a_loud_warning(environment, tmp_path, caplog):
+    environment.setattr(devices, "_nvml_uuids", lambda: (None, "NVMLError_LibraryNotFound"))
+    environment.setattr(devices.glob, "glob", lambda pattern: ["/dev/nvidia0", "/dev/nvidiactl"])
+    with caplog.at_level("WARNING"), lease_device("auto", tmp_path) as lease:
+        assert lease.device == "cpu"
+    assert "seems to have a GPU (/dev/nvidia0), but NVML cannot be used (NVMLError_LibraryNotFound)" in caplog.text
+    assert lease.cpu_fallback in caplog.text
+
+
+def test_no_warning_where_there_is_no_gpu_to_see(environment, tmp_path, caplog):
+    environment.setattr(devices, "_nvml_uuids", lambda: (None, "NVMLError_LibraryNotFound"))
+    environment.setattr(devices.glob, "glob", lambda pattern: [])
+    with caplog.at_level("WARNING"), lease_device("auto", tmp_path) as lease:
+        assert lease.device == "cpu" and lease.cpu_fallback is None
+    assert not caplog.text
+    environment.setattr(devices, "_nvml_uuids", lambda: (UUIDS, None))
+    assert job_gpus("cpu") == ([], None)
 
 
 def test_cuda_without_any_gpu_is_an_error(environment, tmp_path):
-    environment.setattr(devices, "_nvml_uuids", lambda: None)
-    with pytest.raises(RuntimeError, match="no GPU is visible"):
+    environment.setattr(devices, "_nvml_uuids", lambda: (None, "NVMLError_LibraryNotFound"))
+    with pytest.raises(RuntimeError, match="no GPU is visible to this job; NVML: NVMLError_LibraryNotFound"):
         with lease_device("cuda", tmp_path):
             pass
 
 
 def test_jobs_in_one_process_get_different_gpus_and_see_only_their_own(environment, tmp_path):
-    environment.setattr(devices, "_nvml_uuids", lambda: UUIDS)
+    environment.setattr(devices, "_nvml_uuids", lambda: (UUIDS, None))
     environment.setenv("CUDA_VISIBLE_DEVICES", "1,2")
     with lease_device("auto", tmp_path) as first:
         assert first.device == "cuda:0" and first.uuid == "GPU-bbbb"
@@ -80,11 +104,12 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-def start_job(lock_dir, visible: str, hold_seconds: float) -> subprocess.Popen:
+def start_job(lock_dir, visible: str, hold_seconds: float, python: str = sys.executable, **user) -> subprocess.Popen:
     """A job in its own process (no NVML here: 'cuda' trusts CUDA_VISIBLE_DEVICES)."""
-    environment = dict(os.environ, CUDA_VISIBLE_DEVICES=visible)
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_dir), str(hold_seconds)],
-                            stdout=subprocess.PIPE, text=True, env=environment)
+    source = str(Path(devices.__file__).parents[1])
+    environment = dict(os.environ, CUDA_VISIBLE_DEVICES=visible, PYTHONPATH=source)
+    return subprocess.Popen([python, "-c", HOLDER, str(lock_dir), str(hold_seconds)],
+                            stdout=subprocess.PIPE, text=True, env=environment, **user)
 
 
 def test_processes_never_share_a_gpu_and_a_killed_job_frees_its_gpu(tmp_path):
@@ -110,3 +135,92 @@ def test_a_gpu_outside_the_users_cuda_visible_devices_is_never_used(tmp_path):
     job = start_job(tmp_path, "1", hold_seconds=0)
     assert job.stdout.readline().strip() == "1"
     assert job.wait(timeout=10) == 0
+
+
+def test_the_default_lock_directory_is_the_users_own_and_private(environment, tmp_path):
+    environment.setattr(devices, "_nvml_uuids", lambda: (UUIDS, None))
+    lock_dir = lock_directory(str(tmp_path / "virnucpro-gpu-locks-{uid}"))
+    assert lock_dir == str(tmp_path / f"virnucpro-gpu-locks-{os.getuid()}")
+    assert lock_directory(devices.DEFAULT_LOCK_DIR) == f"/tmp/virnucpro-gpu-locks-{os.getuid()}"
+    with lease_device("auto", lock_dir) as lease:
+        assert lease.uuid == "GPU-aaaa"
+    assert os.stat(lock_dir).st_mode & 0o777 == 0o700
+
+
+def test_a_lock_file_is_never_followed_written_or_truncated(environment, tmp_path):
+    environment.setattr(devices, "_nvml_uuids", lambda: (UUIDS, None))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    (lock_dir / "GPU-aaaa.lock").symlink_to(victim)  # planted for the first GPU
+    with pytest.raises(RuntimeError, match="GPU-aaaa.lock is a symbolic link; refusing it"):
+        with lease_device("auto", lock_dir):
+            pass
+    assert victim.read_text() == "precious\n"
+    (lock_dir / "GPU-aaaa.lock").unlink()
+    (lock_dir / "GPU-aaaa.lock").write_text("whatever was there\n")
+    with lease_device("auto", lock_dir) as lease:
+        assert lease.uuid == "GPU-aaaa"
+    assert (lock_dir / "GPU-aaaa.lock").read_text() == "whatever was there\n"
+    os.mkfifo(lock_dir / "GPU-bbbb.lock")
+    environment.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with pytest.raises(RuntimeError, match="GPU-bbbb.lock is not a regular file"):  # and does not hang
+        with lease_device("auto", lock_dir):
+            pass
+
+
+@pytest.mark.parametrize("kind", ["symlink", "open to others", "another user's"])
+def test_a_lock_directory_others_could_subvert_is_refused(environment, tmp_path, kind):
+    environment.setattr(devices, "_nvml_uuids", lambda: (UUIDS, None))
+    lock_dir = tmp_path / "locks"
+    if kind == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        lock_dir.symlink_to(tmp_path / "elsewhere")
+        problem = "is a symbolic link or not a directory"
+    elif kind == "open to others":
+        lock_dir.mkdir()
+        lock_dir.chmod(0o777)
+        problem = "other users may write to it and it has no sticky bit"
+    else:
+        lock_dir.mkdir(mode=0o700)
+        if os.getuid() == 0:
+            os.chown(lock_dir, 65534, 65534)
+        else:
+            environment.setattr(devices.os, "getuid", lambda: os.stat(lock_dir).st_uid + 1)
+        problem = "it belongs to user"
+    with pytest.raises(RuntimeError, match=problem):
+        with lease_device("auto", lock_dir):
+            pass
+
+
+def test_a_shared_sticky_directory_leases_across_users():
+    """A directory like /tmp (1777) lets the jobs of two users share a node's GPUs: each opens the
+    other's lock file read-only, and the lock still excludes."""
+    if os.getuid() != 0:
+        pytest.skip("needs root, to run a job as another user")
+    source = str(Path(devices.__file__).parents[1])
+    for python in (sys.executable, "/usr/bin/python3"):  # devices.py needs only the standard library
+        try:
+            subprocess.run([python, "-c", "import virnucpro.devices"], user=65534, group=65534, check=True,
+                           env={"PYTHONPATH": source}, capture_output=True)
+            break
+        except (OSError, subprocess.CalledProcessError):
+            continue
+    else:
+        pytest.skip("another user cannot run a Python that imports this package")
+    with tempfile.TemporaryDirectory() as top:  # pytest's tmp_path is closed to other users
+        os.chmod(top, 0o755)
+        shared = Path(top) / "shared"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        first = start_job(shared, "0", hold_seconds=60, python=python, user=65534, group=65534)
+        assert first.stdout.readline().strip() == "0"
+        assert os.stat(shared / "index-0.lock").st_uid == 65534
+        second = start_job(shared, "0", hold_seconds=0)  # root, on the other user's lock file
+        time.sleep(1.0)
+        assert second.poll() is None  # it waits for the GPU instead of sharing it
+        first.kill()
+        first.wait()
+        assert second.stdout.readline().strip() == "0"
+        assert second.wait(timeout=10) == 0

@@ -426,6 +426,8 @@ def run_embedding_job(kind: str, model_path, tokens_path, output_path, device_se
     from virnucpro.telemetry import GpuMonitor
 
     with lease_device(device_setting, lock_dir) as lease:
+        if lease.cpu_fallback:  # logged loudly by the lease; the telemetry keeps it too
+            telemetry.warnings.append(lease.cpu_fallback)
         torch.set_num_threads(threads)
         device = torch.device(lease.device)
         loaded = time.perf_counter()

@@ -9,7 +9,12 @@ invocation and hands to every job, so that the report can tell this run's jobs f
 earlier runs whose outputs are reused.
 
 GPU jobs add NVML samples over the job (utilisation, memory, power) and the energy used, through
-nvidia-ml-py; without a GPU or NVML that part is simply absent.
+nvidia-ml-py; without a GPU or NVML that part is simply absent, and a metric that NVML does not give
+for a device (MIG instances have no utilisation or power) is recorded as unavailable, with why.
+Telemetry never fails a job: a job that did its work succeeds even if its telemetry cannot be had.
+
+`warnings` holds what a job warned about (e.g. an embedding job that runs on the CPU although it
+seems to have a GPU); each is also logged.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class JobTelemetry:
         self.records_out: int | None = None
         self.details: dict = {}
         self.gpu: dict | None = None
+        self.warnings: list[str] = []
 
     @classmethod
     def from_snakemake(cls, snakemake, stage: str) -> JobTelemetry:
@@ -101,6 +107,11 @@ class JobTelemetry:
                    wildcards.get("shard"), inputs=list(snakemake.input), outputs=list(snakemake.output),
                    threads=snakemake.threads, resources=resources)
 
+    def warn(self, message: str) -> None:
+        """Log a warning and record it in the job's telemetry."""
+        log.warning("%s", message)
+        self.warnings.append(message)
+
     def __enter__(self) -> JobTelemetry:
         self._startup_seconds = _seconds_since_process_start()
         self._start_wall = time.time()
@@ -111,6 +122,17 @@ class JobTelemetry:
 
     def __exit__(self, error_type, error, error_traceback) -> bool:
         wall = time.perf_counter() - self.start_perf
+        if error is not None:
+            log.error("%s", "".join(traceback.format_exception(error_type, error, error_traceback)))
+        try:
+            self._write(wall, error_type, error)
+        except Exception:  # the job's own outcome stands
+            log.exception("%s %s.%s: its telemetry could not be written", self.stage, self.sample, self.unit)
+        log.info("%s %s.%s %s in %.1f s", self.stage, self.sample, self.unit,
+                 "ok" if error is None else "failed", wall)
+        return False
+
+    def _write(self, wall: float, error_type, error) -> None:
         bytes_in, bytes_out = _size(self.inputs), _size(self.outputs) if error is None else 0
         report = {
             "run_id": os.environ.get(RUN_ID_VARIABLE),
@@ -130,64 +152,81 @@ class JobTelemetry:
             "bytes_per_second": bytes_in / wall if wall > 0 else None,
             "host": socket.gethostname(), "pid": os.getpid(),
             "threads": self.threads, "resources": self.resources,
-            "details": self.details, "gpu": self.gpu,
+            "details": self.details, "gpu": self.gpu, "warnings": self.warnings,
         }
-        if error is not None:
-            log.error("%s", "".join(traceback.format_exception(error_type, error, error_traceback)))
         if report["memory_bound_mb"] and report["peak_rss_mb"] > report["memory_bound_mb"]:
             log.warning("peak memory %.0f MB is over the job's bound of %s MB (mem_mb)", report["peak_rss_mb"],
                         report["memory_bound_mb"])
         with atomic_output(self.path) as out:
             out.write(json.dumps(report, indent=2, default=str) + "\n")
-        log.info("%s %s.%s %s in %.1f s", self.stage, self.sample, self.unit, report["status"], wall)
-        return False
 
 
 class GpuMonitor:
     """Samples one GPU through NVML in a background thread while a job runs.
 
     `summary()` gives the device name, mean and peak utilisation, peak memory, mean power, the
-    energy used and the samples themselves; it is None when NVML is not available.
+    energy used, the samples themselves and `unavailable`: "<metric>: <error>" for each metric NVML
+    could not give for this device (a MIG instance has no utilisation, power or energy). It is None when
+    NVML is not available at all. No NVML error reaches the job.
     """
 
     def __init__(self, uuid: str | None, interval: float = 1.0):
         self.interval = interval
         self.samples: list[dict] = []
+        self.unavailable: dict[str, str] = {}
         self._handle = None
+        self._name = None
+        self._energy_start = self._energy_end = None
         self._stop = threading.Event()
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByUUID(uuid) if uuid else pynvml.nvmlDeviceGetHandleByIndex(0)
-        except Exception as error:  # no NVML library, no driver or no such device: no GPU telemetry
+        except Exception as error:  # no NVML library or no driver: no GPU telemetry
             log.info("NVML not available (%s); no GPU samples", error)
-
-    def _energy_mj(self) -> int | None:
+            return
+        self._nvml = pynvml
         try:
-            return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
-        except Exception:
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(uuid) if uuid else pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception as error:  # no such device
+            log.info("NVML has no device %s (%s); no GPU samples", uuid or 0, error)
+            self._shutdown()
+
+    def _query(self, metric: str, read):
+        """`read()`, or None when NVML cannot give `metric` (noted in `unavailable`)."""
+        try:
+            return read()
+        except Exception as error:
+            self.unavailable.setdefault(metric, f"{type(error).__name__}: {error}")
             return None
 
     def _sample(self) -> None:
         nvml, handle = self._nvml, self._handle
-        utilisation = nvml.nvmlDeviceGetUtilizationRates(handle)
         self.samples.append({
             "t": round(time.perf_counter() - self._start, 2),
-            "gpu_util": utilisation.gpu,
-            "memory_used_mb": nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20,
-            "power_w": nvml.nvmlDeviceGetPowerUsage(handle) / 1000,
+            "gpu_util": self._query("gpu_util", lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+            "memory_used_mb": self._query("memory_used_mb", lambda: nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20),
+            "power_w": self._query("power_w", lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000),
         })
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample()
 
+    def _shutdown(self) -> None:
+        self._handle = None
+        try:
+            self._nvml.nvmlShutdown()
+        except Exception as error:
+            log.info("NVML shutdown failed (%s)", error)
+
     def __enter__(self) -> GpuMonitor:
         if self._handle is not None:
             self._start = time.perf_counter()
-            self._energy_start = self._energy_mj()
+            name = self._query("name", lambda: self._nvml.nvmlDeviceGetName(self._handle))
+            self._name = name.decode() if isinstance(name, bytes) else name
+            self._energy_start = self._query("energy_j", lambda: self._nvml.nvmlDeviceGetTotalEnergyConsumption(
+                self._handle))
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
         return self
@@ -197,21 +236,29 @@ class GpuMonitor:
             self._stop.set()
             self._thread.join()
             self._sample()
-            self._energy_end = self._energy_mj()
+            if self._energy_start is not None:
+                self._energy_end = self._query("energy_j", lambda: self._nvml.nvmlDeviceGetTotalEnergyConsumption(
+                    self._handle))
+            self._shutdown()
         return False
 
     def summary(self) -> dict | None:
-        if self._handle is None:
+        if not self.samples:
             return None
-        name = self._nvml.nvmlDeviceGetName(self._handle)
-        energy = (self._energy_end - self._energy_start) / 1000 if None not in (self._energy_start, self._energy_end) else None
-        utilisation = [s["gpu_util"] for s in self.samples]
+
+        def known(metric: str) -> list[float]:
+            return [s[metric] for s in self.samples if s[metric] is not None]
+
+        utilisation, memory, power = known("gpu_util"), known("memory_used_mb"), known("power_w")
+        energy = (self._energy_end - self._energy_start) / 1000 if None not in (self._energy_start,
+                                                                                self._energy_end) else None
         return {
-            "nvml_device": name.decode() if isinstance(name, bytes) else name,
-            "mean_gpu_util": sum(utilisation) / len(utilisation),
-            "max_gpu_util": max(utilisation),
-            "max_memory_used_mb": max(s["memory_used_mb"] for s in self.samples),
-            "mean_power_w": sum(s["power_w"] for s in self.samples) / len(self.samples),
+            "nvml_device": self._name,
+            "mean_gpu_util": sum(utilisation) / len(utilisation) if utilisation else None,
+            "max_gpu_util": max(utilisation, default=None),
+            "max_memory_used_mb": max(memory, default=None),
+            "mean_power_w": sum(power) / len(power) if power else None,
             "energy_j": energy,
+            "unavailable": [f"{metric}: {why}" for metric, why in sorted(self.unavailable.items())],
             "samples": self.samples,
         }

@@ -3,6 +3,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from virnucpro.devices import lock_directory
 from virnucpro.partition import part_count
 from virnucpro.sharding import read_shard_plan
 from virnucpro.telemetry import RUN_ID_VARIABLE, new_run_id
@@ -58,6 +59,7 @@ DNABERT_S_JOB_MEM_MB = 16000
 ESM2_JOB_MEM_MB = 32000
 # GPU rules ask for the standard `gpu` resource unless the embedding runs on the CPU.
 GPU_PER_JOB = 0 if config["embedding"]["device"] == "cpu" else 1
+GPU_LOCK_DIR = lock_directory(config["embedding"]["gpu_lock_dir"])
 
 
 wildcard_constraints:

@@ -24,7 +24,7 @@ rule embed_dnabert_s:
         device=config["embedding"]["device"],
         token_budget=token_budget("dnabert_s"),
         compile=config["embedding"]["compile"],
-        lock_dir=config["embedding"]["gpu_lock_dir"],
+        lock_dir=GPU_LOCK_DIR,
     script:
         "../scripts/embed.py"
 
@@ -51,6 +51,6 @@ rule embed_esm2:
         device=config["embedding"]["device"],
         token_budget=token_budget("esm2"),
         compile=config["embedding"]["compile"],
-        lock_dir=config["embedding"]["gpu_lock_dir"],
+        lock_dir=GPU_LOCK_DIR,
     script:
         "../scripts/embed.py"
