@@ -76,7 +76,7 @@ class PreparedSample:
     every part. Attributes hold the parts' paths by kind."""
 
     def __init__(self, directory: Path, input_path: Path, expected_length: int, parts: int = 1,
-                 max_ambiguous_fraction: float = 0.5):
+                 max_ambiguous_fraction: float = 0.5, read_origins: bool = False):
         from virnucpro.chunking import chunk_part
         from virnucpro.partition import partition_input
         from virnucpro.translation import identify_frames
@@ -92,7 +92,7 @@ class PreparedSample:
                                                                   ("identified_protein", "faa")))
         for index in range(parts):
             chunk_part(self.input_parts[index], expected_length, self.reads[index], self.chunks[index],
-                       self.read_ids[index], self.chunked_fasta[index])
+                       self.read_ids[index], self.chunked_fasta[index], read_origins)
             identify_frames(self.chunks[index], self.reads[index], self.frames[index], self.chunk_summary[index],
                             max_ambiguous_fraction, (self.nucleotide_fasta[index], self.protein_fasta[index]))
 
@@ -106,12 +106,14 @@ class PreparedSample:
 
 @pytest.fixture
 def prepare(tmp_path):
-    """`prepare(input_path, expected_length, parts=1)`: stages 1-2 in a fresh directory."""
+    """`prepare(input_path, expected_length, parts=1)`: stages 1-2 in a fresh directory
+    (`read_origins=True` as for a training input)."""
     count = iter(range(1000))
 
-    def run(input_path, expected_length: int, parts: int = 1, max_ambiguous_fraction: float = 0.5) -> PreparedSample:
+    def run(input_path, expected_length: int, parts: int = 1, max_ambiguous_fraction: float = 0.5,
+            read_origins: bool = False) -> PreparedSample:
         return PreparedSample(tmp_path / f"prepared{next(count)}", input_path, expected_length, parts,
-                              max_ambiguous_fraction)
+                              max_ambiguous_fraction, read_origins)
 
     return run
 

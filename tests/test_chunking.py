@@ -136,7 +136,7 @@ def test_read_manifest_and_chunk_file(tmp_path, prepare):
          ">empty", ">short placed origin=NC_001416.1:1234", short_read[:150], short_read[150:]],
     )
 
-    prepared = prepare(input_path, 300)
+    prepared = prepare(input_path, 300, read_origins=True)
 
     manifest = PartedTable(prepared.reads)
     assert manifest.schema.remove_metadata() == READ_SCHEMA
@@ -211,7 +211,32 @@ def test_chunk_layout_of_many_sequences_is_each_ones_layout():
     assert chunk_start(lengths[layout.sequence], layout.number, 300).tolist() == layout.start.tolist()
 
 
-def test_a_malformed_origin_is_an_input_error(tmp_path, prepare):
+def test_a_malformed_origin_in_a_training_input_is_an_input_error(tmp_path, prepare):
     input_path = write_fasta_lines(tmp_path / "reads.fa", [">r1 origin=lambda", "ACGT"])
     with pytest.raises(InputError, match="reads.fa, record 'r1': origin must be <sequence>:<1-based position>"):
-        prepare(input_path, 300)
+        prepare(input_path, 300, read_origins=True)
+
+
+def test_origin_is_free_text_in_a_prediction_input(tmp_path, prepare):
+    """Public FASTA files say e.g. `origin=environmental`; only training inputs place reads by it."""
+    input_path = write_fasta_lines(tmp_path / "reads.fa", [">r1 origin=environmental", "ACGTACGT",
+                                                          ">r2 placed origin=NC_001416.1:1234", "ACGT"])
+    manifest = PartedTable(prepare(input_path, 300).reads).read(0, 2).to_pydict()
+    assert manifest["read_id"] == ["r1", "r2"]
+    assert manifest["origin_sequence"] == [None, None] and manifest["origin_position"] == [None, None]
+
+
+def test_a_part_of_protein_like_reads_warns(tmp_path, prepare):
+    from virnucpro.chunking import chunk_part
+
+    input_path = write_fasta_lines(tmp_path / "proteins.fa", [">p1 a protein", "MKKSWRDVHACGTTRKSDYVMHW",
+                                                             ">d1 a read", "ACGT" * 20])
+    prepared = prepare(input_path, 300)
+    result = chunk_part(prepared.input_parts[0], 300, tmp_path / "r.arrow", tmp_path / "c.arrow",
+                        tmp_path / "i.arrow")
+    assert len(result.warnings) == 1
+    assert "proteins.fa: 1 of 2 reads of this part look like protein" in result.warnings[0]
+    assert "the first is 'p1'" in result.warnings[0]
+    dna = write_fasta_lines(tmp_path / "dna.fa", [">d1", "ACGTRYACGT" * 5])
+    assert chunk_part(prepare(dna, 300).input_parts[0], 300, tmp_path / "r.arrow", tmp_path / "c.arrow",
+                      tmp_path / "i.arrow").warnings == []

@@ -2,10 +2,12 @@ import bz2
 import gzip
 import lzma
 
+import pyarrow as pa
 import pytest
 
 from virnucpro.files import atomic_output, atomic_path
-from virnucpro.sequence_io import InputError, SequenceRecord, fasta_text, read_records, read_sequences
+from virnucpro.sequence_io import (InputError, SequenceRecord, fasta_text, protein_like, read_records,
+                                   read_sequences)
 
 FASTA_TEXT = (
     ">read_1 first read, with a description\n"
@@ -175,6 +177,44 @@ def test_non_nucleotide_character(tmp_path, content, record, character, position
     message = read_error(path)
     assert str(path) in message and f"record '{record}'" in message
     assert f"character '{character}' at position {position}" in message
+    assert ("looks like a protein" in message) == (record == "protein")
+
+
+def test_protein_written_in_iupac_letters_is_told_from_dna():
+    """Not refused (every letter is a valid IUPAC code), but flagged for a warning."""
+    sequences = ["MKKSWRDVHACGTTRKSDYVMHW",  # a protein of IUPAC letters
+                 "ACGTACGTRYACGTACGTACGTNNNNNNNNNN",  # DNA with a few ambiguity codes and a run of N
+                 "RYKM"]  # too short to tell
+    assert protein_like(pa.array(sequences)).tolist() == [True, False, False]
+
+
+def test_a_latin1_header_deep_in_a_file_is_read(tmp_path):
+    """Decided: a header that is not UTF-8 is read as Latin-1, the usual 8-bit encoding of older
+    FASTA files; outputs are written in UTF-8."""
+    body = b"".join(b">r%d desc\n%s\n" % (i, b"ACGT" * 10) for i in range(300))
+    path = write_bytes(tmp_path / "reads.fa", body + b">bad caf\xe9 na\xefve\nACGT\n>after \xc3\xa9t\xc3\xa9\nGG\n")
+    records = read_all(path)
+    assert len(records) == 302
+    assert records[300] == SequenceRecord("bad", "ACGT") and records[300].description == "café naïve"
+    assert records[301].description == "été"  # UTF-8 stays UTF-8
+    fastq = write_bytes(tmp_path / "reads.fq", b"@r1\nACGT\n+\nIIII\n@r2 Stra\xdfe\nGG\n+\nII\n")
+    assert [(r.id, r.description) for r in read_all(fastq)] == [("r1", ""), ("r2", "Straße")]
+
+
+def test_a_non_text_byte_in_a_sequence_names_its_record_and_line(tmp_path):
+    body = b"".join(b">r%d\n%s\n" % (i, b"ACGT" * 10) for i in range(300))
+    message = read_error(write_bytes(tmp_path / "reads.fa", body + b">bad caf\xe9\nAC\xe9GT\n"))
+    assert "record 'bad', line 602: not a text FASTA or FASTQ file: byte 0xe9 in a sequence line" in message
+
+
+def test_fastq_wrapped_over_several_lines_is_read(tmp_path):
+    path = write_bytes(tmp_path / "reads.fq", b"@r1\nACGT\n+\nIIII\n@r2 wrapped\nACGTAC\nGTA\n+\n@IIIII\nIII\n"
+                                              b"@r3\nGG\n+\nII\n")
+    assert read_all(path) == [SequenceRecord("r1", "ACGT"), SequenceRecord("r2", "ACGTACGTA"),
+                              SequenceRecord("r3", "GG")]
+    path = write_bytes(tmp_path / "bad.fq", b"@r1\nACGT\n+\nIIII\n@r2\nACGTAC\nGTA\n+\nIIIII\nIII\n")
+    message = read_error(path)
+    assert "record 'r2'" in message and "differ in length" in message
 
 
 def test_non_nucleotide_character_in_fastq(tmp_path):

@@ -26,8 +26,11 @@ EDGE_CASES = {
     "two_bases": "AC",
     "all_n": "N" * 200,
     "stop_in_every_frame": "TTAA" * 50,  # its own reverse complement, TAA in every frame
+    "protein_in_iupac_letters": "MKKSWRDVHACGTTRKSDYVMHW",  # valid IUPAC, but a protein: warned about
     "lowercase_multiline": None,  # filled from a real read below
 }
+# A header as public FASTA files have them: free text with "origin=", and not UTF-8 (Latin-1).
+FREE_TEXT_HEADER = "lowercase_multiline edge case, origin=environmental, collected in Bogotá".encode("latin-1")
 
 
 def write_input(path: Path, data_dir: Path, reads: int = 40) -> list[str]:
@@ -40,13 +43,13 @@ def write_input(path: Path, data_dir: Path, reads: int = 40) -> list[str]:
         if len(records) == reads:
             break
     lowercase = records[0][1].lower() * 3
-    with open(path, "w") as out:
+    with open(path, "wb") as out:
         for read_id, sequence in records:
-            out.write(f">{read_id}\n{sequence}\n")
+            out.write(f">{read_id}\n{sequence}\n".encode())
         for read_id, sequence in EDGE_CASES.items():
             sequence = lowercase if sequence is None else sequence
-            out.write(f">{read_id} edge case\n")
-            out.write("".join(sequence[i : i + 70] + "\n" for i in range(0, len(sequence), 70)))
+            out.write(b">" + FREE_TEXT_HEADER + b"\n" if sequence is lowercase else f">{read_id} edge case\n".encode())
+            out.write("".join(sequence[i : i + 70] + "\n" for i in range(0, len(sequence), 70)).encode())
     return [r for r, _ in records] + list(EDGE_CASES)
 
 
@@ -89,10 +92,20 @@ def test_every_read_is_accounted_for(one_shard_run):
     assert rows["two_bases"]["reason"] == "too_short"
     assert rows["all_n"]["reason"] == "too_ambiguous"
     assert rows["stop_in_every_frame"]["reason"] == "no_stop_free_frame"
+    assert rows["protein_in_iupac_letters"]["reason"] == "too_ambiguous"
     for row in table.to_pylist():
         assert (row["call"] is None) == (row["reason"] is not None)
         assert row["call"] in (None, "virus", "others")
-    assert rows["lowercase_multiline"]["call"] is not None
+    assert rows["lowercase_multiline"]["call"] is not None  # its header: free-text origin=, Latin-1
+
+
+def test_an_input_that_looks_like_protein_is_warned_about(one_shard_run):
+    workdir, _ = one_shard_run
+    telemetry = json.loads((workdir / "results/telemetry/chunk/reads.000.json").read_text())
+    assert len(telemetry["warnings"]) == 1
+    assert "1 of 46 reads of this part look like protein" in telemetry["warnings"][0]
+    assert "'protein_in_iupac_letters'" in telemetry["warnings"][0]
+    assert telemetry["warnings"][0] in (workdir / "results/logs/chunk/reads.000.log").read_text()
 
 
 def test_outputs_cover_every_identified_frame(one_shard_run):

@@ -21,7 +21,9 @@ over the whole sample, `virnucpro.read_ids`) and, for people, its share of VirNu
 
 A read placed on a reference (for training, where held-out genome regions must stay held out) may
 say where it comes from with `origin=<sequence>:<position>` in its header (1-based position of its
-leftmost base); the manifest keeps it.
+leftmost base); the manifest keeps it. Only training inputs are read for it (`read_origins`), and
+there a malformed one is an error: elsewhere `origin=` is free text of the header (public FASTA
+files use it for e.g. `origin=environmental`) and is left alone.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +39,8 @@ import pyarrow.compute as pc
 
 from virnucpro.read_ids import id_hashes, write_id_hashes
 from virnucpro.files import atomic_output
-from virnucpro.sequence_io import IS_ACGT, InputError, check_nucleotides, fasta_text
+from virnucpro.sequence_io import (IS_ACGT, PROTEIN_LIKE_CODE_FRACTION, InputError, check_nucleotides, fasta_text,
+                                   protein_like)
 from virnucpro.tables import TableReader, TableWriter, string_bytes
 
 CHUNK_FASTA_LINE_WIDTH = 60  # VirNucPro writes chunks with Biopython, which wraps at 60
@@ -127,14 +130,25 @@ class ChunkingResult:
     reads: int
     chunks: int
     bases: int
+    warnings: list[str] = field(default_factory=list)  # for the user: reads that look like protein
+
+
+def _protein_warning(source, reads: int, protein_reads: int, first: str) -> str:
+    return (f"{source}: {protein_reads} of {reads} reads of this part look like protein, not DNA (more than "
+            f"{PROTEIN_LIKE_CODE_FRACTION:.0%} of their letters are IUPAC codes for two or more bases; the first is "
+            f"'{first}'). VirNucPro classifies DNA or RNA: they will mostly come out 'too_ambiguous'. Is this the "
+            "right input file?")
 
 
 def chunk_part(part_path: str | os.PathLike, size: int, reads_path: str | os.PathLike, chunks_path: str | os.PathLike,
-               read_ids_path: str | os.PathLike, fasta_path: str | os.PathLike | None = None) -> ChunkingResult:
-    """Stage 1 for one part of the input (see the module's description)."""
+               read_ids_path: str | os.PathLike, fasta_path: str | os.PathLike | None = None,
+               read_origins: bool = False) -> ChunkingResult:
+    """Stage 1 for one part of the input (see the module's description); `read_origins` for a
+    training input."""
     part = TableReader(part_path)
     source, first_read = part.metadata("source"), part.metadata("first_read_index")
-    reads = chunks = bases = 0
+    reads = chunks = bases = protein_reads = 0
+    first_protein_read = None
     hashes = []
     with contextlib.ExitStack() as outputs:
         read_table = outputs.enter_context(TableWriter(reads_path, READ_SCHEMA, TABLE_BATCH_ROWS))
@@ -143,12 +157,17 @@ def chunk_part(part_path: str | os.PathLike, size: int, reads_path: str | os.Pat
         for batch in part.batches():
             ids = batch.column("id").to_pylist()
             sequences = check_nucleotides(source, ids, batch.column("sequence"))
+            looks_like_protein = np.flatnonzero(protein_like(sequences))
+            if len(looks_like_protein):
+                protein_reads += len(looks_like_protein)
+                first_protein_read = first_protein_read or ids[looks_like_protein[0]]
             offsets, data = string_bytes(sequences)
             lengths = np.diff(offsets)
             acgt = np.r_[0, np.cumsum(IS_ACGT[data])][offsets]
             read_index = np.arange(first_read + reads, first_read + reads + len(ids))
             layout = chunk_layout(lengths, size)
-            origin_sequence, origin_position = _origins(source, ids, batch.column("header"))
+            origin_sequence, origin_position = (_origins(source, ids, batch.column("header")) if read_origins
+                                                else ([None] * len(ids), [None] * len(ids)))
             read_table.write_columns({
                 "read_index": read_index, "read_id": ids, "length": lengths, "ambiguous_bases": lengths - np.diff(acgt),
                 "chunks": np.bincount(layout.sequence, minlength=len(ids)).astype(np.int32),
@@ -163,7 +182,8 @@ def chunk_part(part_path: str | os.PathLike, size: int, reads_path: str | os.Pat
             hashes.append(id_hashes(ids))
             reads, chunks, bases = reads + len(ids), chunks + len(layout.start), bases + int(lengths.sum())
         write_id_hashes(read_ids_path, np.concatenate(hashes) if hashes else np.empty(0, np.uint64), first_read)
-    return ChunkingResult(reads=reads, chunks=chunks, bases=bases)
+    warnings = [_protein_warning(source, reads, protein_reads, first_protein_read)] if protein_reads else []
+    return ChunkingResult(reads=reads, chunks=chunks, bases=bases, warnings=warnings)
 
 
 def _origins(source, ids: list[str], headers: pa.Array) -> tuple[list, list]:

@@ -26,8 +26,8 @@ def atomic_path(path: str | os.PathLike):
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "w"):
-    """Open `path` for writing through `atomic_path`."""
-    with atomic_path(path) as temporary, open(temporary, mode) as handle:
+    """Open `path` for writing through `atomic_path` (text in UTF-8, whatever the locale)."""
+    with atomic_path(path) as temporary, open(temporary, mode, encoding=None if "b" in mode else "utf-8") as handle:
         yield handle
 
 

@@ -310,6 +310,15 @@ _U_TO_T_BYTES = np.arange(256, dtype=np.uint8)
 _U_TO_T_BYTES[[ord("U"), ord("u")]] = [ord("T"), ord("t")]
 
 
+# Amino acids that no nucleotide notation uses: a sequence refused for one of these is likely protein.
+_AMINO_ACID_ONLY = _byte_table("EFILPQefilpq*")
+# IUPAC codes for two or more bases (not N). Real DNA has few of them; a protein made only of
+# letters that happen to be IUPAC codes (A, C, G, T, R, Y, S, W, K, M, B, D, H, V, N) has mostly these.
+_IS_MULTIBASE_CODE = _byte_table("RYSWKMBDHVryswkmbdhv")
+PROTEIN_LIKE_MIN_LENGTH = 20
+PROTEIN_LIKE_CODE_FRACTION = 0.25
+
+
 def check_nucleotides(path, ids: list[str], sequences: pa.Array) -> pa.LargeStringArray:
     """`sequences` with U read as T; InputError naming the record and position of the first
     character that is not a nucleotide or IUPAC code."""
@@ -319,9 +328,21 @@ def check_nucleotides(path, ids: list[str], sequences: pa.Array) -> pa.LargeStri
         position = int(np.argmin(valid))
         row = int(np.searchsorted(offsets, position, side="right")) - 1
         shown = chr(data[position]).encode("unicode_escape").decode()
+        hint = (" (it looks like a protein sequence: VirNucPro classifies DNA or RNA)"
+                if _AMINO_ACID_ONLY[data[position]] else "")
         raise InputError(path, f"character '{shown}' at position {position - offsets[row] + 1} is not a nucleotide "
-                         "or IUPAC code", record=ids[row])
+                         f"or IUPAC code{hint}", record=ids[row])
     return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(_U_TO_T_BYTES[data]))
+
+
+def protein_like(sequences: pa.Array) -> np.ndarray:
+    """Per sequence, whether it looks like protein written in letters that are all IUPAC codes:
+    at least `PROTEIN_LIKE_MIN_LENGTH` letters, more than `PROTEIN_LIKE_CODE_FRACTION` of them
+    codes for two or more bases. Such input is not refused (it is valid IUPAC), but warned about."""
+    offsets, data = string_bytes(sequences)
+    codes = np.r_[0, np.cumsum(_IS_MULTIBASE_CODE[data])][offsets]
+    lengths = np.diff(offsets)
+    return (lengths >= PROTEIN_LIKE_MIN_LENGTH) & (np.diff(codes) > PROTEIN_LIKE_CODE_FRACTION * lengths)
 
 
 def read_sequences(path: str | os.PathLike) -> Iterator[SequenceRecord]:

@@ -45,6 +45,8 @@ rule chunk:
         mem_mb=JOB_MEM_MB,
     params:
         expected_length=EXPECTED_LENGTH,
+        # origin=<sequence>:<position> places the reads of a training input; elsewhere it is free text
+        read_origins=lambda wildcards: wildcards.sample not in SAMPLES,
     script:
         "../scripts/chunk.py"
 

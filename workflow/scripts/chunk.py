@@ -5,6 +5,8 @@ from virnucpro.telemetry import JobTelemetry
 with JobTelemetry.from_snakemake(snakemake, "chunk") as telemetry:
     result = chunk_part(f"{snakemake.input.parts}/{snakemake.wildcards.part}.arrow", snakemake.params.expected_length,
                         snakemake.output.reads, snakemake.output.chunks, snakemake.output.read_ids,
-                        snakemake.output.get("fasta"))
+                        snakemake.output.get("fasta"), read_origins=snakemake.params.read_origins)
+    for warning in result.warnings:
+        telemetry.warn(warning)
     telemetry.records_in, telemetry.records_out = result.reads, result.chunks
     telemetry.details = {"bases": result.bases, "expected_length": snakemake.params.expected_length}
