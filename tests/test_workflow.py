@@ -130,9 +130,9 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     workdir, _ = one_shard_run
     jobs = [json.loads(p.read_text()) for p in (workdir / "results/telemetry").rglob("*.json")]
     stages = {job["stage"] for job in jobs}
-    assert stages == {"partition_input", "chunk", "translate", "plan_shards", "split_nucleotide", "split_protein",
-                      "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus", "collect_fasta",
-                      "summarize_sample", "run_summary", "timing_report"}
+    assert stages == {"check_models", "partition_input", "chunk", "translate", "plan_shards", "split_nucleotide",
+                      "split_protein", "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus",
+                      "collect_fasta", "summarize_sample", "run_summary", "timing_report"}
     for job in jobs:
         assert job["status"] == "ok"
         assert job["wall_seconds"] > 0 and job["cpu_seconds"] >= 0
@@ -146,10 +146,10 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     assert 0 < embedding["details"]["packing_efficiency"] <= 1
     assert sum(embedding["details"]["batch_timeline"]["tokens"]) == embedding["details"]["tokens"]
     report = (workdir / "results/timing_report.md").read_text()
-    for stage in stages - {"timing_report", "run_summary"}:  # the report covers the samples' jobs
+    for stage in stages - {"timing_report", "run_summary", "check_models"}:  # the report covers the samples' jobs
         assert f"| {stage} |" in report
     table = pl.read_parquet(workdir / "results/telemetry.parquet")
-    assert table.height == len(jobs) - 2 and table["run_id"].unique().to_list() == [jobs[0]["run_id"]]
+    assert table.height == len(jobs) - 3 and table["run_id"].unique().to_list() == [jobs[0]["run_id"]]
     batches = pl.read_parquet(workdir / "results/telemetry_batches.parquet")
     assert batches["tokens"].sum() == sum(job["details"]["tokens"] for job in jobs if job["stage"].startswith("embed"))
     assert pl.read_parquet(workdir / "results/telemetry_gpu_samples.parquet").height == 0  # no GPU here
@@ -297,7 +297,7 @@ def test_bad_input_fails_with_a_clear_error_and_keeps_its_telemetry(tmp_path):
     assert not list((tmp_path / "results/reads").rglob(".*tmp*"))
 
 
-def test_a_classifier_for_another_length_is_refused(tmp_path, data_dir):
+def test_a_classifier_for_another_length_is_refused_before_any_gpu_work(tmp_path, data_dir):
     write_input(tmp_path / "reads.fa", data_dir, reads=3)
     config = write_config(tmp_path, tmp_path / "reads.fa", expected_length=500)
     models = yaml.safe_load(config.read_text())
@@ -305,8 +305,27 @@ def test_a_classifier_for_another_length_is_refused(tmp_path, data_dir):
     config.write_text(yaml.safe_dump(models))
     result = run_workflow(tmp_path, config, check=False)
     assert result.returncode != 0
-    telemetry = json.loads((tmp_path / "results/telemetry/predict_frames/reads.000.json").read_text())
-    assert "trained for expected length 300, but this run chunks to 500" in telemetry["error"]
+    telemetry = json.loads((tmp_path / "results/telemetry/check_models/predict.all.json").read_text())
+    assert "classifier_300.pt: classifier was trained for expected length 300, but this run chunks to 500" in \
+        telemetry["error"]
+    for later in ("plan_shards", "split_protein", "embed_dnabert_s", "embed_esm2"):
+        assert not (tmp_path / "results/telemetry" / later).exists(), later
+
+
+def test_a_device_setting_this_machine_cannot_meet_is_refused_at_once(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n")
+    config = write_config(tmp_path, tmp_path / "reads.fa")
+    settings = yaml.safe_load(config.read_text())
+    settings["embedding"]["device"] = "cuda"
+    config.write_text(yaml.safe_dump(settings))
+    result = run_workflow(tmp_path, config, check=False)
+    assert result.returncode != 0
+    assert "embedding.device is 'cuda' but no GPU is visible on" in result.stderr
+    assert not (tmp_path / "results").exists()  # no job ran
 
 
 def test_a_bad_config_value_is_named(tmp_path):

@@ -25,6 +25,7 @@ import fcntl
 import glob
 import logging
 import os
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -126,8 +127,11 @@ def job_gpus(setting: str) -> tuple[list[GpuCandidate], str | None]:
         return [], warning
     candidates = gpu_candidates(os.environ.get("CUDA_VISIBLE_DEVICES"), uuids or [])
     if setting == "cuda" and not candidates:
-        problem = f"; NVML: {nvml_problem}" if nvml_problem else ""
-        raise RuntimeError(f"embedding.device is 'cuda' but no GPU is visible to this job{problem}")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = [f"CUDA_VISIBLE_DEVICES={visible}"] if visible is not None else []
+        seen += [f"NVML: {nvml_problem}"] if nvml_problem else []
+        raise RuntimeError(f"embedding.device is 'cuda' but no GPU is visible on {socket.gethostname()}"
+                           + (f" ({'; '.join(seen)})" if seen else ""))
     return candidates, None
 
 

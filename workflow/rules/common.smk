@@ -1,9 +1,10 @@
 import os
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
-from virnucpro.devices import lock_directory
+from virnucpro.devices import job_gpus, lock_directory
 from virnucpro.partition import part_count
 from virnucpro.sharding import read_shard_plan
 from virnucpro.telemetry import RUN_ID_VARIABLE, new_run_id
@@ -60,12 +61,20 @@ ESM2_JOB_MEM_MB = 32000
 # GPU rules ask for the standard `gpu` resource unless the embedding runs on the CPU.
 GPU_PER_JOB = 0 if config["embedding"]["device"] == "cpu" else 1
 GPU_LOCK_DIR = lock_directory(config["embedding"]["gpu_lock_dir"])
+# The device setting must be one that the GPU jobs can meet. Where they run on this machine, find
+# out now: "cuda" needs a GPU here, and "auto" says now when it will have to use the CPU although a
+# GPU seems present (each job says so again). A cluster job's node is not known here.
+if workflow.is_main_process and workflow.local_exec and not workflow.dryrun:
+    _, DEVICE_WARNING = job_gpus(config["embedding"]["device"])
+    if DEVICE_WARNING:
+        logger.warning(f"Warning: {DEVICE_WARNING}")
 
 
 wildcard_constraints:
     sample="[A-Za-z0-9][A-Za-z0-9_-]*",
     part="[0-9]+",
     shard="[0-9]+",
+    purpose="predict|train",
 
 
 def sample_input(wildcards):
@@ -101,6 +110,25 @@ def shard_files(pattern):
     return lambda wildcards: expand(
         pattern, sample=wildcards.sample, shard=sample_shards(wildcards.sample)
     )
+
+
+def models_to_check(wildcards):
+    """The model files that `check_models` reads: the classifier only when predicting."""
+    models = {
+        "dnabert_s": config["models"]["dnabert_s"],
+        "esm2": config["models"]["esm2"],
+    }
+    if wildcards.purpose == "predict":
+        models["classifier"] = CLASSIFIER
+    return models
+
+
+def models_checked(wildcards):
+    """The model check that a sample's shard plan, and so its GPU work, waits for. Ancient: a
+    check that reruns (a model changed) reruns no job by itself; the jobs that use the changed
+    model rerun because it is their input."""
+    purpose = "predict" if wildcards.sample in SAMPLES else "train"
+    return ancient(f"results/checks/models.{purpose}.json")
 
 
 def token_budget(kind):

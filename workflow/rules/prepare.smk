@@ -86,11 +86,13 @@ rule translate:
 
 
 # The number of shards follows from the frames' work, known once stage 2 has run: a checkpoint.
+# The last job before the GPU work: it waits for the model check and refuses duplicate read IDs.
 checkpoint plan_shards:
     input:
         reads=part_files("results/{sample}/reads/{part}.arrow"),
         read_ids=part_files("results/{sample}/read_ids/{part}.arrow"),
         frames=part_files("results/{sample}/frames/{part}.arrow"),
+        models_checked=models_checked,
     output:
         plan="results/{sample}/shards.tsv",
     log:

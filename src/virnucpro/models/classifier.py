@@ -123,6 +123,9 @@ def check_compatible(info: ClassifierInfo, expected_length: int, feature_models:
     if list(feature_dims.items()) != list(info.feature_dims.items()):
         raise ValueError(f"{info.path}: classifier expects features {info.feature_dims}, "
                          f"but this run's embedding models give {feature_dims}")
+    if info.input_dim != sum(feature_dims.values()):
+        raise ValueError(f"{info.path}: classifier takes {info.input_dim} features, but this run's embedding models "
+                         f"give {' + '.join(map(str, feature_dims.values()))} = {sum(feature_dims.values())}")
     if info.embedding_models is not None:
         trained = [(m["kind"], m["architecture"], m["fingerprint"]) for m in info.embedding_models]
         used = [(m["kind"], m["architecture"], m["fingerprint"]) for m in feature_models]

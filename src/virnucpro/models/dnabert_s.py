@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from torch import nn
 from virnucpro.models.checkpoint import assign_weights, weights_fingerprint
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
 from virnucpro.models.tokens import DnaTokenizer
+
+_TOKEN_EMBEDDINGS = "embeddings.word_embeddings.weight"
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,10 @@ class DnabertSConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> DnabertSConfig:
-        values = json.loads(Path(path).read_text())
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not a JSON file ({error})") from None
         try:
             return cls(**{name: values[name] for name in ("vocab_size", "hidden_size", "num_hidden_layers",
                                                           "num_attention_heads", "intermediate_size")},
@@ -194,34 +200,49 @@ def load_dnabert_s(directory: str | os.PathLike, device: str | torch.device = "c
     """Load a DNABERT-S directory (config.json, model.safetensors or pytorch_model.bin, tokenizer.json).
 
     The pooler and any masked-LM head in the checkpoint are not used and are skipped; a `bert.`
-    prefix (checkpoints saved from BertForMaskedLM) is removed.
+    prefix (checkpoints saved from BertForMaskedLM) is removed. On the meta device nothing but the
+    files' headers and the token-embedding table (for the fingerprint) is read: a check of the
+    model before any GPU work.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise ValueError(f"{directory}: DNABERT-S model must be a directory with config.json and weights")
+    if not (directory / "config.json").is_file():
+        raise ValueError(f"{directory}: DNABERT-S model directory has no config.json")
     config = DnabertSConfig.from_json(directory / "config.json")
     tokenizer = DnaTokenizer(directory / "tokenizer.json")
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model only {config.vocab_size}")
-    state = _read_weights(directory)
+    state = _read_weights(directory, header_only=torch.device(device).type == "meta")
     state = {key.removeprefix("bert."): value for key, value in state.items()}
     state = {key: value for key, value in state.items() if key.startswith(("embeddings.", "encoder."))}
     state.pop("embeddings.position_ids", None)
     with torch.device("meta"):
         model = DnabertS(config)
     assign_weights(model, state, device, dtype, directory)
-    model.fingerprint = weights_fingerprint(state["embeddings.word_embeddings.weight"])
+    model.fingerprint = weights_fingerprint(state[_TOKEN_EMBEDDINGS])
     model.slopes = torch.tensor(alibi_slopes(config.num_attention_heads), device=device)
     return model.eval(), tokenizer
 
 
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def _read_weights(directory: Path, header_only: bool = False) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors; with `header_only`, meta tensors of the right shapes but for the
+    token-embedding table (a pytorch_model.bin is memory-mapped, so it is read only where used)."""
     if (directory / "model.safetensors").exists():
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
-        return load_file(directory / "model.safetensors")
+        try:
+            with safe_open(directory / "model.safetensors", framework="pt") as weights:
+                return {key: (torch.empty(weights.get_slice(key).get_shape(), device="meta")
+                              if header_only and not key.endswith(_TOKEN_EMBEDDINGS) else weights.get_tensor(key))
+                        for key in weights.keys()}
+        except SafetensorError as error:
+            raise ValueError(f"{directory / 'model.safetensors'}: not a readable safetensors file ({error})") from None
     if (directory / "pytorch_model.bin").exists():
-        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, pickle.UnpicklingError) as error:
+            raise ValueError(f"{directory / 'pytorch_model.bin'}: not a readable PyTorch checkpoint ({error})") from None
     raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 

@@ -146,7 +146,9 @@ def load_esm2(path: str | os.PathLike, device: str | torch.device = "cpu",
     """Load a fair-esm ESM-2 checkpoint (e.g. `esm2_t36_3B_UR50D.pt`) onto `device`.
 
     Matrix weights become `dtype`; LayerNorms and the rotary frequencies stay float32. The weights go
-    straight from the memory-mapped file to the device, so a 3B model needs no second copy in RAM.
+    straight from the memory-mapped file to the device, so a 3B model needs no second copy in RAM;
+    on the meta device they are not read at all (but for the small token-embedding table, for the
+    fingerprint): a check of the checkpoint before any GPU work.
     """
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
@@ -156,17 +158,20 @@ def load_esm2(path: str | os.PathLike, device: str | torch.device = "cpu",
     config = _read_config(checkpoint, state, path)
     with torch.device("meta"):
         model = ESM2(config)
-    converted = {"embed_tokens.weight": state["embed_tokens.weight"]}
-    for name in ("weight", "bias"):
-        converted[f"emb_layer_norm_after.{name}"] = state[f"emb_layer_norm_after.{name}"]
-    for index in range(config.num_layers):
-        prefix = f"layers.{index}."
+    try:
+        converted = {"embed_tokens.weight": state["embed_tokens.weight"]}
         for name in ("weight", "bias"):
-            converted[f"{prefix}qkv.{name}"] = torch.cat(
-                [state[f"{prefix}self_attn.{p}_proj.{name}"].to(device) for p in ("q", "k", "v")])
-            converted[f"{prefix}out_proj.{name}"] = state[f"{prefix}self_attn.out_proj.{name}"]
-            for module in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
-                converted[f"{prefix}{module}.{name}"] = state[f"{prefix}{module}.{name}"]
+            converted[f"emb_layer_norm_after.{name}"] = state[f"emb_layer_norm_after.{name}"]
+        for index in range(config.num_layers):
+            prefix = f"layers.{index}."
+            for name in ("weight", "bias"):
+                converted[f"{prefix}qkv.{name}"] = torch.cat(
+                    [state[f"{prefix}self_attn.{p}_proj.{name}"].to(device) for p in ("q", "k", "v")])
+                converted[f"{prefix}out_proj.{name}"] = state[f"{prefix}self_attn.out_proj.{name}"]
+                for module in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
+                    converted[f"{prefix}{module}.{name}"] = state[f"{prefix}{module}.{name}"]
+    except KeyError as missing:
+        raise ValueError(f"{path}: not a complete ESM-2 checkpoint: it has no weights {missing}") from None
     assign_weights(model, converted, device, dtype, path)
     model.fingerprint = weights_fingerprint(state["embed_tokens.weight"])
     # fair-esm loads the rotary frequencies stored in the checkpoint (possibly rounded to fp16) over

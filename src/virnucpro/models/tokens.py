@@ -58,7 +58,12 @@ class DnaTokenizer:
     def __init__(self, path: str | os.PathLike):
         from tokenizers import Tokenizer
 
-        self._tokenizer = Tokenizer.from_file(os.fspath(path))
+        if not Path(path).is_file():
+            raise ValueError(f"{Path(path).parent}: DNABERT-S model directory has no {Path(path).name}")
+        try:
+            self._tokenizer = Tokenizer.from_file(os.fspath(path))
+        except Exception as error:  # the library raises a bare Exception for a file it cannot parse
+            raise ValueError(f"{path}: not a tokenizer file of the tokenizers library ({error})") from None
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         probe = self._tokenizer.encode("ACGT").ids

@@ -1,0 +1,23 @@
+# Before any GPU work: the run's models, checked from their headers in seconds (see
+# virnucpro.model_check). A sample's shard plan, and so all its GPU work, waits for it.
+
+
+rule check_models:
+    input:
+        unpack(models_to_check),
+    output:
+        report="results/checks/models.{purpose}.json",
+    log:
+        log="results/logs/check_models/{purpose}.all.log",
+        telemetry="results/telemetry/check_models/{purpose}.all.json",
+    benchmark:
+        "results/benchmarks/check_models/{purpose}.all.tsv"
+    # first of all jobs: a run that cannot succeed stops in seconds
+    priority: 100
+    conda:
+        "../../envs/virnucpro.yaml"
+    params:
+        expected_length=EXPECTED_LENGTH,
+        classifier_expected_length=config["models"]["classifier_expected_length"],
+    script:
+        "../scripts/check_models.py"
