@@ -4,7 +4,11 @@
 #   snakemake --cores 16 --resources gpu=1 --config input=reads.fa expected_length=500
 #   snakemake --cores 16 --resources gpu=1 train             # train a classifier (config: training)
 
+from snakemake.io import is_flagged
+from snakemake.logging import logger
 from snakemake.utils import min_version
+
+from virnucpro.resume import record_owner, remove_leftover_temp_files, remove_stale_lock
 
 min_version("9.27")
 
@@ -13,6 +17,35 @@ configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
+
+
+# A killed run resumes with the same command (see virnucpro.resume; profiles/default reruns the
+# jobs it left incomplete). Its lock is removed if the run that held it is gone,
+if workflow.is_main_process and not workflow.dryrun:
+    for owner in remove_stale_lock():
+        logger.warning(
+            f"Removed the lock of an earlier run that is gone (PID {owner['pid']} on {owner['host']})."
+        )
+
+
+onstart:
+    record_owner()
+
+
+# and the temporary files it made but did not get to delete are deleted once all is done.
+onsuccess:
+    if not workflow.storage_settings.notemp:
+        leftovers = remove_leftover_temp_files(
+            path
+            for job in workflow.dag.jobs
+            for path in job.output
+            if is_flagged(path, "temp")
+            and path not in workflow.dag.derived_targetfiles
+        )
+        for path in leftovers:
+            logger.info(
+                f"Removed temporary output {path}, left by an interrupted run."
+            )
 
 
 include: "workflow/rules/common.smk"

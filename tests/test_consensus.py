@@ -259,3 +259,24 @@ def test_a_contig_with_two_viral_stretches_gets_them_as_regions(tmp_path, monkey
     assert contig_row["classified_chunks"] == len(classified)
     assert contig_row["viral_chunks"] == sum(viral(0, c["chunk"]) for c in classified)
     assert contig_row["viral_chunk_fraction"] == pytest.approx(contig_row["viral_chunks"] / len(classified))
+
+
+def test_the_four_outputs_appear_together_or_not_at_all(tmp_path, monkeypatch):
+    """A job that dies while writing the last of them leaves none under its final name."""
+    reads = [("r1", 300, 0, 1), ("r2", 300, 0, 1)]
+    chunks = [(0, 1, 1, None), (1, 1, 1, None)]
+    frames = [(0, 1, "F1", 0.2, 0.8), (1, 1, "R2", 0.7, 0.3)]
+
+    def dies_half_way(paths, out):
+        out.write(b"r1_chunk_1F1\tvirus")
+        raise MemoryError("killed while writing prediction_results.txt")
+
+    monkeypatch.setattr(consensus, "concatenate_files", dies_half_way)
+    with pytest.raises(MemoryError):
+        run_stage_9(tmp_path, reads, chunks, frames, shards=2)
+    for name in ("prediction_results.txt", "highest.csv", "regions.tsv", "reads.parquet"):
+        assert not (tmp_path / name).exists(), name
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # nor temporaries, nor scratch
+    monkeypatch.undo()
+    run_stage_9(tmp_path, reads, chunks, frames, shards=2)
+    assert all((tmp_path / name).exists() for name in ("prediction_results.txt", "highest.csv", "regions.tsv", "reads.parquet"))

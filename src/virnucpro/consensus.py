@@ -30,7 +30,6 @@ from __future__ import annotations
 import heapq
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -39,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from virnucpro.chunking import chunk_id
-from virnucpro.files import atomic_output, atomic_path, concatenate_files
+from virnucpro.files import atomic_paths, concatenate_files, scratch_directory
 from virnucpro.regions import REGION_COLUMNS, region_lines, viral_regions
 from virnucpro.tables import PartedTable, TableReader, TableWriter
 from virnucpro.translation import frame_id
@@ -172,35 +171,38 @@ def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths:
     predictions = _Predictions(prediction_paths)
     schema = READ_PREDICTION_SCHEMA.with_metadata({"virnucpro.note": note} if note else None)
     counts = {"virus": 0, "others": 0, "unclassified": 0, "viral_regions": 0}
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(highest_score_csv))) as scratch, \
-            atomic_path(read_table_path) as temporary, pq.ParquetWriter(temporary, schema) as read_table, \
-            atomic_output(regions_path) as regions_table:
-        regions_table.write("\t".join(REGION_COLUMNS) + "\n")
+    # The four files appear together, the read table last, when all are written; or not at all.
+    with atomic_paths([results_txt, highest_score_csv, regions_path, read_table_path]) as (
+            results, highest, regions, table), scratch_directory(read_table_path) as scratch:
         chunk_calls = _SortedRuns(scratch)
         chunk_row = frame_row = 0
-        for block in _read_blocks(reads):
-            chunk_count = int(pc.sum(block.column("chunks")).as_py() or 0)
-            chunk_block = chunks.read(chunk_row, chunk_row + chunk_count)
-            frame_count = int(pc.sum(chunk_block.column("frames")).as_py() or 0)
-            frame_block = frames.read(frame_row, frame_row + frame_count)
-            others, virus = predictions.take(frame_count)
-            calls, regions = _read_calls(sample, block, chunk_block, frame_block, others, virus, expected_length,
-                                         classifier, chunk_calls, regions_table)
-            read_table.write_table(calls.replace_schema_metadata(schema.metadata))
-            counts["viral_regions"] += regions
-            for call, number in zip(*np.unique(calls.column("call").fill_null("unclassified").to_numpy(
-                    zero_copy_only=False), return_counts=True)):
-                counts[call] += int(number)
-            chunk_row, frame_row = chunk_row + chunk_count, frame_row + frame_count
+        with pq.ParquetWriter(table, schema) as read_table, open(regions, "w", encoding="utf-8") as regions_table:
+            regions_table.write("\t".join(REGION_COLUMNS) + "\n")
+            for block in _read_blocks(reads):
+                chunk_count = int(pc.sum(block.column("chunks")).as_py() or 0)
+                chunk_block = chunks.read(chunk_row, chunk_row + chunk_count)
+                frame_count = int(pc.sum(chunk_block.column("frames")).as_py() or 0)
+                frame_block = frames.read(frame_row, frame_row + frame_count)
+                others, virus = predictions.take(frame_count)
+                calls, region_count = _read_calls(sample, block, chunk_block, frame_block, others, virus,
+                                                  expected_length, classifier, chunk_calls, regions_table)
+                read_table.write_table(calls.replace_schema_metadata(schema.metadata))
+                counts["viral_regions"] += region_count
+                for call, number in zip(*np.unique(calls.column("call").fill_null("unclassified").to_numpy(
+                        zero_copy_only=False), return_counts=True)):
+                    counts[call] += int(number)
+                chunk_row, frame_row = chunk_row + chunk_count, frame_row + frame_count
         if chunk_row != chunks.num_rows or frame_row != frames.num_rows:
             raise ValueError(f"the reads' chunk counts give {chunk_row} chunks and {frame_row} frames, stage 2 "
                              f"wrote {chunks.num_rows} and {frames.num_rows}")
         predictions.finish()
-        with atomic_output(highest_score_csv) as out:
+        with open(highest, "w", encoding="utf-8") as out:
             out.write("Modified_ID\tIs_Virus\n")
             for key, is_virus in chunk_calls:
                 out.write(f"{key}\t{is_virus}\n")
-    concatenate_files(line_paths, results_txt, header=RESULTS_HEADER)
+        with open(results, "wb") as out:
+            out.write(RESULTS_HEADER)
+            concatenate_files(line_paths, out)
     if note:
         log.warning("%s", note)
     return counts

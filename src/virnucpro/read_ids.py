@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -69,29 +68,28 @@ def find_duplicate_ids(run_paths: Sequence[str | os.PathLike], id_of: Callable[[
     """The first duplicated ID in hash order and the two read indices that carry it, or None.
 
     `id_of(read_index)` gives a read's ID (to confirm equal hashes); `scratch` is a directory for
-    the intermediate runs of a merge in several passes.
+    the intermediate runs of a merge in several passes (`files.scratch_directory`).
     """
-    with tempfile.TemporaryDirectory(dir=scratch) as temporary:
-        runs, generation = list(run_paths), 0
-        while len(runs) > MERGE_WIDTH:
-            merged_runs = []
-            for group in range(0, len(runs), MERGE_WIDTH):
-                path = os.path.join(temporary, f"{generation}.{group}.arrow")
-                with TableWriter(path, HASH_SCHEMA, RUN_BATCH_ROWS) as run:
-                    for hashes, indices in _merged(runs[group : group + MERGE_WIDTH]):
-                        run.write_columns({"hash": hashes, "read_index": indices})
-                merged_runs.append(path)
-            runs, generation = merged_runs, generation + 1
-        for hashes, indices in _merged(runs):
-            group_starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
-            group_sizes = np.diff(np.r_[group_starts, len(hashes)])
-            for start, size in zip(group_starts[group_sizes > 1], group_sizes[group_sizes > 1]):
-                first_with_id: dict[str, int] = {}
-                for read_index in indices[start : start + size].tolist():
-                    read_id = id_of(read_index)
-                    if read_id in first_with_id:
-                        return read_id, first_with_id[read_id], read_index
-                    first_with_id[read_id] = read_index
+    runs, generation = list(run_paths), 0
+    while len(runs) > MERGE_WIDTH:
+        merged_runs = []
+        for group in range(0, len(runs), MERGE_WIDTH):
+            path = os.path.join(scratch, f"{generation}.{group}.arrow")
+            with TableWriter(path, HASH_SCHEMA, RUN_BATCH_ROWS) as run:
+                for hashes, indices in _merged(runs[group : group + MERGE_WIDTH]):
+                    run.write_columns({"hash": hashes, "read_index": indices})
+            merged_runs.append(path)
+        runs, generation = merged_runs, generation + 1
+    for hashes, indices in _merged(runs):
+        group_starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
+        group_sizes = np.diff(np.r_[group_starts, len(hashes)])
+        for start, size in zip(group_starts[group_sizes > 1], group_sizes[group_sizes > 1]):
+            first_with_id: dict[str, int] = {}
+            for read_index in indices[start : start + size].tolist():
+                read_id = id_of(read_index)
+                if read_id in first_with_id:
+                    return read_id, first_with_id[read_id], read_index
+                first_with_id[read_id] = read_index
     return None
 
 

@@ -32,6 +32,7 @@ import traceback
 from pathlib import Path
 
 from virnucpro.files import atomic_output
+from virnucpro.resume import process_start_ticks
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,10 @@ def _cpu_seconds() -> float:
 def _seconds_since_process_start() -> float | None:
     """How long this process has run (interpreter start-up and imports, when asked at a job's
     start); from /proc, so on Linux only."""
+    ticks = process_start_ticks()
     try:
-        with open("/proc/self/stat") as stat:
-            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
+        return None if ticks is None else time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
         return None
 
 

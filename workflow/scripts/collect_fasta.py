@@ -1,8 +1,12 @@
-# VirNucPro's FASTA files for people: the parts' shares, concatenated.
-from virnucpro.files import concatenate_files
+# VirNucPro's FASTA files for people: the parts' shares, concatenated (the three appear together).
+from virnucpro.files import atomic_paths, concatenate_files
 from virnucpro.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "collect_fasta") as telemetry:
-    written = {name: concatenate_files(snakemake.input[name], snakemake.output[name])
-               for name in ("chunked", "nucleotide", "protein")}
+    names = ("chunked", "nucleotide", "protein")
+    written = {}
+    with atomic_paths([snakemake.output[name] for name in names]) as temporaries:
+        for name, temporary in zip(names, temporaries):
+            with open(temporary, "wb") as out:
+                written[name] = concatenate_files(snakemake.input[name], out)
     telemetry.details = {"bytes": written}

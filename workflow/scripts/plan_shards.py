@@ -1,13 +1,12 @@
 # Before any GPU work: refuse duplicate read IDs, then cut the frames into shards sized by work.
-from pathlib import Path
-
+from virnucpro.files import scratch_directory
 from virnucpro.read_ids import check_unique_ids
 from virnucpro.sharding import plan_shards, write_shard_plan
 from virnucpro.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "plan_shards") as telemetry:
-    check_unique_ids(snakemake.params.source, snakemake.input.reads, snakemake.input.read_ids,
-                     Path(snakemake.output.plan).parent)
+    with scratch_directory(snakemake.output.plan) as scratch:
+        check_unique_ids(snakemake.params.source, snakemake.input.reads, snakemake.input.read_ids, scratch)
     shards = plan_shards(snakemake.input.frames, snakemake.params.shard_tokens)
     write_shard_plan(snakemake.output.plan, shards)
     telemetry.records_in = telemetry.records_out = sum(shard.frames for shard in shards)

@@ -1,0 +1,118 @@
+"""kill -9 and resume: a run killed while a job of a chosen stage runs resumes with the same
+command (README, "Resuming an interrupted run"), and its outputs equal those of a run that was
+never interrupted, byte for byte, with nothing left over from the killed jobs.
+
+The stages: chunk (stage 1, several outputs per job), plan_shards (the checkpoint), embed_esm2 (a
+GPU stage; killed while its feature file is half written) and consensus (three outputs that must
+appear together). One uninterrupted run is the reference for all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_workflow import SNAKEMAKE, REPO, run_workflow, write_config, write_input
+
+# What differs between two runs whatever happens: the record of when and how long.
+TIMING_FILES = ("results/logs/", "results/benchmarks/", "results/telemetry/", "results/telemetry.parquet",
+                "results/timing_report.md", "results/timing_report.tsv")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    write_input(workdir / "reads.fa", data_dir)
+    run_workflow(workdir, write_config(workdir, workdir / "reads.fa"))
+    return workdir
+
+
+def results(workdir: Path) -> dict[str, bytes | None]:
+    """Every file under results/, with its bytes unless it records timings."""
+    return {str(path.relative_to(workdir)): None if str(path.relative_to(workdir)).startswith(TIMING_FILES)
+            else path.read_bytes() for path in sorted((workdir / "results").rglob("*")) if path.is_file()}
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout} s")
+        time.sleep(0.02)
+
+
+def kill_when_running(workdir: Path, config: Path, stage: str) -> None:
+    """Start the workflow and kill its whole process group with SIGKILL once a job of `stage` runs
+    (for an embedding stage: once its output is being written)."""
+    with open(workdir / "killed_run.log", "w") as log:
+        run = subprocess.Popen(SNAKEMAKE + ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+                                            "--configfile", str(config), "--cores", "2"],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    logs = workdir / "results" / "logs" / stage
+    wait_for(lambda: any("started" in p.read_text() for p in logs.glob("*.log")) if logs.is_dir() else False,
+             run, f"{stage} job")
+    if stage.startswith("embed_"):
+        features = workdir / "results" / "reads" / "features" / stage.removeprefix("embed_")
+        wait_for(lambda: any(features.glob(".*.tmp-*")), run, f"half-written {stage} output")
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until every process of the run (its jobs too) is gone
+        try:
+            os.killpg(run.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail("processes of the killed run are still there")
+
+
+@pytest.mark.parametrize("stage", ["chunk", "plan_shards", "embed_esm2", "consensus"])
+def test_a_killed_run_resumes_with_the_same_command_to_the_same_outputs(uninterrupted, tmp_path, data_dir, stage):
+    write_input(tmp_path / "reads.fa", data_dir)
+    config = write_config(tmp_path, tmp_path / "reads.fa")
+    kill_when_running(tmp_path, config, stage)
+    assert (tmp_path / ".snakemake" / "locks").is_dir()  # what stopped a rerun before
+    if stage == "embed_esm2":
+        assert list((tmp_path / "results/reads/features/esm2").glob(".000.arrow.tmp-*"))
+
+    resumed = run_workflow(tmp_path, config)  # the same command
+    assert "Removed the lock of an earlier run that is gone" in resumed.stderr
+
+    expected, got = results(uninterrupted), results(tmp_path)
+    assert sorted(got) == sorted(expected)  # the same files, and no leftovers (.<name>.tmp-<pid>, scratch)
+    for name, content in expected.items():
+        assert got[name] == content, name
+
+
+def test_only_the_lock_of_a_run_that_is_gone_is_removed(tmp_path):
+    from virnucpro.resume import record_owner, remove_stale_lock
+
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    (locks / "0.output.lock").write_text("results/reads/read_predictions.parquet\n")
+    assert remove_stale_lock(locks) == []  # no record: left to Snakemake's error (--unlock)
+
+    ended = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                              "from virnucpro.resume import record_owner; record_owner(Path(sys.argv[1]))",
+                              str(locks)], env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert ended.wait() == 0  # a run that recorded itself and is gone
+    record_owner(locks)  # and this process, a run still going
+    assert remove_stale_lock(locks) == [] and (locks / "0.output.lock").exists()
+    (locks / f"virnucpro-owner-{os.getpid()}.json").unlink()
+
+    ended_record = json.loads((locks / f"virnucpro-owner-{ended.pid}.json").read_text())
+    (locks / "virnucpro-owner-1.json").write_text(json.dumps({**ended_record, "host": "another-node", "pid": 1}))
+    assert remove_stale_lock(locks) == [] and (locks / "0.output.lock").exists()  # another host: cannot tell
+    (locks / "virnucpro-owner-1.json").unlink()
+
+    assert remove_stale_lock(locks) == [ended_record]
+    assert not locks.exists()
