@@ -75,7 +75,8 @@ def test_no_warning_where_there_is_no_gpu_to_see(environment, tmp_path, caplog):
 
 def test_cuda_without_any_gpu_is_an_error(environment, tmp_path):
     environment.setattr(devices, "_nvml_uuids", lambda: (None, "NVMLError_LibraryNotFound"))
-    with pytest.raises(RuntimeError, match="embedding.device is 'cuda' but no GPU is visible on .* \\(NVML: NVMLError_LibraryNotFound\\)"):
+    with pytest.raises(RuntimeError, match=r"embedding.device is 'cuda' but no GPU is visible on .* "
+                                           r"\(NVML: NVMLError_LibraryNotFound\)"):
         with lease_device("cuda", tmp_path):
             pass
 
@@ -170,13 +171,16 @@ def test_a_lock_file_is_never_followed_written_or_truncated(environment, tmp_pat
             pass
 
 
-@pytest.mark.parametrize("kind", ["symlink", "open to others", "another user's"])
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "open to others", "another user's"])
 def test_a_lock_directory_others_could_subvert_is_refused(environment, tmp_path, kind):
     environment.setattr(devices, "_nvml_uuids", lambda: (UUIDS, None))
     lock_dir = tmp_path / "locks"
     if kind == "symlink":
         (tmp_path / "elsewhere").mkdir()
         lock_dir.symlink_to(tmp_path / "elsewhere")
+        problem = "is a symbolic link or not a directory"
+    elif kind == "dangling symlink":
+        lock_dir.symlink_to(tmp_path / "to be made")
         problem = "is a symbolic link or not a directory"
     elif kind == "open to others":
         lock_dir.mkdir()
@@ -192,6 +196,7 @@ def test_a_lock_directory_others_could_subvert_is_refused(environment, tmp_path,
     with pytest.raises(RuntimeError, match=problem):
         with lease_device("auto", lock_dir):
             pass
+    assert not (tmp_path / "to be made").exists()
 
 
 def test_a_shared_sticky_directory_leases_across_users():

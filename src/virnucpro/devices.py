@@ -143,11 +143,11 @@ def lock_directory(setting: str) -> str:
 def _open_lock_directory(path: Path) -> int:
     """A descriptor of the lock directory, created 0700 if missing; refuses a directory that
     another user could use to break or subvert the lease."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
-        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+        if error.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):  # EEXIST: a dangling link
             raise RuntimeError(f"GPU lock directory {path} is a symbolic link or not a directory; refusing it "
                                "(remove it, or set embedding.gpu_lock_dir)") from None
         raise

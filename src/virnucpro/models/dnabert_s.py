@@ -242,7 +242,8 @@ def _read_weights(directory: Path, header_only: bool = False) -> dict[str, torch
         try:
             return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
         except (RuntimeError, pickle.UnpicklingError) as error:
-            raise ValueError(f"{directory / 'pytorch_model.bin'}: not a readable PyTorch checkpoint ({error})") from None
+            raise ValueError(f"{directory / 'pytorch_model.bin'}: not a readable PyTorch checkpoint "
+                             f"({error})") from None
     raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
