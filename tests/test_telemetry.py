@@ -8,6 +8,7 @@ import json
 import sys
 import types
 
+import polars as pl
 import pytest
 
 from virnucpro.telemetry import GpuMonitor, JobTelemetry
@@ -84,9 +85,14 @@ def test_the_timing_report_takes_gpu_jobs_with_and_without_unavailable_metrics(m
         with JobTelemetry(tmp_path / "telemetry" / "embed_esm2" / f"reads.00{shard}.json", "embed_esm2", "reads",
                           shard=f"00{shard}") as telemetry:
             telemetry.gpu = summary
-    assert write_report(tmp_path / "telemetry", ["reads"], tmp_path / "t.parquet", tmp_path / "r.md",
-                        tmp_path / "s.tsv") == 2
-    assert "| embed_esm2 |" in (tmp_path / "r.md").read_text()
+    outputs = {name: tmp_path / f"{name}.{suffix}" for name, suffix in (
+        ("table", "parquet"), ("gpu_samples", "parquet"), ("batches", "parquet"), ("summary", "tsv"),
+        ("report", "md"), ("html", "html"), ("timeline", "png"), ("gpu_usage", "png"), ("stage_times", "png"),
+        ("throughput", "png"))}
+    assert write_report(tmp_path / "telemetry", ["reads"], outputs) == 2
+    assert "| embed_esm2 |" in outputs["report"].read_text()
+    gpu = pl.read_parquet(outputs["table"])["gpu"].struct.unnest()
+    assert gpu["unavailable"].list.len().to_list() == [0, 3]
 
 
 def test_no_nvml_gives_no_gpu_summary(monkeypatch):

@@ -71,7 +71,9 @@ DETAILS = pl.Struct({
     "bytes": pl.Int64,  # collect_fasta
 })
 GPU_SUMMARY = pl.Struct({"nvml_device": pl.String, "mean_gpu_util": pl.Float64, "max_gpu_util": pl.Float64,
-                         "max_memory_used_mb": pl.Float64, "mean_power_w": pl.Float64, "energy_j": pl.Float64})
+                         "max_memory_used_mb": pl.Float64, "mean_power_w": pl.Float64, "energy_j": pl.Float64,
+                         # "<metric>: <why>" for each metric NVML could not give for the device
+                         "unavailable": pl.List(pl.String)})
 NAMED_VALUES = pl.List(pl.Struct({"name": pl.String, "value": pl.String}))
 JOB_SCHEMA = pl.Schema({
     "job": pl.Int64, "run_id": pl.String, "stage": pl.String, "sample": pl.String, "part": pl.String,
@@ -79,9 +81,10 @@ JOB_SCHEMA = pl.Schema({
     # the process started at `process_start`, `startup_seconds` before its telemetry's `start`
     "process_start": UTC_TIME, "start": UTC_TIME, "end": UTC_TIME, "wall_seconds": pl.Float64,
     "startup_seconds": pl.Float64,
-    "cpu_seconds": pl.Float64, "peak_rss_mb": pl.Float64, "records_in": pl.Int64, "records_out": pl.Int64,
+    "cpu_seconds": pl.Float64, "peak_rss_mb": pl.Float64, "memory_bound_mb": pl.Float64,
+    "records_in": pl.Int64, "records_out": pl.Int64,
     "bytes_in": pl.Int64, "bytes_out": pl.Int64, "host": pl.String, "pid": pl.Int64, "threads": pl.Int64,
-    "resources": NAMED_VALUES, "details": DETAILS, "gpu": GPU_SUMMARY,
+    "resources": NAMED_VALUES, "details": DETAILS, "gpu": GPU_SUMMARY, "warnings": pl.List(pl.String),
     # what a job recorded that this schema does not know yet (logged as a warning), as text
     "unknown": NAMED_VALUES,
 })
