@@ -4,8 +4,8 @@ this machine's CPU: each job's peak memory and time, and the wall time of stages
 The whole pipeline's memory at two sizes is `memory_scaling.py`; its embedding stages make it
 slow on a CPU, so this one stops before them to reach sizes well above every block size of stages
 1-4 (32,768 reads, 65,536 chunks or frames): `--until plan_shards`, then, as the shard jobs are
-known only once the checkpoint has run, `--until split_nucleotide split_protein` (the time between
-the two Snakemake runs counts in the stages' wall time).
+known only once the checkpoint has run, a second Snakemake run for the token files of the shards
+that it planned (the time between the two runs counts in the stages' wall time).
 
     python benchmarks/prepare_scaling.py --data ../shared/data --reads 100000 1000000 --out benchmarks/results
 """
@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from runs import jobs, run_workflow, stage_rows, workload
+from virnucpro.sharding import read_shard_plan
 
 
 def main() -> None:
@@ -40,8 +41,10 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         reads_path = workload(args.data, args.work, reads)
         run = run_workflow(run_dir, "bench", reads_path, args.cores, extra=("--until", "plan_shards"))
+        token_files = [f"results/bench/tokens/{kind}/{shard.name}.arrow" for kind in ("dnabert_s", "esm2")
+                       for shard in read_shard_plan(run_dir / "results/bench/shards.tsv")]
         run["wall_seconds"] += run_workflow(run_dir, "bench", reads_path, args.cores,
-                                            extra=("--until", "split_nucleotide", "split_protein"))["wall_seconds"]
+                                            extra=tuple(token_files))["wall_seconds"]
         run["input_bytes"] = reads_path.stat().st_size
         run["stages"] = stage_rows(jobs(run_dir))
         run["stages_1_4_seconds"] = max(s["ends_at"] for s in run["stages"].values())
