@@ -293,3 +293,16 @@ def test_frames_do_not_depend_on_the_parts(data_dir, prepare):
     frame_ids = [record.id for record in read_records(path)]
     assert len(frame_ids) > 5000 and len(set(frame_ids)) == len(frame_ids)
     assert all(frame_id[-2:] in FRAME_NAMES for frame_id in frame_ids)
+
+
+def test_frames_do_not_depend_on_the_translation_blocks(data_dir, prepare, monkeypatch):
+    """Stage 2 reads its part a block of chunks at a time (and the blocks' read IDs only)."""
+    import virnucpro.translation
+
+    whole = prepare(data_dir / "reads_1.fq.gz", 300, parts=2)
+    monkeypatch.setattr(virnucpro.translation, "TRANSLATION_BATCH_CHUNKS", 777)
+    blocks = prepare(data_dir / "reads_1.fq.gz", 300, parts=2)
+    for kind in ("nucleotide_fasta", "protein_fasta"):
+        assert blocks.text(kind) == whole.text(kind)
+    frames, expected = PartedTable(blocks.frames), PartedTable(whole.frames)
+    assert frames.read(0, frames.num_rows).equals(expected.read(0, expected.num_rows))

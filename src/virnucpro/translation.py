@@ -196,7 +196,6 @@ def identify_frames(chunks_path: str | os.PathLike, reads_path: str | os.PathLik
     for people, its share of VirNucPro's `identified_nucleotide.fa` and `identified_protein.faa`
     (`fasta_paths`), which list the same frames in the same order."""
     chunks, reads = TableReader(chunks_path), TableReader(reads_path)
-    read_ids = reads.read(0, reads.num_rows).column("read_id").to_pylist() if fasta_paths else []
     first_read = reads.read(0, 1).column("read_index")[0].as_py() if reads.num_rows else 0
     total_chunks = total_frames = 0
     with contextlib.ExitStack() as outputs:
@@ -217,8 +216,11 @@ def identify_frames(chunks_path: str | os.PathLike, reads_path: str | os.PathLik
                 "length": pc.utf8_length(block.column("sequence")).cast(pa.int32()),
                 "ambiguous_bases": translated.ambiguous_bases.astype(np.int32),
                 "frames": translated.frames.astype(np.int8), "reason": pa.array(translated.reason, pa.string())})
-            if fasta is not None:
-                ids = [frame_id(read_ids[r - first_read], c, f) for r, c, f in zip(
+            if fasta is not None and block.num_rows:
+                # the IDs of this block's reads only, so that memory does not grow with the part
+                block_first = int(read_index[0]) - first_read
+                read_ids = reads.read(block_first, int(read_index[-1]) - first_read + 1).column("read_id").to_pylist()
+                ids = [frame_id(read_ids[r - first_read - block_first], c, f) for r, c, f in zip(
                     read_index[translated.frame_chunk].tolist(), chunk_number[translated.frame_chunk].tolist(),
                     translated.frame.tolist())]
                 fasta[0].write(fasta_text(ids, translated.nucleotide.to_pylist()))
