@@ -42,9 +42,10 @@ def run_workflow(run_dir: Path, sample: str, reads: Path, cores: int, gpus: int 
     for key, value in (overrides or {}).items():
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(run_dir),
-               "--configfile", str(run_dir / "config.yaml"), "--cores", str(cores), "--resources", f"gpu={gpus}",
-               *extra]
+    # `extra` first: --resources takes every word after it
+    command = [sys.executable, "-m", "snakemake", *extra, "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(run_dir), "--configfile", str(run_dir / "config.yaml"), "--cores", str(cores), "--resources",
+               f"gpu={gpus}"]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
     wall = time.perf_counter() - start
