@@ -175,7 +175,10 @@ CHUNK_SUMMARY_SCHEMA = pa.schema(
         ("reason", pa.string()),
     ]
 )
-TRANSLATION_BATCH_CHUNKS = 65536
+# Chunks translated at once. The vectorised translation makes arrays of several KB per chunk, and
+# larger blocks fragment the heap: a part of 1,000,000 reads peaked at 517 MB with blocks of 65,536
+# chunks and 305 MB with 16,384, in the same time.
+TRANSLATION_BATCH_CHUNKS = 16384
 
 
 @dataclass(frozen=True)
