@@ -1,39 +1,18 @@
-# VirNucPro as a Snakemake pipeline: finds viral sequences in DNA reads or contigs.
-#
-#   snakemake --cores 16 --resources gpu=1                     # the built-in demo
-#   snakemake --cores 16 --resources gpu=1 --config input=reads.fa expected_length=500
-#   snakemake --cores 16 --resources gpu=1 train             # train a classifier (config: training)
-
-from snakemake.utils import min_version
-
-min_version("9.27")
+# VirNucPro as a Snakemake pipeline. The workflow is defined in workflow/Snakefile (see there),
+# where the Snakemake workflow catalog and snakedeploy expect it; this file runs it with
+# `snakemake` from the top of a checkout.
 
 
-configfile: "config/config.yaml"
+include: "workflow/Snakefile"
 
 
-include: "workflow/rules/common.smk"
-include: "workflow/rules/prepare.smk"
-include: "workflow/rules/embed.smk"
-include: "workflow/rules/classify.smk"
-include: "workflow/rules/report.smk"
-include: "workflow/rules/train.smk"
-
-
-# Target rules and the small report job run where Snakemake runs, not as cluster jobs.
-localrules:
-    all,
-    train,
-    timing_report,
-
-
-rule all:
+# The rules of an included file are never the default target; this one is, and it asks for what
+# the workflow's `all` asks for.
+rule default:
     default_target: True
     input:
-        expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
-        "results/timing_report.md",
-        expand(
-            "results/{sample}/{name}",
-            sample=SAMPLES if WRITE_FASTA else [],
-            name=["chunked.fa", "identified_nucleotide.fa", "identified_protein.faa"],
-        ),
+        rules.all.input,
+
+
+localrules:
+    default,

@@ -212,6 +212,12 @@ def test_workflow_passes_lint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_rules_are_formatted_with_snakefmt():
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_train_target_makes_a_classifier_that_the_prediction_run_accepts(tmp_path, data_dir):
     """Stages 1-7 on labelled sequences, then training; the model then classifies reads."""
     from virnucpro.sequence_io import read_sequences
