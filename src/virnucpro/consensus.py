@@ -19,6 +19,7 @@ a bounded size spilled to disk, then merged.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import os
 import tempfile
@@ -133,15 +134,18 @@ class _SortedRuns:
 
 def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths: list, prediction_paths: list,
                   line_paths: list, expected_length: int, classifier: str, results_txt, highest_score_csv,
-                  read_table_path, note: str | None = None) -> dict[str, int]:
-    """All stage-9 outputs; `note` (a warning about the models) goes into the read table's metadata.
+                  read_table_path, note: str | None = None, models: dict | None = None) -> dict[str, int]:
+    """All stage-9 outputs. The read table's metadata carries `models` (kind -> identity of the models
+    that made the calls, see `model_cache.model_identity`) and `note` (a warning about them).
 
     Returns the number of reads per call ("virus", "others", "unclassified")."""
     reads = PartedTable(read_paths)
     chunks = PartedTable(chunk_paths, columns=["read_index", "chunk", "frames", "reason"])
     frames = PartedTable(frame_paths, columns=["read_index", "chunk", "frame"])
     predictions = _Predictions(prediction_paths)
-    schema = READ_PREDICTION_SCHEMA.with_metadata({"virnucpro.note": note} if note else None)
+    metadata = {**({"virnucpro.models": json.dumps(models)} if models else {}),
+                **({"virnucpro.note": note} if note else {})}
+    schema = READ_PREDICTION_SCHEMA.with_metadata(metadata or None)
     counts = {"virus": 0, "others": 0, "unclassified": 0}
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(highest_score_csv))) as scratch, \
             atomic_path(read_table_path) as temporary, pq.ParquetWriter(temporary, schema) as read_table:

@@ -31,7 +31,7 @@ rule predict_frames:
         protein="results/{sample}/features/esm2/{shard}.arrow",
         frames=part_files("results/{sample}/frames/{part}.arrow"),
         reads=part_files("results/{sample}/reads/{part}.arrow"),
-        classifier=CLASSIFIER,
+        classifier=classifier_path,
     output:
         predictions="results/{sample}/frame_predictions/{shard}.parquet",
         lines=temp("results/{sample}/frame_predictions/{shard}.txt"),
@@ -44,7 +44,7 @@ rule predict_frames:
         "../../envs/virnucpro.yaml"
     threads: 8
     params:
-        expected_length=EXPECTED_LENGTH,
+        expected_length=expected_length,
         classifier_expected_length=config["models"]["classifier_expected_length"],
     script:
         "../scripts/predict_frames.py"
@@ -69,8 +69,8 @@ rule consensus:
     conda:
         "../../envs/virnucpro.yaml"
     params:
-        expected_length=EXPECTED_LENGTH,
-        classifier=CLASSIFIER,
+        expected_length=expected_length,
+        models=run_models,
         note=MODELS_NOTE,
     script:
         "../scripts/consensus.py"

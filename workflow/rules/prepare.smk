@@ -7,6 +7,7 @@ rule partition_input:
         reads=sample_input,
     output:
         parts=temp(directory("results/{sample}/input")),
+        record=f"results/{{sample}}/{INPUT_RECORD}",
     log:
         log="results/logs/partition_input/{sample}.all.log",
         telemetry="results/telemetry/partition_input/{sample}.all.json",
@@ -40,7 +41,7 @@ rule chunk:
     conda:
         "../../envs/virnucpro.yaml"
     params:
-        expected_length=EXPECTED_LENGTH,
+        expected_length=expected_length,
     script:
         "../scripts/chunk.py"
 
@@ -103,7 +104,7 @@ rule split_nucleotide:
     input:
         plan="results/{sample}/shards.tsv",
         frames=part_files("results/{sample}/frames/{part}.arrow"),
-        model=config["models"]["dnabert_s"],
+        model=model_input("dnabert_s"),
     output:
         tokens=temp("results/{sample}/tokens/dnabert_s/{shard}.arrow"),
     log:
@@ -124,7 +125,7 @@ rule split_protein:
     input:
         plan="results/{sample}/shards.tsv",
         frames=part_files("results/{sample}/frames/{part}.arrow"),
-        model=config["models"]["esm2"],
+        model=model_input("esm2"),
     output:
         tokens=temp("results/{sample}/tokens/esm2/{shard}.arrow"),
     log:
