@@ -155,6 +155,31 @@ def read_training_inputs(path: str, schema: str) -> list[dict]:
     return [row for _, row in rows]
 
 
+def package_requirement() -> str:
+    """A pip requirement for the virnucpro package that this process imports, from which the rules'
+    conda environment installs its own copy: its source tree when it runs from a checkout (or an
+    editable install), else the URL it was installed from, else its version."""
+    import json
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    import virnucpro
+
+    source = Path(virnucpro.__file__).resolve().parents[2]
+    if (source / "pyproject.toml").is_file() and (source / "src" / "virnucpro").is_dir():
+        return str(source)
+    try:
+        installed = distribution("virnucpro")
+    except PackageNotFoundError:
+        raise ValueError(f"virnucpro is imported from {virnucpro.__file__}, which is neither a checkout nor an "
+                         "installed package: set VIRNUCPRO_PACKAGE to a pip requirement for it") from None
+    direct = json.loads(installed.read_text("direct_url.json") or "{}")
+    if "vcs_info" in direct:
+        return f"virnucpro @ {direct['vcs_info']['vcs']}+{direct['url']}@{direct['vcs_info']['commit_id']}"
+    if "url" in direct:
+        return f"virnucpro @ {direct['url']}"
+    return f"virnucpro=={installed.version}"
+
+
 BUILTIN_MODELS_NOTE = ("These results come from the built-in demonstration models in resources/models: tiny "
                        "embedding models with random weights and a classifier trained only to tell phage lambda "
                        "from Klebsiella. They are not meaningful for real data; set models.* in the config to "

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -10,12 +11,16 @@ from virnucpro.workflow_config import (
     INPUT_RECORD,
     check_results_belong,
     models_note,
+    package_requirement,
     read_training_inputs,
     resolve_samples,
     unit_names,
 )
 
 validate(config, "../schemas/config.schema.yaml")
+
+# The rules' conda environment (envs/virnucpro.yaml) installs this package from here.
+os.environ.setdefault("VIRNUCPRO_PACKAGE", package_requirement())
 
 # The checkout this workflow runs from (the folder above workflow/).
 REPOSITORY = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1]
