@@ -69,7 +69,10 @@ class ModelServer:
                 if requested and server.serve_ranges:
                     first = int(requested.removeprefix("bytes=").split("-")[0])
                     if first >= len(data):
-                        self.send_error(416)
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
                         return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {first}-{len(data) - 1}/{len(data)}")
@@ -233,6 +236,16 @@ def test_a_transfer_killed_in_an_earlier_run_resumes_from_its_incomplete_file(ca
     snapshot = download.download_dnabert_s(progress=False)
     assert (snapshot / "pytorch_model.bin").read_bytes() == served["pytorch_model.bin"]
     assert server.gets(f"/hf/zhihan1996/DNABERT-S/resolve/{COMMIT}/pytorch_model.bin") == [f"bytes={half}-"]
+
+
+def test_a_whole_incomplete_file_left_by_a_killed_run_is_not_fetched_again(caches, server, tmp_path):
+    data = os.urandom(20_000)
+    server.files["/f.bin"] = data
+    target = tmp_path / "f.bin"
+    target.with_name("f.bin.incomplete").write_bytes(data)  # killed after the transfer, before the rename
+    record = fetch(RemoteFile("f.bin", f"{server.url}/f.bin", target, git_blob=git_blob_id(data)), progress=False)
+    assert target.read_bytes() == data and record == {"size": 20_000, "sha256": hashlib.sha256(data).hexdigest()}
+    assert server.gets("/f.bin") == ["bytes=20000-"]  # answered 416 with the size: nothing left to fetch
 
 
 def test_a_server_that_does_not_resume_sends_the_whole_file_again(caches, server, tmp_path):

@@ -95,9 +95,15 @@ def fetch(remote: RemoteFile, progress: bool = True, attempts: int = ATTEMPTS) -
         try:
             total = _transfer(remote.url, partial, progress)
         except urllib.error.HTTPError as error:
-            if error.code == 416:  # the partial file is no prefix of this file: start over
+            if error.code == 416:  # nothing to resume: the partial file is whole, or no prefix of this file
+                total = _content_range(error.headers.get("Content-Range"), remote.url)[1]
+                if total == partial.stat().st_size:
+                    break
                 partial.unlink()
-                problem = "the server refused to resume (HTTP 416)"
+                problem = "the server could not resume (HTTP 416)"
+                continue
+            if error.code >= 500:
+                problem = f"HTTP {error.code} {error.reason}"
                 continue
             raise DownloadError(f"{remote.url}: HTTP {error.code} {error.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
@@ -147,14 +153,15 @@ def _transfer(url: str, partial: Path, progress: bool) -> int | None:
     return total
 
 
-def _content_range(value: str | None, url: str) -> tuple[int, int | None]:
-    """(first byte, total size) of a `Content-Range: bytes first-last/total` header."""
+def _content_range(value: str | None, url: str) -> tuple[int | None, int | None]:
+    """(first byte, total size) of a `Content-Range: bytes first-last/total` header (`bytes */total`
+    in a 416 answer)."""
     try:
         unit, spec = value.split(" ", 1)
         span, total = spec.split("/")
         if unit != "bytes":
             raise ValueError(unit)
-        return int(span.split("-")[0]), None if total == "*" else int(total)
+        return None if span == "*" else int(span.split("-")[0]), None if total == "*" else int(total)
     except (AttributeError, ValueError):
         raise DownloadError(f"{url}: a partial response with the Content-Range {value!r}") from None
 
