@@ -1,5 +1,6 @@
 # Set up a local environment, run the demo, run the tests.
-#   make demo   create .venv (first time) and run the whole pipeline on the built-in demo input
+#   make demo   create .venv (first time), run the whole pipeline on the built-in demo input and
+#               make its report, results/report.html
 #   make test   create .venv (first time) and run the test suite
 # TORCH selects the PyTorch build; the default is the CPU build on this project's machines.
 
@@ -7,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PYTHON := $(VENV)/bin/python
 
-.PHONY: setup demo test builtin-models
+.PHONY: setup demo test builtin-models report-screenshot
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +21,12 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/snakemake --cores all
+	$(VENV)/bin/snakemake --report results/report.html
+
+# README's picture of the demo's report: its job timeline, in headless Chromium.
+report-screenshot: demo
+	$(PYTHON) tests/report_screenshot.py results/report.html report_screenshot.png \
+	  --result results/report/job_timeline.png --size 1400x660
 
 test: setup
 	$(PYTHON) -m pytest

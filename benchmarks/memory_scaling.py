@@ -57,11 +57,13 @@ def main() -> None:
     small_run, large_run = (summary["runs"][reads] for reads in args.reads)
     lines = [f"| stage | jobs at {args.reads[0]:,} | jobs at {args.reads[1]:,} | peak RSS MB at {args.reads[0]:,} | "
              f"peak RSS MB at {args.reads[1]:,} | ratio | job seconds at {args.reads[0]:,} | job seconds at "
-             f"{args.reads[1]:,} |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{args.reads[1]:,} | MB written at {args.reads[0]:,} | MB written at {args.reads[1]:,} |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for stage, a in small_run["stages"].items():
         b = large_run["stages"][stage]
         lines.append(f"| {stage} | {a['jobs']} | {b['jobs']} | {a['max_rss_mb']:.0f} | {b['max_rss_mb']:.0f} | "
-                     f"{b['max_rss_mb'] / a['max_rss_mb']:.2f} | {a['job_seconds']:.1f} | {b['job_seconds']:.1f} |")
+                     f"{b['max_rss_mb'] / a['max_rss_mb']:.2f} | {a['job_seconds']:.1f} | {b['job_seconds']:.1f} | "
+                     f"{a['bytes_out'] / 1e6:.1f} | {b['bytes_out'] / 1e6:.1f} |")
     lines.append("")
     lines.append(f"Wall time: {small_run['wall_seconds']:.0f} s and {large_run['wall_seconds']:.0f} s. Small shards "
                  f"and parts ({fine['stages']['embed_esm2']['jobs']} shards, {fine['stages']['chunk']['jobs']} parts): "

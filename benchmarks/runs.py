@@ -29,8 +29,9 @@ def workload(data: Path, work: Path, reads: int, seed: int = 1) -> Path:
 
 
 def run_workflow(run_dir: Path, sample: str, reads: Path, cores: int, gpus: int = 0,
-                 overrides: dict | None = None) -> dict:
-    """The workflow on `reads` with the default config, `overrides` merged into it."""
+                 overrides: dict | None = None, extra: tuple[str, ...] = ()) -> dict:
+    """The workflow on `reads` with the default config, `overrides` merged into it; `extra` are
+    further Snakemake arguments."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["samples"] = {sample: str(reads)}
@@ -42,7 +43,8 @@ def run_workflow(run_dir: Path, sample: str, reads: Path, cores: int, gpus: int 
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(run_dir),
-               "--configfile", str(run_dir / "config.yaml"), "--cores", str(cores), "--resources", f"gpu={gpus}"]
+               "--configfile", str(run_dir / "config.yaml"), "--cores", str(cores), "--resources", f"gpu={gpus}",
+               *extra]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
     wall = time.perf_counter() - start
@@ -63,15 +65,17 @@ def unit(job: dict) -> str:
 
 
 def stage_rows(run_jobs: list[dict]) -> dict[str, dict]:
-    """Per stage: jobs, first start to last end (span), sum of job seconds, the largest peak RSS."""
+    """Per stage: jobs, first start to last end (span), sum of job seconds, the largest peak RSS, and
+    the bytes its jobs wrote (temporary files included, measured before Snakemake removes them)."""
     stages: dict[str, dict] = {}
     for job in run_jobs:
         entry = stages.setdefault(job["stage"], {"jobs": 0, "start": job["start_unix"], "end": 0.0,
-                                                 "job_seconds": 0.0, "max_rss_mb": 0.0})
+                                                 "job_seconds": 0.0, "max_rss_mb": 0.0, "bytes_out": 0})
         entry["jobs"] += 1
         entry["end"] = max(entry["end"], job["start_unix"] + job["wall_seconds"])
         entry["job_seconds"] += job["wall_seconds"]
         entry["max_rss_mb"] = max(entry["max_rss_mb"], job["peak_rss_mb"])
+        entry["bytes_out"] += job["bytes_out"] or 0
     first = min(entry["start"] for entry in stages.values())
     for entry in stages.values():
         entry["span_seconds"] = entry["end"] - entry["start"]

@@ -14,12 +14,14 @@ from virnucpro.tables import TableWriter
 from virnucpro.translation import CHUNK_SUMMARY_SCHEMA, FRAME_NAMES, FRAME_SCHEMA
 
 
-def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0):
+def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0, chunk_places=None):
     """Write the tables stages 1-8 would give and run stage 9 on them.
 
-    reads: (read_id, length, ambiguous_bases, chunks); chunks: (read_index, chunk, frames, reason);
-    frames: (read_index, chunk, frame name, others score, virus score); the last `lost_predictions`
-    frames get no prediction. Returns the read table."""
+    reads: (read_id, length, ambiguous_bases, chunks); chunks: (read_index, chunk, frames, reason),
+    at the (start, length) of `chunk_places` (0, 0 when not given); frames: (read_index, chunk,
+    frame name, others score, virus score); the last `lost_predictions` frames get no prediction.
+    Returns the read table."""
+    chunk_places = chunk_places or [(0, 0)] * len(chunks)
     directory.mkdir(parents=True, exist_ok=True)
     with TableWriter(directory / "reads.arrow", READ_SCHEMA, 3) as table:
         table.write_columns({"read_index": range(len(reads)), "read_id": [r[0] for r in reads],
@@ -28,7 +30,7 @@ def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0):
                              "origin_position": [None] * len(reads)})
     with TableWriter(directory / "chunks.arrow", CHUNK_SUMMARY_SCHEMA, 3) as table:
         table.write_columns({"read_index": [c[0] for c in chunks], "chunk": [c[1] for c in chunks],
-                             "start": [0] * len(chunks), "length": [0] * len(chunks),
+                             "start": [p[0] for p in chunk_places], "length": [p[1] for p in chunk_places],
                              "ambiguous_bases": [0] * len(chunks), "frames": [c[2] for c in chunks],
                              "reason": [c[3] for c in chunks]})
     with TableWriter(directory / "frames.arrow", FRAME_SCHEMA, 3) as table:
@@ -50,11 +52,12 @@ def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0):
     counts = write_outputs("s", [directory / "reads.arrow"], [directory / "chunks.arrow"],
                            [directory / "frames.arrow"], predictions, lines, 300, "model.pt",
                            directory / "prediction_results.txt", directory / "highest.csv",
-                           directory / "reads.parquet")
+                           directory / "reads.parquet", directory / "regions.tsv")
     table = pq.read_table(directory / "reads.parquet")
     called = table.column("call").to_pylist()
     assert counts == {"virus": called.count("virus"), "others": called.count("others"),
-                      "unclassified": called.count(None)}
+                      "unclassified": called.count(None),
+                      "viral_regions": (directory / "regions.tsv").read_text().count("\n") - 1}
     return table
 
 
@@ -122,8 +125,8 @@ def test_every_read_gets_a_row_with_a_call_or_a_reason(tmp_path):
     reads = [("long", 450, 0, 2), ("stops", 120, 0, 1), ("empty", 0, 0, 0), ("tiny", 2, 0, 1), ("nnn", 100, 90, 1),
              ("host", 150, 1, 1)]
     chunks = [(0, 1, 2, None), (0, 2, 0, "no_stop_free_frame"), (1, 1, 0, "no_stop_free_frame"), (3, 1, 0, "too_short"),
-              (4, 1, 0, "too_ambiguous"), (5, 1, 1, None)]
-    frames = [(0, 1, "F1", 0.7, 0.3), (0, 1, "R2", 0.25, 0.75), (5, 1, "F2", 0.8, 0.2)]
+              (4, 1, 0, "too_ambiguous"), (5, 1, 2, None)]
+    frames = [(0, 1, "F1", 0.7, 0.3), (0, 1, "R2", 0.25, 0.75), (5, 1, "F2", 0.8, 0.2), (5, 1, "R1", 0.6, 0.4)]
     table = run_stage_9(tmp_path, reads, chunks, frames)
     rows = {row["read_id"]: row for row in table.to_pylist()}
     assert table.column("read_id").to_pylist() == ["long", "stops", "empty", "tiny", "nnn", "host"]
@@ -132,6 +135,10 @@ def test_every_read_gets_a_row_with_a_call_or_a_reason(tmp_path):
     # the maxima may come from different frames: virus 0.75 (R2) against others 0.7 (F1)
     assert rows["long"]["score_virus"] == pytest.approx(0.75) and rows["long"]["score_others"] == pytest.approx(0.7)
     assert rows["host"]["call"] == "others" and rows["host"]["is_virus"] is False
+    # for an others read, the frame with the highest others score (F2 0.8), not the most viral one (R1 0.4)
+    assert rows["host"]["best_frame"] == "host_chunk_1F2" and rows["host"]["score_virus"] == pytest.approx(0.4)
+    assert (rows["long"]["classified_chunks"], rows["long"]["viral_chunks"], rows["long"]["viral_regions"]) == (1, 1, 1)
+    assert rows["host"]["viral_chunk_fraction"] == 0 and rows["stops"]["viral_chunk_fraction"] is None
     assert {r: rows[r]["reason"] for r in ("stops", "empty", "tiny", "nnn")} == {
         "stops": "no_stop_free_frame", "empty": "empty_sequence", "tiny": "too_short", "nnn": "too_ambiguous"}
     for read in ("stops", "empty", "tiny", "nnn"):
@@ -180,3 +187,75 @@ def test_reads_and_frames_across_blocks_and_shards_give_the_same_table(tmp_path,
     assert parted.equals(whole)
     for name in ("prediction_results.txt", "highest.csv"):
         assert (tmp_path / "parted" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_viral_regions_are_runs_of_viral_chunks_that_unclassified_chunks_do_not_break():
+    from virnucpro.regions import viral_regions
+
+    # sequence 0: virus virus others virus (unclassified); sequence 1: (unclassified) virus (unclassified)
+    # virus; sequence 2 has no chunk; sequence 3 one others chunk. Chunks of 300 bases, 250 apart.
+    sequence = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 3])
+    number = np.array([1, 2, 3, 4, 5, 1, 2, 3, 4, 1])
+    start = np.array([0, 250, 500, 750, 1000, 0, 250, 500, 750, 0])
+    length = np.array([300, 300, 300, 300, 200, 300, 300, 300, 290, 300])
+    classified = np.array([1, 1, 1, 1, 0, 0, 1, 0, 1, 1], dtype=bool)
+    viral = np.array([1, 1, 0, 1, 0, 0, 1, 0, 1, 0], dtype=bool)
+    score = np.array([0.9, 0.7, 0.1, 0.8, 0.0, 0.0, 0.6, 0.0, 1.0, 0.2])
+    regions = viral_regions(4, sequence, number, start, length, classified, viral, score)
+    assert regions.classified_chunks.tolist() == [4, 2, 0, 1] and regions.viral_chunks.tolist() == [3, 2, 0, 0]
+    assert regions.regions.tolist() == [2, 1, 0, 0]
+    assert regions.sequence.tolist() == [0, 0, 1] and regions.number.tolist() == [1, 2, 1]
+    assert regions.start.tolist() == [1, 751, 251] and regions.end.tolist() == [550, 1050, 1040]
+    assert regions.first_chunk.tolist() == [1, 4, 2] and regions.last_chunk.tolist() == [2, 4, 4]
+    assert regions.region_viral_chunks.tolist() == [2, 1, 2]
+    assert regions.mean_score == pytest.approx([0.8, 0.8, 0.8])
+
+
+def test_a_contig_with_two_viral_stretches_gets_them_as_regions(tmp_path, monkeypatch, prepare, data_dir):
+    """A Klebsiella stretch with two lambda stretches put in, through stages 1-2 and 9; the frames of
+    chunks that lie mostly in lambda get viral scores, the others host scores."""
+    from virnucpro.sequence_io import read_sequences
+    from virnucpro.tables import TableReader
+
+    host = next(read_sequences(data_dir / "Klebs_HS11286.fna.xz")).sequence
+    phage = next(read_sequences(data_dir / "lambda_virus.fa.gz")).sequence
+    contig = host[:20_000] + phage[:6_000] + host[20_000:50_000] + phage[10_000:13_000] + host[50_000:60_000]
+    stretches = [(20_000, 26_000), (56_000, 59_000)]  # 0-based, end exclusive
+    (tmp_path / "contig.fa").write_text(f">contig\n{contig}\n>read\n{phage[280:560]}\n")
+    prepared = prepare(tmp_path / "contig.fa", 300)
+    chunks = TableReader(prepared.chunk_summary[0]).read(0, 10**6).to_pylist()
+    frames = TableReader(prepared.frames[0]).read(0, 10**7).to_pylist()
+    place = {(c["read_index"], c["chunk"]): (c["start"], c["length"]) for c in chunks}
+
+    def viral(read_index, chunk):
+        start, length = place[(read_index, chunk)]
+        return read_index == 1 or any(a <= start + length / 2 < b for a, b in stretches)
+
+    monkeypatch.setattr(consensus, "CHUNK_BLOCK_ROWS", 7)  # the contig alone is more: a block of its own
+    contig_chunks = sum(c["read_index"] == 0 for c in chunks)
+    table = run_stage_9(
+        tmp_path / "out", [("contig", len(contig), 0, contig_chunks), ("read", 280, 0, 1)],
+        [(c["read_index"], c["chunk"], c["frames"], c["reason"]) for c in chunks],
+        [(f["read_index"], f["chunk"], FRAME_NAMES[f["frame"]], *((0.1, 0.9) if viral(f["read_index"], f["chunk"])
+                                                                 else (0.8, 0.2))) for f in frames],
+        chunk_places=[place[(c["read_index"], c["chunk"])] for c in chunks])
+
+    rows = (tmp_path / "out" / "regions.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["sequence_id", "sequence_length", "region", "start", "end", "first_chunk",
+                                   "last_chunk", "viral_chunks", "mean_score_virus"]
+    regions = [dict(zip(rows[0].split("\t"), row.split("\t"))) for row in rows[1:]]
+    assert [(r["sequence_id"], r["region"]) for r in regions] == [("contig", "1"), ("contig", "2"), ("read", "1")]
+    classified = [c for c in chunks if c["read_index"] == 0 and c["frames"] > 0]
+    for region, (a, b) in zip(regions, stretches):
+        inside = [c for c in classified if viral(0, c["chunk"])]
+        inside = [c for c in inside if a <= c["start"] + c["length"] / 2 < b]
+        assert int(region["start"]) == inside[0]["start"] + 1
+        assert int(region["end"]) == inside[-1]["start"] + inside[-1]["length"]
+        assert abs(int(region["start"]) - 1 - a) < 300 and abs(int(region["end"]) - b) < 300
+        assert int(region["viral_chunks"]) == len(inside) and float(region["mean_score_virus"]) == pytest.approx(0.9)
+    assert (regions[2]["start"], regions[2]["end"]) == ("1", "280")
+    contig_row = table.to_pylist()[0]
+    assert contig_row["call"] == "virus" and contig_row["viral_regions"] == 2
+    assert contig_row["classified_chunks"] == len(classified)
+    assert contig_row["viral_chunks"] == sum(viral(0, c["chunk"]) for c in classified)
+    assert contig_row["viral_chunk_fraction"] == pytest.approx(contig_row["viral_chunks"] / len(classified))

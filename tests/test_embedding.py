@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
-from virnucpro.embedding import embed_sequences, embed_shard, load_embedder
+from virnucpro.embedding import BatchTimeline, embed_sequences, embed_shard, load_embedder
 from virnucpro.features import FeatureFile
 from virnucpro.models.packing import PackedSequences
 from virnucpro.models.tokens import load_tokenizer
@@ -159,9 +163,13 @@ def test_token_counts_and_packing_efficiency_count_real_tokens_only(kind, embedd
     assert stats.tokens == real_tokens
     assert 0 <= stats.padding_tokens < 64 * stats.batches
     assert (stats.tokens + stats.padding_tokens) % 64 == 0  # every batch rounded up to 64 tokens
-    assert stats.as_dict()["packing_efficiency"] == pytest.approx(np.mean(stats.batch_fill))
-    assert all(0 < fill <= 1 for fill in stats.batch_fill)
-    assert sum(fill * stats.token_budget for fill in stats.batch_fill) == pytest.approx(real_tokens)
+    # no frame is longer than the budget, so the mean fill of the batches is real tokens / budget
+    assert stats.as_dict()["packing_efficiency"] == pytest.approx(real_tokens / (stats.batches * stats.token_budget))
+    timeline = stats.as_dict()["batch_timeline"]
+    assert sum(timeline["batches"]) == stats.batches and sum(timeline["sequences"]) == len(sequences)
+    assert sum(timeline["tokens"]) == real_tokens and sum(timeline["padding_tokens"]) == stats.padding_tokens
+    assert sum(timeline["compute_seconds"]) == pytest.approx(stats.compute_seconds)
+    assert timeline["end_unix"] == sorted(timeline["end_unix"]) and time.time() - 60 < timeline["end_unix"][0]
 
 
 def test_a_batch_that_runs_out_of_memory_is_split_and_the_job_goes_on(embedders, lambda_frames, monkeypatch):
@@ -179,3 +187,34 @@ def test_a_batch_that_runs_out_of_memory_is_split_and_the_job_goes_on(embedders,
     embeddings, stats = embed_sequences(embedder, sequences, CPU, token_budget=4096)
     assert stats.oom_splits >= 1
     np.testing.assert_allclose(embeddings, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_batch_timeline_stays_bounded_and_keeps_every_batch():
+    timeline = BatchTimeline(max_entries=4)
+    for batch in range(11):
+        timeline.add(100.0 + batch, sequences=2, tokens=10 * batch, padding_tokens=1, compute_seconds=0.5)
+    entries = timeline.as_dict()
+    # 11 batches in entries of 4 (after two halvings): 4, 4, 3
+    assert entries["batches"] == [4, 4, 3] and entries["end_unix"] == [103.0, 107.0, 110.0]
+    assert entries["tokens"] == [60, 220, 270] and entries["sequences"] == [8, 8, 6]
+    assert entries["padding_tokens"] == [4, 4, 3] and entries["compute_seconds"] == [2.0, 2.0, 1.5]
+
+
+def test_embedding_logs_its_progress_with_the_time_left(embedders, lambda_frames, caplog):
+    sequences = sequences_for("esm2", lambda_frames)
+    with caplog.at_level(logging.INFO, logger="virnucpro.embedding"):
+        embed_sequences(embedders["esm2"], sequences, CPU, token_budget=600)
+    lines = [record.getMessage() for record in caplog.records if "tokens/s" in record.getMessage()]
+    assert not lines  # nothing within the first 30 s
+
+    from virnucpro.embedding import embed_token_blocks
+
+    tokens_per_sequence = tokens(embedders["esm2"], sequences)
+    with caplog.at_level(logging.INFO, logger="virnucpro.embedding"):
+        embed_token_blocks(embedders["esm2"], [tokens_per_sequence], CPU, lambda row, vectors: None, 600,
+                           total_sequences=len(sequences), progress_seconds=0)
+    lines = [record.getMessage() for record in caplog.records if "tokens/s" in record.getMessage()]
+    assert len(lines) >= 2
+    assert re.fullmatch(rf"esm2: [\d,]+ of {len(sequences)} sequences \([\d.]+%\), [\d,]+ tokens in \d+ s, "
+                        r"[\d,]+ tokens/s, [\d,]+ sequences/s, about \d+ s left", lines[0]), lines[0]
+    assert lines[-1].startswith(f"esm2: {len(sequences)} of {len(sequences)} sequences (100.0%)")

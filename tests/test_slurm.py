@@ -57,7 +57,7 @@ def test_the_profile_sets_slurm_options_only_through_resources():
     assert settings["executor"] == "slurm"
     # The plugin refuses partition, account, memory, time, CPUs and GPUs in slurm_extra.
     assert "slurm_extra" not in names(settings)
-    assert {"slurm_account", "runtime", "mem_mb"} <= set(settings["default-resources"])
+    assert {"slurm_account", "runtime"} <= set(settings["default-resources"])
     for rule in GPU_RULES:
         assert "slurm_partition" in settings["set-resources"][rule]
         # The rules ask for their GPU themselves (gpu=0 when embedding.device is cpu).

@@ -10,11 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import base64
+import io
+
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from conftest import REPO
+from report_screenshot import find_chromium, report_data, screenshot
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 EDGE_CASES = {
@@ -72,7 +77,7 @@ def run_workflow(workdir: Path, config: Path, *extra: str, check: bool = True) -
 def one_shard_run(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("run1")
     read_ids = write_input(workdir / "reads.fa", data_dir)
-    run_workflow(workdir, write_config(workdir, workdir / "reads.fa"))
+    run_workflow(workdir, write_config(workdir, workdir / "reads.fa"), "--resources", "gpu=1")
     return workdir, read_ids
 
 
@@ -115,21 +120,46 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     stages = {job["stage"] for job in jobs}
     assert stages == {"partition_input", "chunk", "translate", "plan_shards", "split_nucleotide", "split_protein",
                       "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus", "collect_fasta",
-                      "timing_report"}
+                      "summarize_sample", "run_summary", "timing_report"}
     for job in jobs:
         assert job["status"] == "ok"
-        assert job["wall_seconds"] > 0 and job["cpu_seconds"] >= 0 and job["peak_rss_mb"] > 0
+        assert job["wall_seconds"] > 0 and job["cpu_seconds"] >= 0
+        assert 0 < job["peak_rss_mb"] <= job["memory_bound_mb"]
         assert job["host"] and job["start"] < job["end"]
         assert job["bytes_out"] > 0
+    assert len({job["run_id"] for job in jobs}) == 1  # one run
     embedding = next(job for job in jobs if job["stage"] == "embed_esm2")
     assert embedding["details"]["device"] == "cpu"
     assert embedding["details"]["tokens"] > 0 and embedding["details"]["batches"] > 0
     assert 0 < embedding["details"]["packing_efficiency"] <= 1
+    assert sum(embedding["details"]["batch_timeline"]["tokens"]) == embedding["details"]["tokens"]
     report = (workdir / "results/timing_report.md").read_text()
-    for stage in stages - {"timing_report"}:
+    for stage in stages - {"timing_report", "run_summary"}:  # the report covers the samples' jobs
         assert f"| {stage} |" in report
-    table = pq.read_table(workdir / "results/telemetry.parquet")
-    assert table.num_rows == len(jobs) - 1  # all but the report's own
+    table = pl.read_parquet(workdir / "results/telemetry.parquet")
+    assert table.height == len(jobs) - 2 and table["run_id"].unique().to_list() == [jobs[0]["run_id"]]
+    batches = pl.read_parquet(workdir / "results/telemetry_batches.parquet")
+    assert batches["tokens"].sum() == sum(job["details"]["tokens"] for job in jobs if job["stage"].startswith("embed"))
+    assert pl.read_parquet(workdir / "results/telemetry_gpu_samples.parquet").height == 0  # no GPU here
+
+
+def test_the_summary_counts_what_the_read_table_holds(one_shard_run):
+    workdir, read_ids = one_shard_run
+    results = workdir / "results/reads"
+    reads = pl.read_parquet(results / "read_predictions.parquet")
+    summary = {line.split("\t")[0]: line.split("\t")[1] for line in (results / "summary.tsv").read_text().splitlines()}
+    assert summary["reads"] == str(len(read_ids))
+    for call in ("virus", "others"):
+        assert summary[call] == str(reads.filter(pl.col("call") == call).height)
+    for reason in ("empty_sequence", "too_short", "too_ambiguous", "no_stop_free_frame"):
+        assert summary[f"unclassified_{reason}"] == str(reads.filter(pl.col("reason") == reason).height)
+    assert summary["chunks"] == str(reads["chunks"].sum()) and summary["frames"] == str(reads["frames"].sum())
+    regions = pl.read_csv(results / "viral_regions.tsv", separator="\t")
+    assert regions.height == reads["viral_regions"].sum() == int(summary["viral_regions"])
+    assert regions.join(reads, left_on="sequence_id", right_on="read_id")["call"].is_not_null().all()
+    assert ((regions["start"] >= 1) & (regions["end"] <= regions["sequence_length"])).all()
+    run = (workdir / "results/run_summary.tsv").read_text().splitlines()
+    assert run[0] == "measure\treads" and f"virus\t{summary['virus']}" in run
 
 
 def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run, tmp_path):
@@ -139,23 +169,101 @@ def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run,
     metadata = pq.read_schema(workdir / "results/reads/read_predictions.parquet").metadata
     assert metadata[b"virnucpro.note"].decode() == BUILTIN_MODELS_NOTE
     assert f"**Note:** {BUILTIN_MODELS_NOTE}" in (workdir / "results/timing_report.md").read_text()
+    assert f"note\t{BUILTIN_MODELS_NOTE}\t" in (workdir / "results/reads/summary.tsv").read_text()
+    assert BUILTIN_MODELS_NOTE in (workdir / "results/report/run_summary.html").read_text()
     real = [tmp_path / "DNABERT-S", tmp_path / "esm2_t36_3B_UR50D.pt", tmp_path / "300_model.pth"]
     assert models_note(real, REPO) is None
     assert models_note([*real, REPO / "resources/models/classifier_500.pt"], REPO) == BUILTIN_MODELS_NOTE
 
 
-def test_results_do_not_depend_on_parts_or_shards(one_shard_run, tmp_path):
-    """Bit for bit on the CPU: one part and one shard against many of each."""
+def test_results_do_not_depend_on_parts_shards_or_gpu_jobs_at_once(one_shard_run, tmp_path):
+    """Bit for bit on the CPU: one part and one shard, one embedding job at a time, against many
+    parts and shards with two embedding jobs at once (each leasing its device, as on two GPUs)."""
     workdir, _ = one_shard_run
     shutil.copy(workdir / "reads.fa", tmp_path / "reads.fa")
-    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shard_tokens=400, part_mb=0.001))
+    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shard_tokens=400, part_mb=0.001),
+                 "--resources", "gpu=2")
     many, one = tmp_path / "results/reads", workdir / "results/reads"
     assert len(list(many.glob("frames/*.arrow"))) > 3 and len(list(one.glob("frames/*.arrow"))) == 1
     assert len(list(many.glob("frame_predictions/*.parquet"))) > 5
     for name in ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa", "prediction_results.txt",
-                 "prediction_results_highestscore.csv"):
+                 "prediction_results_highestscore.csv", "viral_regions.tsv", "summary.tsv"):
         assert (many / name).read_bytes() == (one / name).read_bytes(), name
     assert pq.read_table(many / "read_predictions.parquet").equals(pq.read_table(one / "read_predictions.parquet"))
+
+
+def test_a_second_run_reports_its_own_jobs_and_lists_the_first(one_shard_run, tmp_path):
+    workdir, _ = one_shard_run
+    shutil.copytree(workdir, tmp_path / "run", symlinks=True)  # with the same config: the same input file
+    run_workflow(tmp_path / "run", tmp_path / "run" / "config.yaml", "--forcerun", "consensus")
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "run/results/telemetry").glob("*/reads.*.json")]
+    first, second = sorted({job["run_id"] for job in jobs})
+    # consensus and what needs its deleted temporary inputs ran again; the stages before come from the first run
+    from virnucpro.report import STAGES
+
+    again = sorted((job["stage"] for job in jobs if job["run_id"] == second), key=STAGES.index)  # one job each
+    assert "consensus" in again and "partition_input" not in again
+    report = (tmp_path / "run/results/timing_report.md").read_text()
+    stages_part, runs_part = report.split("## Runs")
+    assert re.search(rf"^Run {second}, started [^:]+:\d\d:\d\d UTC: {len(again)} jobs, 0 failed;", report,
+                     re.MULTILINE), report
+    assert re.findall(r"^\| (\w+) \| \d+ \| \d+ \| [\d.]+ \|", stages_part, re.MULTILINE) == again
+    runs = re.findall(r"^\| (\S+) \| [\d-]+ [\d:]+ \| (\d+) \|", runs_part, re.MULTILINE)
+    assert runs == [(first, str(len(jobs) - len(again))), (second, str(len(again)))]
+
+
+@pytest.fixture(scope="module")
+def html_report(one_shard_run):
+    """`snakemake --report` of the one-shard run."""
+    workdir, _ = one_shard_run
+    run_workflow(workdir, workdir / "config.yaml", "--report", str(workdir / "report.html"))
+    return workdir / "report.html"
+
+
+REPORT_ITEMS = {
+    "results/reads/summary.tsv": "text/tab-separated-values", "results/reads/score_distribution.png": "image/png",
+    "results/report/calls_per_sample.png": "image/png", "results/report/run_summary.html": "text/html",
+    "results/report/timing_report.html": "text/html", "results/report/job_timeline.png": "image/png",
+    "results/report/gpu_usage.png": "image/png", "results/report/stage_times.png": "image/png",
+    "results/report/embedding_throughput.png": "image/png",
+}
+
+
+def test_the_report_holds_the_results_the_figures_and_a_description(html_report):
+    from PIL import Image
+
+    results = report_data(html_report, "results")
+    assert {path: item["mime_type"] for path, item in results.items()} == REPORT_ITEMS
+    for path, item in results.items():
+        assert item["caption"].strip(), path
+        data = base64.b64decode(item["data_uri"].split("base64,", 1)[1])
+        if item["mime_type"] == "image/png":
+            image = Image.open(io.BytesIO(data))
+            assert image.width >= 800 and image.height >= 150, path
+            assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 20, path  # not blank
+    run_summary = base64.b64decode(results["results/report/run_summary.html"]["data_uri"].split(",", 1)[1]).decode()
+    assert "<td>virus</td>" in run_summary and "<td>unclassified no stop free frame</td>" in run_summary
+    assert set(report_data(html_report, "categories")) == {"Results", "Run telemetry"}
+    assert "VirNucPro finds viral sequences" in report_data(html_report, "workflow_desc")
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (apt-get install chromium)")
+def test_the_report_renders_in_chromium_with_its_figures(html_report, tmp_path, one_shard_run):
+    from PIL import Image, ImageChops
+
+    start = Image.open(screenshot(html_report, tmp_path / "start.png")).convert("RGB")
+    timeline = Image.open(screenshot(html_report, tmp_path / "timeline.png",
+                                     result="results/report/job_timeline.png")).convert("RGB")
+    assert start.size == timeline.size == (1400, 900)
+    for image in (start, timeline):
+        assert len(image.getcolors(maxcolors=1 << 20)) > 50  # not blank
+    # The opened figure fills the content area (right of the menu) with the figure's own pixels.
+    content = (450, 100, 1350, 600)
+    figure = Image.open(one_shard_run[0] / "results/report/job_timeline.png").convert("RGB")
+    assert ImageChops.difference(start.crop(content), timeline.crop(content)).getbbox() is not None
+    shown = timeline.crop(content).getcolors(maxcolors=1 << 20)
+    figure_colours = {colour for _, colour in figure.getcolors(maxcolors=1 << 20)}
+    assert sum(count for count, colour in shown if colour in figure_colours and colour != (255, 255, 255)) > 20_000
 
 
 def test_snakemake_n_shows_the_plan_up_to_the_shard_plan(tmp_path, data_dir):

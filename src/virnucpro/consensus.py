@@ -6,12 +6,21 @@
   their ID minus the two-character frame suffix, i.e. by chunk, and calls a chunk a virus when its
   highest virus score (score2) is at least its highest others score (score1); rows sorted by ID.
 - `read_predictions.parquet`: one row per input read, in input order, with the same rule applied
-  over all frames of all the read's chunks. Reads that could not be classified keep a row with a
-  null call and the reason (empty_sequence, too_short, too_ambiguous, no_stop_free_frame).
+  over all frames of all the read's chunks: `score_virus` and `score_others` are the highest virus
+  and others scores over all of them (they may come from different frames), the call is `virus`
+  when the first is at least the second, and `best_frame` is the frame that decided the call (the
+  one with the highest virus score for a virus read, the highest others score for an others read).
+  It also counts the read's classified and viral chunks and its viral regions. Reads that could
+  not be classified keep a row with a null call and the reason (empty_sequence, too_short,
+  too_ambiguous, no_stop_free_frame).
+- `viral_regions.tsv`: the runs of viral chunks of every sequence, with their coordinates and mean
+  score (see `virnucpro.regions`).
 
 Everything is streamed. Reads, chunks, frames and predictions are all stored in input order, so a
 block of reads covers a run of chunk rows and a run of frame rows that the chunk and frame counts
-give directly; each block is joined by these integer positions and written out. The one global
+give directly; each block is joined by these integer positions and written out. A block holds at
+most READ_BLOCK_ROWS reads and CHUNK_BLOCK_ROWS chunks (but for a single longer sequence), so
+100 million short reads and a few long genomes are both read in bounded memory. The one global
 order, the consensus file's sort by chunk ID, is made by an external merge sort: sorted runs of
 a bounded size spilled to disk, then merged.
 """
@@ -32,6 +41,7 @@ import pyarrow.parquet as pq
 
 from virnucpro.chunking import chunk_id
 from virnucpro.files import atomic_output, atomic_path, concatenate_files
+from virnucpro.regions import REGION_COLUMNS, region_lines, viral_regions
 from virnucpro.tables import PartedTable, TableReader, TableWriter
 from virnucpro.translation import frame_id
 
@@ -40,6 +50,7 @@ log = logging.getLogger(__name__)
 REASON_EMPTY_SEQUENCE = "empty_sequence"
 RESULTS_HEADER = b"Sequence_ID\tPrediction\tscore1\tscore2\n"
 READ_BLOCK_ROWS = 65536
+CHUNK_BLOCK_ROWS = 524288
 SORT_RUN_ROWS = 4_000_000
 
 READ_PREDICTION_SCHEMA = pa.schema(
@@ -57,6 +68,10 @@ READ_PREDICTION_SCHEMA = pa.schema(
         ("score_others", pa.float32()),
         ("best_frame", pa.string()),
         ("reason", pa.string()),
+        ("classified_chunks", pa.int32()),
+        ("viral_chunks", pa.int32()),
+        ("viral_chunk_fraction", pa.float32()),
+        ("viral_regions", pa.int32()),
         ("expected_length", pa.int32()),
         ("classifier", pa.string()),
     ]
@@ -132,34 +147,51 @@ class _SortedRuns:
         return heapq.merge(*streams, key=lambda pair: pair[0])
 
 
+def _read_blocks(reads: PartedTable) -> Iterator[pa.Table]:
+    """The reads in blocks of at most READ_BLOCK_ROWS reads and CHUNK_BLOCK_ROWS chunks (a read
+    with more chunks has a block of its own)."""
+    for block in reads.blocks(rows=READ_BLOCK_ROWS):
+        chunk_ends = np.cumsum(block.column("chunks").to_numpy())
+        start = 0
+        while start < block.num_rows:
+            before = int(chunk_ends[start - 1]) if start else 0
+            stop = max(start + 1, int(np.searchsorted(chunk_ends, before + CHUNK_BLOCK_ROWS, side="right")))
+            yield block.slice(start, stop - start)
+            start = stop
+
+
 def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths: list, prediction_paths: list,
                   line_paths: list, expected_length: int, classifier: str, results_txt, highest_score_csv,
-                  read_table_path, note: str | None = None, models: dict | None = None) -> dict[str, int]:
+                  read_table_path, regions_path, note: str | None = None, models: dict | None = None) -> dict[str, int]:
     """All stage-9 outputs. The read table's metadata carries `models` (kind -> identity of the models
     that made the calls, see `model_cache.model_identity`) and `note` (a warning about them).
 
-    Returns the number of reads per call ("virus", "others", "unclassified")."""
+    Returns the number of reads per call ("virus", "others", "unclassified") and of viral regions
+    ("viral_regions")."""
     reads = PartedTable(read_paths)
-    chunks = PartedTable(chunk_paths, columns=["read_index", "chunk", "frames", "reason"])
+    chunks = PartedTable(chunk_paths, columns=["read_index", "chunk", "start", "length", "frames", "reason"])
     frames = PartedTable(frame_paths, columns=["read_index", "chunk", "frame"])
     predictions = _Predictions(prediction_paths)
     metadata = {**({"virnucpro.models": json.dumps(models)} if models else {}),
                 **({"virnucpro.note": note} if note else {})}
     schema = READ_PREDICTION_SCHEMA.with_metadata(metadata or None)
-    counts = {"virus": 0, "others": 0, "unclassified": 0}
+    counts = {"virus": 0, "others": 0, "unclassified": 0, "viral_regions": 0}
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(highest_score_csv))) as scratch, \
-            atomic_path(read_table_path) as temporary, pq.ParquetWriter(temporary, schema) as read_table:
+            atomic_path(read_table_path) as temporary, pq.ParquetWriter(temporary, schema) as read_table, \
+            atomic_output(regions_path) as regions_table:
+        regions_table.write("\t".join(REGION_COLUMNS) + "\n")
         chunk_calls = _SortedRuns(scratch)
         chunk_row = frame_row = 0
-        for block in reads.blocks(rows=READ_BLOCK_ROWS):
+        for block in _read_blocks(reads):
             chunk_count = int(pc.sum(block.column("chunks")).as_py() or 0)
             chunk_block = chunks.read(chunk_row, chunk_row + chunk_count)
             frame_count = int(pc.sum(chunk_block.column("frames")).as_py() or 0)
             frame_block = frames.read(frame_row, frame_row + frame_count)
             others, virus = predictions.take(frame_count)
-            calls = _read_calls(sample, block, chunk_block, frame_block, others, virus, expected_length, classifier,
-                                chunk_calls)
+            calls, regions = _read_calls(sample, block, chunk_block, frame_block, others, virus, expected_length,
+                                         classifier, chunk_calls, regions_table)
             read_table.write_table(calls.replace_schema_metadata(schema.metadata))
+            counts["viral_regions"] += regions
             for call, number in zip(*np.unique(calls.column("call").fill_null("unclassified").to_numpy(
                     zero_copy_only=False), return_counts=True)):
                 counts[call] += int(number)
@@ -179,8 +211,10 @@ def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths:
 
 
 def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table, others: np.ndarray,
-                virus: np.ndarray, expected_length: int, classifier: str, chunk_calls: _SortedRuns) -> pa.Table:
-    """The read table's rows for a block of reads, and its chunks' consensus calls into `chunk_calls`."""
+                virus: np.ndarray, expected_length: int, classifier: str, chunk_calls: _SortedRuns,
+                regions_table) -> tuple[pa.Table, int]:
+    """The read table's rows for a block of reads; its chunks' consensus calls go into
+    `chunk_calls`, its viral regions to `regions_table`, whose number is returned."""
     first_read = reads.column("read_index")[0].as_py()
     read_ids = reads.column("read_id").to_pylist()
     frame_read = frames.column("read_index").to_numpy() - first_read
@@ -194,11 +228,19 @@ def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table
     # Per chunk with frames: its highest scores, VirNucPro's consensus, under its ID.
     with_frames = np.flatnonzero(chunk_frames > 0)
     frame_starts = (np.cumsum(chunk_frames) - chunk_frames)[with_frames]
+    chunk_number = chunks.column("chunk").to_numpy()
+    chunk_virus = np.zeros(len(chunk_frames), dtype=np.float32)
+    chunk_is_virus = np.zeros(len(chunk_frames), dtype=bool)
     if len(with_frames):
-        chunk_others, chunk_virus = np.maximum.reduceat(others, frame_starts), np.maximum.reduceat(virus, frame_starts)
+        chunk_virus[with_frames] = np.maximum.reduceat(virus, frame_starts)
+        chunk_is_virus[with_frames] = chunk_virus[with_frames] >= np.maximum.reduceat(others, frame_starts)
         names = [chunk_id(read_ids[r], c) for r, c in zip(chunk_read[with_frames].tolist(),
-                                                          chunks.column("chunk").to_numpy()[with_frames].tolist())]
-        chunk_calls.add(pa.array(names, pa.string()), chunk_virus >= chunk_others)
+                                                          chunk_number[with_frames].tolist())]
+        chunk_calls.add(pa.array(names, pa.string()), chunk_is_virus[with_frames])
+    lengths = reads.column("length").to_numpy()
+    regions = viral_regions(len(read_ids), chunk_read, chunk_number, chunks.column("start").to_numpy(),
+                            chunks.column("length").to_numpy(), chunk_frames > 0, chunk_is_virus, chunk_virus)
+    regions_table.write(region_lines(regions, read_ids, lengths))
 
     # Per read: the same rule over all frames of all its chunks.
     frame_counts = np.bincount(frame_read, minlength=len(read_ids))
@@ -210,18 +252,20 @@ def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table
     if len(starts):
         max_virus[classified] = np.maximum.reduceat(virus, starts)
         max_others[classified] = np.maximum.reduceat(others, starts)
-        best = np.lexsort((-virus, frame_read))[np.r_[0, np.cumsum(frame_counts[classified])[:-1]]]
+    is_virus = max_virus >= max_others
+    if len(starts):
+        # The frame that decided the call: the highest score of the called class (the first such frame).
+        deciding = np.where(is_virus[frame_read], virus, others)
+        best = np.lexsort((-deciding, frame_read))[starts]
         frame_numbers = frames.column("frame").to_numpy()
         for index in best.tolist():
             best_frame[frame_read[index]] = frame_id(read_ids[frame_read[index]], int(frame_chunk[index]),
                                                      int(frame_numbers[index]))
-    is_virus = max_virus >= max_others
 
     reasons: list[set[str]] = [set() for _ in read_ids]
     for row, reason in zip(chunk_read.tolist(), chunks.column("reason").to_pylist()):
         if reason is not None:
             reasons[row].add(reason)
-    lengths = reads.column("length").to_numpy()
     reason = [None if classified[i] else (REASON_EMPTY_SEQUENCE if lengths[i] == 0 else ",".join(sorted(reasons[i])))
               for i in range(len(read_ids))]
     return pa.table({
@@ -238,6 +282,11 @@ def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table
         "score_others": pa.array(max_others, pa.float32(), mask=~classified),
         "best_frame": pa.array(best_frame, pa.string()),
         "reason": pa.array(reason, pa.string()),
+        "classified_chunks": pa.array(regions.classified_chunks.astype(np.int32)),
+        "viral_chunks": pa.array(regions.viral_chunks.astype(np.int32)),
+        "viral_chunk_fraction": pa.array(regions.viral_chunks / np.maximum(regions.classified_chunks, 1),
+                                         pa.float32(), mask=regions.classified_chunks == 0),
+        "viral_regions": pa.array(regions.regions.astype(np.int32)),
         "expected_length": pa.array([expected_length] * len(read_ids), pa.int32()),
         "classifier": pa.array([classifier] * len(read_ids), pa.string()),
-    }, schema=READ_PREDICTION_SCHEMA)
+    }, schema=READ_PREDICTION_SCHEMA), len(regions.number)

@@ -7,10 +7,14 @@ embeddings are copied to the host asynchronously and a second thread writes them
 to the shard's feature file. The job's memory, on the host and on the GPU, is therefore bounded by
 the token budget and a few batches in flight, whatever the size of the shard; the host never waits
 for the GPU between batches. A batch that runs out of GPU memory is split in two and retried.
+
+The job logs its progress every PROGRESS_SECONDS (sequences and tokens done, rate, time left) and
+records each batch's timing (`BatchTimeline`, bounded in size) for the run's report.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -43,6 +47,8 @@ CPU_TOKEN_BUDGET = 4096
 _ACTIVATION_BYTES_PER_TOKEN_PER_WIDTH = 48
 # Batches whose embeddings may wait for the writer: bounds the pinned host memory in use.
 _WRITE_QUEUE_BATCHES = 4
+# Seconds between two progress lines in the job's log.
+PROGRESS_SECONDS = 30.0
 
 
 @dataclass
@@ -103,6 +109,67 @@ def default_token_budget(embedder: Embedder, device: torch.device) -> int:
     return max(1024, min(budget, DEFAULT_TOKEN_BUDGET_CAP[embedder.kind]))
 
 
+class BatchTimeline:
+    """Each batch's end time, sequences, tokens and device seconds, in at most `max_entries`
+    entries: when they are all used, neighbours merge pairwise and each entry from then on holds
+    twice as many batches, so that a job of any length keeps a timeline of even resolution."""
+
+    FIELDS = ("end_unix", "batches", "sequences", "tokens", "padding_tokens", "compute_seconds")
+
+    def __init__(self, max_entries: int = 256):
+        if max_entries < 2 or max_entries % 2:
+            raise ValueError(f"a batch timeline needs an even number of entries, got {max_entries}")
+        self.max_entries = max_entries
+        self.batches_per_entry = 1
+        self.entries: list[list] = []
+
+    def add(self, end_unix: float, sequences: int, tokens: int, padding_tokens: int, compute_seconds: float) -> None:
+        if self.entries and self.entries[-1][1] < self.batches_per_entry:
+            last = self.entries[-1]
+            last[0] = end_unix
+            for index, value in enumerate((1, sequences, tokens, padding_tokens, compute_seconds), start=1):
+                last[index] += value
+            return
+        if len(self.entries) == self.max_entries:
+            self.entries = [[second[0], *(a + b for a, b in zip(first[1:], second[1:]))]
+                            for first, second in zip(self.entries[::2], self.entries[1::2])]
+            self.batches_per_entry *= 2
+        self.entries.append([end_unix, 1, sequences, tokens, padding_tokens, compute_seconds])
+
+    def as_dict(self) -> dict[str, list]:
+        return {name: [entry[index] for entry in self.entries] for index, name in enumerate(self.FIELDS)}
+
+
+class _Progress:
+    """Logs sequences and tokens done, the rate and the time left, every `interval` seconds."""
+
+    def __init__(self, kind: str, total_sequences: int | None, interval: float):
+        self.kind, self.total, self.interval = kind, total_sequences, interval
+        self.started = self.logged = time.perf_counter()
+
+    def update(self, sequences: int, tokens: int) -> None:
+        now = time.perf_counter()
+        if now - self.logged < self.interval:
+            return
+        self.logged, elapsed = now, max(now - self.started, 1e-9)
+        done = f"{sequences:,}" + (f" of {self.total:,} sequences ({sequences / self.total:.1%})" if self.total else
+                                   " sequences")
+        left = ""
+        if self.total and sequences:
+            left = f", about {_duration((self.total - sequences) * elapsed / sequences)} left"
+        log.info("%s: %s, %s tokens in %s, %s tokens/s, %s sequences/s%s", self.kind, done, f"{tokens:,}",
+                 _duration(elapsed), f"{tokens / elapsed:,.0f}", f"{sequences / elapsed:,.0f}", left)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
 @dataclass
 class EmbeddingStats:
     sequences: int = 0
@@ -115,17 +182,18 @@ class EmbeddingStats:
     compute_seconds: float = 0.0  # device time of the forward passes
     peak_allocated_bytes: int = 0
     first_output_at: float | None = None  # perf_counter() when the first batch's embeddings reached the host
-    batch_fill: list[float] = field(default_factory=list)
+    batch_fill_sum: float = 0.0  # real tokens / budget, summed over batches
+    timeline: BatchTimeline = field(default_factory=BatchTimeline)
 
     def as_dict(self) -> dict:
-        packing = float(np.mean(self.batch_fill)) if self.batch_fill else None
+        packing = self.batch_fill_sum / self.batches if self.batches else None
         return {
             "sequences": self.sequences, "tokens": self.tokens, "padding_tokens": self.padding_tokens,
             "batches": self.batches, "token_budget": self.token_budget, "oom_splits": self.oom_splits,
             "packing_efficiency": packing,
             "tokens_per_second_compute": self.tokens / self.compute_seconds if self.compute_seconds else None,
             "data_wait_seconds": self.wait_seconds, "compute_seconds": self.compute_seconds,
-            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_allocated_bytes": self.peak_allocated_bytes, "batch_timeline": self.timeline.as_dict(),
         }
 
 
@@ -234,14 +302,35 @@ class _Writer:
 
 
 def embed_token_blocks(embedder: Embedder, blocks: Iterable[pa.ListArray], device: torch.device,
-                       write: Callable[[int, np.ndarray], None], token_budget: int | None = None) -> EmbeddingStats:
+                       write: Callable[[int, np.ndarray], None], token_budget: int | None = None,
+                       total_sequences: int | None = None, progress_seconds: float = PROGRESS_SECONDS) -> EmbeddingStats:
     """Embed the sequences of `blocks` (token lists, in row order); `write(first_row, vectors)`
-    receives every batch's float32 embeddings [n, dim], in row order, rows counted from 0."""
+    receives every batch's float32 embeddings [n, dim], in row order, rows counted from 0.
+
+    Progress is logged every `progress_seconds`, with the time left when `total_sequences` is known."""
     stats = EmbeddingStats(token_budget=token_budget or default_token_budget(embedder, device))
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    timings = []
+    progress = _Progress(embedder.kind, total_sequences, progress_seconds)
+    # Batches whose device time is not known yet: (start, end, sequences, tokens, padding tokens).
+    # On a GPU their events are read once the device has passed them, and placed in wall-clock
+    # time from a reference event recorded now.
+    in_flight: collections.deque = collections.deque()
+    reference = (_event(cuda), time.time())
+
+    def account(wait: bool) -> None:
+        while in_flight and (wait or not cuda or in_flight[0][1].query()):
+            started, ended, sequences, tokens, padding = in_flight.popleft()
+            if cuda:
+                ended.synchronize()
+                seconds = started.elapsed_time(ended) / 1000
+                end_unix = reference[1] + reference[0].elapsed_time(ended) / 1000
+            else:
+                seconds, end_unix = ended - started, reference[1] + ended - reference[0]
+            stats.compute_seconds += seconds
+            stats.timeline.add(end_unix, sequences, tokens, padding, seconds)
+
     safe_tokens = None  # after an out-of-memory split, batches above this size are split first
 
     def run(packed: PackedSequences) -> torch.Tensor:
@@ -276,24 +365,24 @@ def embed_token_blocks(embedder: Embedder, blocks: Iterable[pa.ListArray], devic
                 real_tokens = packed.num_tokens - packed.padding_tokens
                 stats.tokens += real_tokens
                 stats.padding_tokens += packed.padding_tokens
-                stats.batch_fill.append(min(1.0, real_tokens / stats.token_budget))
+                stats.batch_fill_sum += min(1.0, real_tokens / stats.token_budget)
                 started = _event(cuda)
                 pooled = run(packed.to(device, non_blocking=cuda))[:count]
-                timings.append((started, _event(cuda)))
+                in_flight.append((started, _event(cuda), count, real_tokens, packed.padding_tokens))
                 if cuda:
                     host = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
                     host.copy_(pooled, non_blocking=True)
                     writer.submit(first_row, host, _event(cuda))
                 else:
                     writer.submit(first_row, pooled, None)
+                account(wait=False)
+                progress.update(stats.sequences, stats.tokens)
                 waited = time.perf_counter()
     finally:
         writer.close()
+    account(wait=True)
     if cuda:
-        stats.compute_seconds = sum(start.elapsed_time(end) for start, end in timings) / 1000
         stats.peak_allocated_bytes = torch.cuda.max_memory_allocated(device)
-    else:
-        stats.compute_seconds = sum(end - start for start, end in timings)
     return stats
 
 
@@ -314,7 +403,7 @@ def embed_sequences(embedder: Embedder, sequences: list[str], device: torch.devi
     def write(first_row: int, vectors: np.ndarray) -> None:
         output[first_row : first_row + len(vectors)] = vectors
 
-    stats = embed_token_blocks(embedder, [tokens], device, write, token_budget)
+    stats = embed_token_blocks(embedder, [tokens], device, write, token_budget, len(sequences))
     return output, stats
 
 
@@ -329,7 +418,7 @@ def embed_shard(embedder: Embedder, tokens_path: str | os.PathLike, output_path:
     with FeatureWriter(output_path, embedder.dim, [embedder.identity()], shard["row_start"], shard["row_end"]) as out:
         stats = embed_token_blocks(embedder, (batch.column(0) for batch in tokens.batches()), device,
                                    lambda first, vectors: out.write_vectors(shard["row_start"] + first, vectors),
-                                   token_budget)
+                                   token_budget, tokens.num_rows)
     return stats
 
 
@@ -345,7 +434,9 @@ def run_embedding_job(kind: str, model_path, tokens_path, output_path, device_se
         loaded = time.perf_counter()
         embedder = load_embedder(kind, model_path, device, compile_model)
         load_seconds = time.perf_counter() - loaded
-        with GpuMonitor(lease.uuid) if device.type == "cuda" else contextlib.nullcontext() as monitor:
+        monitor = GpuMonitor(lease.uuid) if device.type == "cuda" else None
+        samples_start = time.time()  # the NVML samples' times count from here
+        with monitor or contextlib.nullcontext():
             stats = embed_shard(embedder, tokens_path, output_path, device, token_budget)
         telemetry.records_in = telemetry.records_out = stats.sequences
         telemetry.details = {
@@ -357,5 +448,6 @@ def run_embedding_job(kind: str, model_path, tokens_path, output_path, device_se
             "leased_gpu": lease.gpu.lock_key if lease.gpu else None,
             "compute_dtype": str(next(embedder.model.parameters()).dtype).removeprefix("torch."),
             "compiled": compile_model and device.type == "cuda",
+            "gpu_samples_start_unix": samples_start if monitor is not None else None,
         }
         telemetry.gpu = monitor.summary() if monitor is not None else None

@@ -3,7 +3,10 @@
 Every rule script runs inside `JobTelemetry`, which writes `results/telemetry/<stage>/<sample>.<unit>.json`
 (the unit is the job's part of the input, its shard, or `all`)
 when the job ends, also when it fails (with the error). Snakemake treats the file as a log, so it
-keeps it after a failure instead of deleting it with the job's outputs.
+keeps it after a failure instead of deleting it with the job's outputs. Each file names the run
+(the Snakemake invocation) the job ran in, from RUN_ID_VARIABLE, which the workflow sets once per
+invocation and hands to every job, so that the report can tell this run's jobs from those of
+earlier runs whose outputs are reused.
 
 GPU jobs add NVML samples over the job (utilisation, memory, power) and the energy used, through
 nvidia-ml-py; without a GPU or NVML that part is simply absent.
@@ -26,6 +29,13 @@ from pathlib import Path
 from virnucpro.files import atomic_output
 
 log = logging.getLogger(__name__)
+
+RUN_ID_VARIABLE = "VIRNUCPRO_RUN_ID"
+
+
+def new_run_id() -> str:
+    """A run's identifier: the time it started, in UTC."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def configure_logging(log_path: str | os.PathLike | None) -> None:
@@ -103,6 +113,7 @@ class JobTelemetry:
         wall = time.perf_counter() - self.start_perf
         bytes_in, bytes_out = _size(self.inputs), _size(self.outputs) if error is None else 0
         report = {
+            "run_id": os.environ.get(RUN_ID_VARIABLE),
             "stage": self.stage, "sample": self.sample, "part": self.part, "shard": self.shard,
             "status": "ok" if error is None else "failed",
             "error": None if error is None else f"{error_type.__name__}: {error}",
@@ -111,6 +122,8 @@ class JobTelemetry:
             "start_unix": self._start_wall, "wall_seconds": wall, "startup_seconds": self._startup_seconds,
             "cpu_seconds": _cpu_seconds() - self._start_cpu,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # the rule's mem_mb: a constant bound that no job's peak should pass, whatever the input
+            "memory_bound_mb": self.resources.get("mem_mb"),
             "records_in": self.records_in, "records_out": self.records_out,
             "bytes_in": bytes_in, "bytes_out": bytes_out,
             "records_per_second": self.records_in / wall if self.records_in is not None and wall > 0 else None,
@@ -121,6 +134,9 @@ class JobTelemetry:
         }
         if error is not None:
             log.error("%s", "".join(traceback.format_exception(error_type, error, error_traceback)))
+        if report["memory_bound_mb"] and report["peak_rss_mb"] > report["memory_bound_mb"]:
+            log.warning("peak memory %.0f MB is over the job's bound of %s MB (mem_mb)", report["peak_rss_mb"],
+                        report["memory_bound_mb"])
         with atomic_output(self.path) as out:
             out.write(json.dumps(report, indent=2, default=str) + "\n")
         log.info("%s %s.%s %s in %.1f s", self.stage, self.sample, self.unit, report["status"], wall)

@@ -37,7 +37,7 @@ from virnucpro.chunking import chunk_start
 from virnucpro.features import MergedFeatures
 from virnucpro.models.classifier import MLPClassifier, save_classifier
 from virnucpro.tables import PartedTable
-from virnucpro.files import atomic_output, atomic_path
+from virnucpro.files import atomic_output
 from virnucpro.workflow_config import TRAINING_LABELS
 
 
@@ -239,30 +239,25 @@ def evaluate(model: MLPClassifier, frames: LabelledFrames, rows: np.ndarray) -> 
 
 def write_report(path: Path, roc_png: Path, curve_png: Path, metrics: dict, history: list[dict], roc: dict,
                  summary: dict) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from virnucpro.figures import save_figure
 
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    figure = Figure(figsize=(4.5, 4.5), layout="tight")
+    axis = figure.subplots()
     axis.plot(roc["fpr"], roc["tpr"], label=f"frames, AUC {metrics['frames']['roc_auc']:.3f}")
     axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on held-out regions")
     axis.legend(loc="lower right")
-    figure.tight_layout()
-    with atomic_path(roc_png) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    plt.close(figure)
-    figure, axis = plt.subplots(figsize=(6, 4))
+    save_figure(figure, roc_png, dpi=120)
+    figure = Figure(figsize=(6, 4), layout="tight")
+    axis = figure.subplots()
     epochs = [h["epoch"] for h in history]
     axis.plot(epochs, [h["train_loss"] for h in history], label="training loss")
     axis.plot(epochs, [h["validation_loss"] for h in history], label="validation loss")
     axis.set(xlabel="epoch", ylabel="cross-entropy", title="Training curve")
     axis.legend()
-    figure.tight_layout()
-    with atomic_path(curve_png) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    plt.close(figure)
+    save_figure(figure, curve_png, dpi=120)
 
     rows = ["| level | n | viral | accuracy | precision | recall | F1 | ROC AUC |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for level in ("frames", "chunks"):

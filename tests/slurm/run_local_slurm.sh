@@ -160,7 +160,8 @@ sinfo --Node --format="%N %P %T %c %m %G"
 
 say "input: $READS reads, config and profile"
 # The config points at the built-in models by absolute path, as the runs have workdirs of their
-# own; the profile is profiles/slurm with the local partition and account and memory the node has.
+# own; the profile is profiles/slurm with the local partition and account, and with memory the node
+# has for the embedding jobs (the rules ask for more, for the real models).
 "$PYTHON" - "$REPO" "$SHARED/data/reads_1.fq.gz" "$WORK" "$READS" "$PARTITION" "$ACCOUNT" <<'EOF'
 import gzip, itertools, os, sys
 import yaml
@@ -191,8 +192,8 @@ for resources in [profile["default-resources"], *profile["set-resources"].values
         resources["slurm_partition"] = partition
     if "slurm_account" in resources:
         resources["slurm_account"] = account
-    if "mem_mb" in resources:
-        resources["mem_mb"] = 1000
+for resources in profile["set-resources"].values():
+    resources["mem_mb"] = 1000
 os.makedirs(f"{work}/profile")
 yaml.safe_dump(profile, open(f"{work}/profile/config.yaml", "w"), sort_keys=False)
 EOF

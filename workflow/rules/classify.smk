@@ -1,4 +1,5 @@
-# Stages 7-9: merge the two embeddings of each frame, classify the frames, call each read.
+# Stages 7-9: merge the two embeddings of each frame, classify the frames, call each read and find
+# the viral regions of each sequence.
 
 
 rule merge_features:
@@ -19,6 +20,8 @@ rule merge_features:
         "results/benchmarks/merge_features/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     script:
         "../scripts/merge_features.py"
 
@@ -43,6 +46,8 @@ rule predict_frames:
     conda:
         "../../envs/virnucpro.yaml"
     threads: 8
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=expected_length,
         classifier_expected_length=config["models"]["classifier_expected_length"],
@@ -61,6 +66,7 @@ rule consensus:
         results_txt="results/{sample}/prediction_results.txt",
         highest_score="results/{sample}/prediction_results_highestscore.csv",
         reads="results/{sample}/read_predictions.parquet",
+        regions="results/{sample}/viral_regions.tsv",
     log:
         log="results/logs/consensus/{sample}.all.log",
         telemetry="results/telemetry/consensus/{sample}.all.json",
@@ -68,6 +74,8 @@ rule consensus:
         "results/benchmarks/consensus/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=expected_length,
         models=run_models,

@@ -7,6 +7,7 @@ from virnucpro.download import DEFAULT_MODELS, manifest_paths
 from virnucpro.model_cache import ModelNotFound, locate_model, model_name
 from virnucpro.partition import part_count
 from virnucpro.sharding import read_shard_plan
+from virnucpro.telemetry import RUN_ID_VARIABLE, new_run_id
 from virnucpro.workflow_config import (
     INPUT_RECORD,
     check_results_belong,
@@ -18,6 +19,16 @@ from virnucpro.workflow_config import (
 )
 
 validate(config, "../schemas/config.schema.yaml")
+
+# One identifier per Snakemake invocation, recorded in every job's telemetry so that the report
+# tells this run's jobs from those of earlier runs. Set here in the main process; a job's own
+# Snakemake process (a cluster job's, through envvars) inherits it and keeps it.
+os.environ.setdefault(RUN_ID_VARIABLE, new_run_id())
+
+
+envvars:
+    RUN_ID_VARIABLE,
+
 
 # The rules' conda environment (envs/virnucpro.yaml) installs this package from here.
 os.environ.setdefault("VIRNUCPRO_PACKAGE", package_requirement())
@@ -86,6 +97,12 @@ DOWNLOADS = {
 } or DEFAULT_MODELS
 # Set when the run uses the built-in demonstration models: the outputs then say so.
 MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY)
+# Memory of a job in MB (the `mem_mb` resource; SLURM's --mem): a constant, since every job streams
+# its data in blocks of a fixed size (README, "Scale"). The embedding jobs hold a model as well.
+# Telemetry records each job's peak RSS against it.
+JOB_MEM_MB = 4000
+DNABERT_S_JOB_MEM_MB = 16000
+ESM2_JOB_MEM_MB = 32000
 # GPU rules ask for the standard `gpu` resource unless the embedding runs on the CPU.
 GPU_PER_JOB = 0 if config["embedding"]["device"] == "cpu" else 1
 

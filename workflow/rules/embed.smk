@@ -17,6 +17,7 @@ rule embed_dnabert_s:
         "../../envs/virnucpro.yaml"
     threads: 4
     resources:
+        mem_mb=DNABERT_S_JOB_MEM_MB,
         gpu=GPU_PER_JOB,
     params:
         kind="dnabert_s",
@@ -43,6 +44,7 @@ rule embed_esm2:
         "../../envs/virnucpro.yaml"
     threads: 4
     resources:
+        mem_mb=ESM2_JOB_MEM_MB,
         gpu=GPU_PER_JOB,
     params:
         kind="esm2",

@@ -15,6 +15,8 @@ rule partition_input:
         "results/benchmarks/partition_input/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         parts=parts,
     script:
@@ -40,6 +42,8 @@ rule chunk:
         "results/benchmarks/chunk/{sample}.{part}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=expected_length,
     script:
@@ -72,6 +76,8 @@ rule translate:
         "results/benchmarks/translate/{sample}.{part}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         max_ambiguous_fraction=config["max_ambiguous_fraction"],
     script:
@@ -93,6 +99,8 @@ checkpoint plan_shards:
         "results/benchmarks/plan_shards/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         source=sample_input,
         shard_tokens=config["shard_tokens"],
@@ -115,6 +123,8 @@ rule split_nucleotide:
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         kind="dnabert_s",
     script:
@@ -135,6 +145,8 @@ rule split_protein:
         "results/benchmarks/split_protein/{sample}.{shard}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         kind="esm2",
     script:
@@ -158,5 +170,7 @@ rule collect_fasta:
         "results/benchmarks/collect_fasta/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     script:
         "../scripts/collect_fasta.py"

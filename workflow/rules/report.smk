@@ -1,13 +1,124 @@
-# The timing report: every job's telemetry in one table, and a per-stage summary.
+# What people read: a summary per sample and for the run, and the run's telemetry as a timing
+# report with figures. The outputs marked report() make `snakemake --report report.html`.
+
+
+rule summarize_sample:
+    input:
+        reads="results/{sample}/read_predictions.parquet",
+    output:
+        summary=report(
+            "results/{sample}/summary.tsv",
+            caption="../report/sample_summary.rst",
+            category="Results",
+            subcategory="{sample}",
+            labels={"sample": "{sample}", "item": "summary table"},
+        ),
+        scores=report(
+            "results/{sample}/score_distribution.png",
+            caption="../report/score_distribution.rst",
+            category="Results",
+            subcategory="{sample}",
+            labels={"sample": "{sample}", "item": "score distributions"},
+        ),
+    log:
+        log="results/logs/summarize_sample/{sample}.all.log",
+        telemetry="results/telemetry/summarize_sample/{sample}.all.json",
+    benchmark:
+        "results/benchmarks/summarize_sample/{sample}.all.tsv"
+    conda:
+        "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
+    params:
+        expected_length=expected_length,
+        models=run_models,
+        note=MODELS_NOTE,
+    script:
+        "../scripts/summarize_sample.py"
+
+
+rule run_summary:
+    input:
+        expand("results/{sample}/summary.tsv", sample=SAMPLES),
+    output:
+        table="results/run_summary.tsv",
+        calls=report(
+            "results/report/calls_per_sample.png",
+            caption="../report/calls_per_sample.rst",
+            category="Results",
+            subcategory="All samples",
+            labels={"sample": "all", "item": "calls per sample"},
+        ),
+        page=report(
+            "results/report/run_summary.html",
+            caption="../report/run_summary.rst",
+            category="Results",
+            subcategory="All samples",
+            labels={"sample": "all", "item": "run summary"},
+        ),
+    log:
+        log="results/logs/run_summary/all.all.log",
+        telemetry="results/telemetry/run_summary/all.all.json",
+    benchmark:
+        "results/benchmarks/run_summary/all.all.tsv"
+    conda:
+        "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
+    params:
+        samples=list(SAMPLES),
+        note=MODELS_NOTE,
+    script:
+        "../scripts/run_summary.py"
 
 
 rule timing_report:
     input:
+        # everything else of the run, so that its telemetry is complete
         expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
+        expand("results/{sample}/score_distribution.png", sample=SAMPLES),
+        "results/run_summary.tsv",
     output:
         table="results/telemetry.parquet",
+        gpu_samples="results/telemetry_gpu_samples.parquet",
+        batches="results/telemetry_batches.parquet",
         summary="results/timing_report.tsv",
         report="results/timing_report.md",
+        html=report(
+            "results/report/timing_report.html",
+            caption="../report/timing_report.rst",
+            category="Run telemetry",
+            subcategory="Latest run",
+            labels={"item": "timing report"},
+        ),
+        timeline=report(
+            "results/report/job_timeline.png",
+            caption="../report/job_timeline.rst",
+            category="Run telemetry",
+            subcategory="Latest run",
+            labels={"item": "job timeline"},
+        ),
+        gpu_usage=report(
+            "results/report/gpu_usage.png",
+            caption="../report/gpu_usage.rst",
+            category="Run telemetry",
+            subcategory="Latest run",
+            labels={"item": "GPU utilisation, memory and power"},
+        ),
+        stage_times=report(
+            "results/report/stage_times.png",
+            caption="../report/stage_times.rst",
+            category="Run telemetry",
+            subcategory="Latest run",
+            labels={"item": "time per stage"},
+        ),
+        throughput=report(
+            "results/report/embedding_throughput.png",
+            caption="../report/embedding_throughput.rst",
+            category="Run telemetry",
+            subcategory="Latest run",
+            labels={"item": "embedding throughput"},
+        ),
     log:
         log="results/logs/timing_report/all.all.log",
         telemetry="results/telemetry/timing_report/all.all.json",
@@ -15,6 +126,8 @@ rule timing_report:
         "results/benchmarks/timing_report/all.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         samples=list(SAMPLES),
         note=MODELS_NOTE,

@@ -19,6 +19,8 @@ rule train_classifier:
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         inputs=TRAINING_INPUTS,
         expected_length=EXPECTED_LENGTH,

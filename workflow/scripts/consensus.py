@@ -1,4 +1,4 @@
-# Stage 9: a call per read, and VirNucPro's output files.
+# Stage 9: a call per read, its viral regions, and VirNucPro's output files.
 from virnucpro.consensus import write_outputs
 from virnucpro.model_cache import model_identity
 from virnucpro.telemetry import JobTelemetry
@@ -9,6 +9,6 @@ with JobTelemetry.from_snakemake(snakemake, "consensus") as telemetry:
                            snakemake.input.frames, snakemake.input.predictions, snakemake.input.lines,
                            snakemake.params.expected_length, snakemake.params.models["classifier"],
                            snakemake.output.results_txt, snakemake.output.highest_score, snakemake.output.reads,
-                           snakemake.params.note, models)
-    telemetry.records_in = telemetry.records_out = sum(counts.values())
+                           snakemake.output.regions, snakemake.params.note, models)
+    telemetry.records_in = telemetry.records_out = counts["virus"] + counts["others"] + counts["unclassified"]
     telemetry.details = counts

@@ -1,0 +1,9 @@
+# A sample's summary table and score distributions, from its per-read table.
+from virnucpro.summary import summarize_sample, write_sample_summary
+from virnucpro.telemetry import JobTelemetry
+
+with JobTelemetry.from_snakemake(snakemake, "summarize_sample") as telemetry:
+    summary = summarize_sample(snakemake.wildcards.sample, snakemake.input.reads, snakemake.params.models,
+                               snakemake.params.expected_length, snakemake.params.note)
+    write_sample_summary(summary, snakemake.output.summary, snakemake.output.scores)
+    telemetry.records_in = summary.value("reads")
