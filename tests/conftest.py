@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout; VIRNUCPRO_SHARED points elsewhere (e.g. on a GPU machine)
 SHARED = Path(os.environ.get("VIRNUCPRO_SHARED", REPO.parent / "shared"))
 REFERENCE = SHARED / "reference" / "virnucpro_broad_tests"
+# DNABERT-S's own tokenizer.json and config.json, as zhihan1996/DNABERT-S ships them
+DNABERT_S_REFERENCE = SHARED / "reference" / "dnabert_s"
 DATA = SHARED / "data"
 BUILTIN_MODELS = REPO / "resources" / "models"
 
@@ -41,6 +43,13 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dnabert_s_reference() -> Path:
+    if not DNABERT_S_REFERENCE.is_dir():
+        pytest.skip(f"{DNABERT_S_REFERENCE} is not available")
+    return DNABERT_S_REFERENCE
+
+
+@pytest.fixture(scope="session")
 def esm2_checkpoint(tmp_path_factory) -> Path:
     """A small ESM-2 (4 layers, width 64, 4 heads) in fair-esm's checkpoint format, float32."""
     from virnucpro.builtin_models import perturb_layer_norms
@@ -55,9 +64,10 @@ def esm2_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def dnabert_s_dir(tmp_path_factory) -> Path:
+def dnabert_s_dir(tmp_path_factory, dnabert_s_reference) -> Path:
     """A small DNABERT-S (2 layers, width 48, 6 heads: not a power of two, which exercises the
-    ALiBi slope interleave) as a HuggingFace directory with pytorch_model.bin, like the public one."""
+    ALiBi slope interleave) as a HuggingFace directory with pytorch_model.bin, like the public one,
+    and the public one's tokenizer.json (4096 tokens, the vocabulary of the fake's config)."""
     from virnucpro.builtin_models import perturb_layer_norms
     from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, save_dnabert_s
 
@@ -67,7 +77,7 @@ def dnabert_s_dir(tmp_path_factory) -> Path:
     model = DnabertS(config)
     perturb_layer_norms(model, torch.Generator().manual_seed(22), scale=0.2)
     directory = tmp_path_factory.mktemp("dnabert") / "DNABERT-S"
-    save_dnabert_s(model, BUILTIN_MODELS / "dnabert_s_mini" / "tokenizer.json", directory, weights="pytorch_model.bin")
+    save_dnabert_s(model, dnabert_s_reference / "tokenizer.json", directory, weights="pytorch_model.bin")
     return directory
 
 

@@ -69,6 +69,16 @@ def dna_sequences(data_dir) -> list[str]:
     return pieces
 
 
+def reference_tokenizer(path) -> Tokenizer:
+    """The tokenizers library's tokenizer of a tokenizer.json, without the padding and truncation that
+    DNABERT-S's stores (to 2000 tokens): the original's pipeline never applies them to a single
+    sequence either (`tokenizer(sequence)` pads and truncates only when asked to)."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
 def load_state(directory) -> dict[str, torch.Tensor]:
     return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
 
@@ -107,18 +117,63 @@ def test_alibi_slopes_for_6_heads_as_in_the_fixture():
 
 def test_tokenizer_matches_the_tokenizers_library(dnabert_s_dir, dna_sequences):
     _, tokenizer = load_dnabert_s(dnabert_s_dir)
-    reference = Tokenizer.from_file(str(dnabert_s_dir / "tokenizer.json"))
+    reference = reference_tokenizer(dnabert_s_dir / "tokenizer.json")
     for sequence, ids in zip(dna_sequences, token_lists(tokenizer, dna_sequences)):
         expected = reference.encode(sequence).ids
         assert ids.tolist() == expected
         assert expected[0] == reference.token_to_id("[CLS]") and expected[-1] == reference.token_to_id("[SEP]")
 
 
+def test_the_real_tokenizer_neither_pads_nor_truncates(dnabert_s_reference, data_dir):
+    """DNABERT-S's tokenizer.json stores padding and truncation at 2000 tokens; they must not apply:
+    a sequence keeps all its tokens, and no [PAD] is added."""
+    from virnucpro.models.tokens import DnaTokenizer
+
+    stored = json.loads((dnabert_s_reference / "tokenizer.json").read_text())
+    assert stored["padding"]["strategy"] == {"Fixed": 2000} and stored["truncation"]["max_length"] == 2000
+    genome = next(read_sequences(data_dir / "lambda_virus.fa.gz")).sequence
+    short, long = genome[:300], genome[:20_000]
+    as_stored = Tokenizer.from_file(str(dnabert_s_reference / "tokenizer.json"))
+    assert len(as_stored.encode(short).ids) == len(as_stored.encode(long).ids) == 2000  # what must not happen
+
+    tokenizer = DnaTokenizer(dnabert_s_reference / "tokenizer.json")
+    reference = reference_tokenizer(dnabert_s_reference / "tokenizer.json")
+    short_ids, long_ids = token_lists(tokenizer, [short, long])
+    assert short_ids.tolist() == reference.encode(short).ids and len(short_ids) < 200
+    assert long_ids.tolist() == reference.encode(long).ids and len(long_ids) > 2000
+    assert tokenizer.pad_id == 3 not in short_ids.tolist()  # the real [PAD]
+    assert (short_ids[0], short_ids[-1], long_ids[-1]) == (1, 2, 2)  # [CLS] ... [SEP]
+
+
+def test_a_model_with_the_real_config_json_loads(dnabert_s_reference, tmp_path):
+    """DNABERT-S's config.json (12 layers, width 768, 12 heads, with keys of its own such as
+    auto_map) gives the model of the real checkpoint; weights of its shapes load into it."""
+    from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig
+
+    config = DnabertSConfig.from_json(dnabert_s_reference / "config.json")
+    assert config == DnabertSConfig(vocab_size=4096, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                    intermediate_size=3072, layer_norm_eps=1e-12, type_vocab_size=2)
+    with torch.device("meta"):
+        shapes = DnabertS(config).state_dict()
+    generator = torch.Generator().manual_seed(5)
+    state = {key: (0.02 * torch.randn(value.shape, generator=generator)).to(torch.bfloat16)
+             for key, value in shapes.items()}
+    directory = tmp_path / "DNABERT-S"
+    directory.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(dnabert_s_reference / name, directory / name)
+    save_file(state, directory / "model.safetensors")
+    model, tokenizer = load_dnabert_s(directory, dtype=torch.bfloat16)
+    assert model.config.architecture == "dnabert_s_l12_768d_12h" and model.embedding_dim == 768
+    features = embed(model, tokenizer, ["ACGTTGCAAGGCTTAACCGGT" * 5, "GATTACA"])
+    assert features.shape == (2, 768) and torch.isfinite(features).all()
+
+
 def test_packed_batch_matches_the_naive_original_architecture(dnabert_s_dir, dna_sequences):
     config = json.loads((dnabert_s_dir / "config.json").read_text())
     assert config["num_attention_heads"] == 6 and config["layer_norm_eps"] == 1e-12
     state = load_state(dnabert_s_dir)
-    reference_tokenizer = Tokenizer.from_file(str(dnabert_s_dir / "tokenizer.json"))
+    reference = reference_tokenizer(dnabert_s_dir / "tokenizer.json")
     model, tokenizer = load_dnabert_s(dnabert_s_dir)
 
     tokens = token_lists(tokenizer, dna_sequences)
@@ -128,7 +183,7 @@ def test_packed_batch_matches_the_naive_original_architecture(dnabert_s_dir, dna
         features = model.embed(packed)
     assert features.shape == (len(dna_sequences), config["hidden_size"])
     for row, sequence in enumerate(dna_sequences):
-        expected = naive_dnabert_s_feature(state, config, reference_tokenizer.encode(sequence).ids)
+        expected = naive_dnabert_s_feature(state, config, reference.encode(sequence).ids)
         torch.testing.assert_close(features[row], expected.float(), atol=1e-5, rtol=1e-5)
 
 

@@ -168,12 +168,23 @@ def test_too_few_regions_to_hold_out_is_a_clear_error(tmp_path):
         run_training(inputs, 300, 100_000, 0.2, 0.1, 42, Hyperparameters(max_epochs=2), outputs)
 
 
-def test_a_training_table_with_a_bad_label_or_header_is_refused(tmp_path):
+def test_a_training_table_with_a_bad_label_header_or_name_is_refused(tmp_path):
+    from conftest import REPO
     from virnucpro.workflow_config import read_training_inputs
 
-    (tmp_path / "t.tsv").write_text("name\tpath\tlabel\nphage\tp.fa\tvirus\n")
-    with pytest.raises(ValueError, match=r"t.tsv, line 2: label must be one of \['host', 'viral'\], got 'virus'"):
-        read_training_inputs(str(tmp_path / "t.tsv"))
-    (tmp_path / "t.tsv").write_text("name,path,label\nphage,p.fa,viral\n")
-    with pytest.raises(ValueError, match="tab-separated columns name, path, label"):
-        read_training_inputs(str(tmp_path / "t.tsv"))
+    schema = str(REPO / "workflow/schemas/training_inputs.schema.yaml")
+    table = tmp_path / "t.tsv"
+    table.write_text("name\tpath\tlabel\nphage\tp.fa\tviral\nhost\th.fa\tvirus\n")
+    with pytest.raises(ValueError, match=r"t.tsv, line 3: label: 'virus' is not one of \['viral', 'host'\]"):
+        read_training_inputs(str(table), schema)
+    table.write_text("name,path,label\nphage,p.fa,viral\n")
+    with pytest.raises(ValueError, match="t.tsv: not a tab-separated table with a header line"):
+        read_training_inputs(str(table), schema)
+    table.write_text("name\tpath\nphage\tp.fa\n")
+    with pytest.raises(ValueError, match="t.tsv, line 2: 'label' is a required property"):
+        read_training_inputs(str(table), schema)
+    table.write_text("name\tpath\tlabel\nphage\tp.fa\tviral\nphage\tq.fa\thost\n")
+    with pytest.raises(ValueError, match="t.tsv, line 3: name 'phage' is also on line 2"):
+        read_training_inputs(str(table), schema)
+    table.write_text("name\tpath\tlabel\nphage\tp.fa\tviral\n")
+    assert read_training_inputs(str(table), schema) == [{"name": "phage", "path": "p.fa", "label": "viral"}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -183,9 +184,9 @@ def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run,
     assert f"**Note:** {BUILTIN_MODELS_NOTE}" in (workdir / "results/timing_report.md").read_text()
     assert f"note\t{BUILTIN_MODELS_NOTE}\t" in (workdir / "results/reads/summary.tsv").read_text()
     assert BUILTIN_MODELS_NOTE in (workdir / "results/report/run_summary.html").read_text()
-    real = {"models": {"dnabert_s": str(tmp_path / "DNABERT-S"), "esm2": str(tmp_path / "esm2_t36_3B_UR50D.pt"),
-                       "classifier": str(tmp_path / "{expected_length}_model.pth")}, "expected_length": 300}
-    assert models_note(real, str(REPO)) is None
+    real = [tmp_path / "DNABERT-S", tmp_path / "esm2_t36_3B_UR50D.pt", tmp_path / "300_model.pth"]
+    assert models_note(real, REPO) is None
+    assert models_note([*real, REPO / "resources/models/classifier_500.pt"], REPO) == BUILTIN_MODELS_NOTE
 
 
 def test_results_do_not_depend_on_parts_shards_or_gpu_jobs_at_once(one_shard_run, tmp_path):
@@ -305,7 +306,7 @@ def test_a_classifier_for_another_length_is_refused_before_any_gpu_work(tmp_path
     config.write_text(yaml.safe_dump(models))
     result = run_workflow(tmp_path, config, check=False)
     assert result.returncode != 0
-    telemetry = json.loads((tmp_path / "results/telemetry/check_models/predict.all.json").read_text())
+    telemetry = json.loads((tmp_path / "results/telemetry/check_models/predict_500.all.json").read_text())
     assert "classifier_300.pt: classifier was trained for expected length 300, but this run chunks to 500" in \
         telemetry["error"]
     for later in ("plan_shards", "split_protein", "embed_dnabert_s", "embed_esm2"):
@@ -352,6 +353,12 @@ def test_workflow_passes_lint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_rules_are_formatted_with_snakefmt():
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_train_target_makes_a_classifier_that_the_prediction_run_accepts(tmp_path, data_dir):
     """Stages 1-7 on labelled sequences, then training; the model then classifies reads."""
     from virnucpro.sequence_io import read_sequences
@@ -382,3 +389,80 @@ def test_train_target_makes_a_classifier_that_the_prediction_run_accepts(tmp_pat
     table = pq.read_table(tmp_path / "results/reads/read_predictions.parquet")
     assert table.column("read_id").to_pylist() == reads
     assert set(table.column("classifier").to_pylist()) == {str(trained / "classifier.pt")}
+
+
+def test_a_sample_sheet_gives_each_sample_its_expected_length_and_classifier(tmp_path, data_dir):
+    write_input(tmp_path / "short.fa", data_dir, reads=3)
+    write_input(tmp_path / "long.fa", data_dir, reads=3)
+    (tmp_path / "samples.tsv").write_text("sample\tpath\texpected_length\n"
+                                          f"short\t{tmp_path / 'short.fa'}\t\n"
+                                          f"long\t{tmp_path / 'long.fa'}\t500\n")
+    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "unused.fa", samples=str(tmp_path / "samples.tsv")))
+    for sample, length in (("short", 300), ("long", 500)):
+        table = pq.read_table(tmp_path / f"results/{sample}/read_predictions.parquet")
+        assert set(table.column("expected_length").to_pylist()) == {length}
+        assert set(table.column("classifier").to_pylist()) == {str(REPO / f"resources/models/classifier_{length}.pt")}
+        models = json.loads(table.schema.metadata[b"virnucpro.models"])
+        assert models["classifier"] == {"path": str(REPO / f"resources/models/classifier_{length}.pt")}
+
+
+def test_a_bad_sample_sheet_row_is_named(tmp_path):
+    (tmp_path / "samples.tsv").write_text("sample\tpath\texpected_length\nok\treads.fa\t\nbad\treads.fa\t250\n")
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", samples=str(tmp_path / "samples.tsv")),
+                          "-n", check=False)
+    assert result.returncode != 0
+    assert "samples.tsv, line 3: expected_length: '250' is not one of ['300', '500']" in result.stdout + result.stderr
+
+
+def test_two_inputs_of_the_same_name_do_not_share_results(one_shard_run, tmp_path):
+    """--config input=x/reads.fa, then y/reads.fa: both would be sample 'reads'."""
+    workdir, _ = one_shard_run
+    other = tmp_path / "y" / "reads.fa"
+    other.parent.mkdir()
+    shutil.copy(workdir / "reads.fa", other)
+    assert (workdir / "results/reads/input_path.txt").read_text() == f"{(workdir / 'reads.fa').resolve()}\n"
+    result = run_workflow(workdir, write_config(workdir, workdir / "reads.fa"), "-n", "--config", f"input={other}",
+                          check=False)
+    assert result.returncode != 0
+    assert (f"results/reads/ holds the results of {(workdir / 'reads.fa').resolve()} (results/reads/input_path.txt), "
+            f"not of {other.resolve()}: give this input another sample name") in result.stdout + result.stderr
+    # the same file again is the same sample
+    run_workflow(workdir, write_config(workdir, workdir / "reads.fa"), "-n", "--config", f"input={workdir / 'reads.fa'}")
+
+
+def test_models_named_in_the_config_are_downloaded_then_found(tmp_path, data_dir, monkeypatch):
+    """download_models fetches the models that models.* name (here ESM-2 and DNABERT-S, served by a
+    local server as the built-in models' files), and the run then finds them in the caches."""
+    from test_download import ModelServer, serve_dnabert_s, serve_esm2
+
+    server = ModelServer()
+    server.thread.start()
+    try:
+        serve_esm2(server, REPO / "resources/models/esm2_mini.pt", tmp_path)
+        served = serve_dnabert_s(server, REPO / "resources/models/dnabert_s_mini", weights="model.safetensors")
+        for variable, value in (("TORCH_HOME", "torch"), ("HF_HOME", "huggingface"), ("VIRNUCPRO_CACHE", "virnucpro")):
+            monkeypatch.setenv(variable, str(tmp_path / value))
+        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+        monkeypatch.setenv("VIRNUCPRO_ESM_URL", f"{server.url}/fair-esm")
+        monkeypatch.setenv("HF_ENDPOINT", f"{server.url}/hf")
+        write_input(tmp_path / "reads.fa", data_dir, reads=3)
+        config = write_config(tmp_path, tmp_path / "reads.fa")
+        settings = yaml.safe_load(config.read_text())
+        settings["models"].update(esm2="esm2_t36_3B_UR50D", dnabert_s="zhihan1996/DNABERT-S")
+        config.write_text(yaml.safe_dump(settings))
+
+        result = run_workflow(tmp_path, config, "-n", check=False)
+        assert result.returncode != 0
+        assert "models.dnabert_s 'zhihan1996/DNABERT-S' was not found. Looked for" in result.stdout + result.stderr
+        run_workflow(tmp_path, config, "download_models")
+        run_workflow(tmp_path, config)
+    finally:
+        server.http.shutdown()
+        server.http.server_close()
+    table = pq.read_table(tmp_path / "results/reads/read_predictions.parquet")
+    models = json.loads(table.schema.metadata[b"virnucpro.models"])
+    assert models["esm2"]["path"] == str(tmp_path / "torch/hub/checkpoints/esm2_t36_3B_UR50D.pt")
+    assert {f["name"]: f["sha256"] for f in models["dnabert_s"]["files"]} == {
+        name: hashlib.sha256(data).hexdigest() for name, data in served.items()}
+    features = json.loads((tmp_path / "results/telemetry/embed_esm2/reads.000.json").read_text())
+    assert features["details"]["model"]["files"] == models["esm2"]["files"]

@@ -28,6 +28,7 @@ a bounded size spilled to disk, then merged.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -160,8 +161,9 @@ def _read_blocks(reads: PartedTable) -> Iterator[pa.Table]:
 
 def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths: list, prediction_paths: list,
                   line_paths: list, expected_length: int, classifier: str, results_txt, highest_score_csv,
-                  read_table_path, regions_path, note: str | None = None) -> dict[str, int]:
-    """All stage-9 outputs; `note` (a warning about the models) goes into the read table's metadata.
+                  read_table_path, regions_path, note: str | None = None, models: dict | None = None) -> dict[str, int]:
+    """All stage-9 outputs. The read table's metadata carries `models` (kind -> identity of the models
+    that made the calls, see `model_cache.model_identity`) and `note` (a warning about them).
 
     Returns the number of reads per call ("virus", "others", "unclassified") and of viral regions
     ("viral_regions")."""
@@ -169,7 +171,9 @@ def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths:
     chunks = PartedTable(chunk_paths, columns=["read_index", "chunk", "start", "length", "frames", "reason"])
     frames = PartedTable(frame_paths, columns=["read_index", "chunk", "frame"])
     predictions = _Predictions(prediction_paths)
-    schema = READ_PREDICTION_SCHEMA.with_metadata({"virnucpro.note": note} if note else None)
+    metadata = {**({"virnucpro.models": json.dumps(models)} if models else {}),
+                **({"virnucpro.note": note} if note else {})}
+    schema = READ_PREDICTION_SCHEMA.with_metadata(metadata or None)
     counts = {"virus": 0, "others": 0, "unclassified": 0, "viral_regions": 0}
     # The four files appear together, the read table last, when all are written; or not at all.
     with atomic_paths([results_txt, highest_score_csv, regions_path, read_table_path]) as (

@@ -30,6 +30,7 @@ import pyarrow as pa
 import torch
 
 from virnucpro.features import FeatureWriter
+from virnucpro.model_cache import model_files
 from virnucpro.models.packing import PackedSequences
 from virnucpro.models.tokens import load_tokenizer
 from virnucpro.tables import TableReader
@@ -59,6 +60,7 @@ class Embedder:
     pad_id: int
     tokenizer: str  # identity of its tokenizer, which the token files carry
     source: str
+    files: list[dict] | None = None  # name, size and SHA-256 of its files, when virnucpro.download fetched it
 
     @property
     def dim(self) -> int:
@@ -66,7 +68,8 @@ class Embedder:
 
     def identity(self) -> dict:
         return {"kind": self.kind, "architecture": self.model.config.architecture, "dim": self.dim,
-                "fingerprint": self.model.fingerprint, "source": self.source}
+                "fingerprint": self.model.fingerprint, "source": self.source,
+                **({"files": self.files} if self.files is not None else {})}
 
 
 def load_embedder(kind: str, path: str | os.PathLike, device: torch.device, compile_model: bool = False) -> Embedder:
@@ -93,7 +96,7 @@ def load_embedder(kind: str, path: str | os.PathLike, device: torch.device, comp
         # starts and exits, and with the node's compile cache warm there is little to compile.
         inductor_config.compile_threads = 1
         model.compile_layers()
-    return Embedder(kind, model, tokenizer.pad_id, tokenizer.identity, os.fspath(path))
+    return Embedder(kind, model, tokenizer.pad_id, tokenizer.identity, os.fspath(path), model_files(path))
 
 
 def default_token_budget(embedder: Embedder, device: torch.device) -> int:

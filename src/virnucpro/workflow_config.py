@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import csv
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 _SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # Labels of the training table, and the class index VirNucPro's MLP gives each.
 TRAINING_LABELS = {"host": 0, "viral": 1}
 _SEQUENCE_SUFFIXES = (".gz", ".xz", ".bz2", ".fa", ".fasta", ".fna", ".ffn", ".fq", ".fastq")
+# Written beside a sample's results by its first job: which input file they are the results of.
+INPUT_RECORD = "input_path.txt"
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    path: str  # FASTA or FASTQ file
+    expected_length: int  # VirNucPro's chunk length for this sample
 
 
 def sample_name_from_path(path: str) -> str:
@@ -20,17 +32,108 @@ def sample_name_from_path(path: str) -> str:
     return name or "sample"
 
 
-def resolve_samples(config: dict) -> dict[str, str]:
-    """Sample name -> input file: `input` (one file) when given, else the `samples` table."""
+def read_table(path: str, schema: str) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a tab-separated table with a header line, each as (line number, {column: cell}),
+    every row validated against the JSON schema `schema` with Snakemake's `validate`. Empty cells
+    are left out, so that an optional column may be blank in some rows."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: the table does not exist")
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        rows = [(reader.line_num, row) for row in reader]
+        header = reader.fieldnames or []
+    if len(header) < 2:
+        raise ValueError(f"{path}: not a tab-separated table with a header line (found columns {header})")
+    if not rows:
+        raise ValueError(f"{path}: the table has no rows")
+    table = []
+    for line, row in rows:
+        if None in row:
+            raise ValueError(f"{path}, line {line}: more cells than the header's {len(header)} columns")
+        cells = {column: value.strip() for column, value in row.items() if value is not None and value.strip()}
+        try:
+            validate(cells, schema, set_default=False)
+        except WorkflowError as error:
+            raise ValueError(f"{path}, line {line}: {schema_error(error)}") from None
+        table.append((line, cells))
+    return table
+
+
+def schema_error(error: Exception) -> str:
+    """What a failed `snakemake.utils.validate` found, in one line: the column or key and the problem."""
+    from jsonschema import ValidationError
+
+    cause = error.__cause__ or error.__context__  # validate raises its WorkflowError while handling this
+    if not isinstance(cause, ValidationError):
+        return str(error)
+    where = ".".join(str(part) for part in cause.absolute_path)
+    return f"{where}: {cause.message}" if where else cause.message
+
+
+def read_sample_sheet(path: str, schema: str, default_expected_length: int) -> dict[str, Sample]:
+    """The sample sheet: columns sample, path and optionally expected_length (see its schema)."""
+    samples = {}
+    for line, row in read_table(path, schema):
+        name = row["sample"]
+        if name in samples:
+            raise ValueError(f"{path}, line {line}: sample '{name}' is named twice; each sample needs a name of "
+                             f"its own (its results go to results/{name}/)")
+        samples[name] = Sample(name, row["path"], int(row.get("expected_length", default_expected_length)))
+    return samples
+
+
+def resolve_samples(config: dict, sheet_schema: str) -> dict[str, Sample]:
+    """Sample name -> sample: `input` (one file) when given, else `samples`, a sample sheet (a path)
+    or a mapping of name -> file."""
+    length = config["expected_length"]
     if config.get("input"):
-        return {sample_name_from_path(config["input"]): config["input"]}
-    samples = config.get("samples") or {}
-    if not samples:
-        raise ValueError("config: no input; give --config input=<fasta> or a 'samples' table")
-    for name in samples:
-        if not _SAMPLE_NAME.match(name):
-            raise ValueError(f"config: sample name '{name}' may only use letters, digits, '_' and '-'")
-    return dict(samples)
+        name = sample_name_from_path(config["input"])
+        samples = {name: Sample(name, config["input"], length)}
+    elif isinstance(config.get("samples"), str):
+        samples = read_sample_sheet(config["samples"], sheet_schema, length)
+    elif config.get("samples"):
+        samples = {name: Sample(name, path, length) for name, path in config["samples"].items()}
+        for name in samples:
+            if not _SAMPLE_NAME.match(name):
+                raise ValueError(f"config: sample name '{name}' may only use letters, digits, '_' and '-'")
+    else:
+        raise ValueError("config: no input; give --config input=<fasta>, a sample sheet or a 'samples' mapping")
+    check_distinct_names(samples)
+    return samples
+
+
+def check_distinct_names(names) -> None:
+    """Refuse names that differ only in case: on a case-insensitive file system (macOS, Windows)
+    their results would share one folder."""
+    folded = {}
+    for name in names:
+        other = folded.setdefault(name.casefold(), name)
+        if other != name:
+            raise ValueError(f"config: samples '{other}' and '{name}' differ only in case; their results would "
+                             "share one folder on a case-insensitive file system: rename one")
+
+
+def check_results_belong(name: str, path: str, results: str | os.PathLike = "results") -> None:
+    """Refuse to put `path`'s results where another input's are: results/<name>/ records the input
+    it was made from (`INPUT_RECORD`). Two files of the same name in different folders get the same
+    sample name from `--config input=...`, and the second would silently replace the first's results."""
+    record = Path(results) / name / INPUT_RECORD
+    if not record.is_file():
+        return
+    recorded = record.read_text().strip()
+    if recorded != input_identity(path):
+        raise ValueError(
+            f"results/{name}/ holds the results of {recorded} ({record}), not of {input_identity(path)}: give this "
+            f"input another sample name (a sample sheet, or --config \"samples={{<name>: {path}}}\"), or remove "
+            f"results/{name}/ to replace them")
+
+
+def input_identity(path: str | os.PathLike) -> str:
+    """The input file as `INPUT_RECORD` names it: its absolute path, symbolic links resolved."""
+    return str(Path(path).resolve())
 
 
 def unit_names(count: int) -> list[str]:
@@ -39,28 +142,42 @@ def unit_names(count: int) -> list[str]:
     return [f"{index:0{width}d}" for index in range(count)]
 
 
-def resolve_classifier_path(config: dict) -> str:
-    return config["models"]["classifier"].format(expected_length=config["expected_length"])
-
-
-def read_training_inputs(path: str) -> list[dict]:
+def read_training_inputs(path: str, schema: str) -> list[dict]:
     """The labelled inputs of the `train` target: rows of name, path, label (viral or host)."""
-    import csv
+    rows = read_table(path, schema)
+    names = {}
+    for line, row in rows:
+        if row["name"] in names:
+            raise ValueError(f"{path}, line {line}: name '{row['name']}' is also on line {names[row['name']]}; "
+                             "training input names must be unique")
+        names[row["name"]] = line
+    check_distinct_names(names)
+    return [row for _, row in rows]
 
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    if not rows or set(rows[0]) != {"name", "path", "label"}:
-        raise ValueError(f"{path}: a training table needs the tab-separated columns name, path, label")
-    for number, row in enumerate(rows, start=2):
-        if not _SAMPLE_NAME.match(row["name"] or ""):
-            raise ValueError(f"{path}, line {number}: name '{row['name']}' may only use letters, digits, '_' and '-'")
-        if row["label"] not in TRAINING_LABELS:
-            raise ValueError(f"{path}, line {number}: label must be one of {sorted(TRAINING_LABELS)}, "
-                             f"got '{row['label']}'")
-    names = [row["name"] for row in rows]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: training input names must be unique")
-    return rows
+
+def package_requirement() -> str:
+    """A pip requirement for the virnucpro package that this process imports, from which the rules'
+    conda environment installs its own copy: its source tree when it runs from a checkout (or an
+    editable install), else the URL it was installed from, else its version."""
+    import json
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    import virnucpro
+
+    source = Path(virnucpro.__file__).resolve().parents[2]
+    if (source / "pyproject.toml").is_file() and (source / "src" / "virnucpro").is_dir():
+        return str(source)
+    try:
+        installed = distribution("virnucpro")
+    except PackageNotFoundError:
+        raise ValueError(f"virnucpro is imported from {virnucpro.__file__}, which is neither a checkout nor an "
+                         "installed package: set VIRNUCPRO_PACKAGE to a pip requirement for it") from None
+    direct = json.loads(installed.read_text("direct_url.json") or "{}")
+    if "vcs_info" in direct:
+        return f"virnucpro @ {direct['vcs_info']['vcs']}+{direct['url']}@{direct['vcs_info']['commit_id']}"
+    if "url" in direct:
+        return f"virnucpro @ {direct['url']}"
+    return f"virnucpro=={installed.version}"
 
 
 BUILTIN_MODELS_NOTE = ("These results come from the built-in demonstration models in resources/models: tiny "
@@ -69,8 +186,7 @@ BUILTIN_MODELS_NOTE = ("These results come from the built-in demonstration model
                        "the real DNABERT-S, ESM-2 3B and VirNucPro classifier.")
 
 
-def models_note(config: dict, repository: str) -> str | None:
-    """The warning that outputs carry when any model is one of the built-in demonstration models."""
+def models_note(model_paths, repository: str | os.PathLike) -> str | None:
+    """The warning that outputs carry when any of the run's models is a built-in demonstration model."""
     builtin = (Path(repository) / "resources" / "models").resolve()
-    paths = [config["models"]["dnabert_s"], config["models"]["esm2"], resolve_classifier_path(config)]
-    return BUILTIN_MODELS_NOTE if any(builtin in Path(p).resolve().parents for p in paths) else None
+    return BUILTIN_MODELS_NOTE if any(builtin in Path(p).resolve().parents for p in model_paths) else None

@@ -17,7 +17,7 @@ rule check_models:
     conda:
         "../../envs/virnucpro.yaml"
     params:
-        expected_length=EXPECTED_LENGTH,
+        expected_length=checked_length,
         classifier_expected_length=config["models"]["classifier_expected_length"],
     script:
         "../scripts/check_models.py"

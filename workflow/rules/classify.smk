@@ -34,7 +34,7 @@ rule predict_frames:
         protein="results/{sample}/features/esm2/{shard}.arrow",
         frames=part_files("results/{sample}/frames/{part}.arrow"),
         reads=part_files("results/{sample}/reads/{part}.arrow"),
-        classifier=CLASSIFIER,
+        classifier=classifier_path,
     output:
         predictions="results/{sample}/frame_predictions/{shard}.parquet",
         lines=temp("results/{sample}/frame_predictions/{shard}.txt"),
@@ -49,7 +49,7 @@ rule predict_frames:
     resources:
         mem_mb=JOB_MEM_MB,
     params:
-        expected_length=EXPECTED_LENGTH,
+        expected_length=expected_length,
         classifier_expected_length=config["models"]["classifier_expected_length"],
     script:
         "../scripts/predict_frames.py"
@@ -77,8 +77,8 @@ rule consensus:
     resources:
         mem_mb=JOB_MEM_MB,
     params:
-        expected_length=EXPECTED_LENGTH,
-        classifier=CLASSIFIER,
+        expected_length=expected_length,
+        models=run_models,
         note=MODELS_NOTE,
     script:
         "../scripts/consensus.py"

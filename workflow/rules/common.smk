@@ -5,13 +5,17 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from virnucpro.devices import job_gpus, lock_directory
+from virnucpro.download import DEFAULT_MODELS, manifest_paths
+from virnucpro.model_cache import ModelNotFound, locate_model, model_name
 from virnucpro.partition import part_count
 from virnucpro.sharding import read_shard_plan
 from virnucpro.telemetry import RUN_ID_VARIABLE, new_run_id
 from virnucpro.workflow_config import (
+    INPUT_RECORD,
+    check_results_belong,
     models_note,
+    package_requirement,
     read_training_inputs,
-    resolve_classifier_path,
     resolve_samples,
     unit_names,
 )
@@ -28,11 +32,27 @@ envvars:
     RUN_ID_VARIABLE,
 
 
-SAMPLES = resolve_samples(config)
+# The rules' conda environment (envs/virnucpro.yaml) installs this package from here.
+os.environ.setdefault("VIRNUCPRO_PACKAGE", package_requirement())
+
+# The checkout this workflow runs from (the folder above workflow/).
+REPOSITORY = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1]
+EXPECTED_LENGTH = config["expected_length"]
+# Sample name -> Sample (path, expected_length): --config input=..., the sample sheet
+# (validated against workflow/schemas/samples.schema.yaml) or a mapping name -> path.
+SAMPLES = resolve_samples(
+    config, workflow.source_path("../schemas/samples.schema.yaml")
+)
+for sample in SAMPLES.values():
+    check_results_belong(sample.name, sample.path)
 # The training table matters only to the `train` target; a run without it still works.
 TRAINING_TABLE = config["training"]["inputs"]
 TRAINING_INPUTS = (
-    read_training_inputs(TRAINING_TABLE) if Path(TRAINING_TABLE).exists() else []
+    read_training_inputs(
+        TRAINING_TABLE, workflow.source_path("../schemas/training_inputs.schema.yaml")
+    )
+    if Path(TRAINING_TABLE).exists()
+    else []
 )
 clashes = set(SAMPLES) & {row["name"] for row in TRAINING_INPUTS}
 if clashes:
@@ -40,18 +60,45 @@ if clashes:
         f"config: samples and training inputs share names {sorted(clashes)}"
     )
 # Every sequence file the stages 1-7 may process, prediction samples and training inputs alike.
-INPUTS = {**SAMPLES, **{row["name"]: row["path"] for row in TRAINING_INPUTS}}
-EXPECTED_LENGTH = config["expected_length"]
+INPUTS = {
+    **{name: sample.path for name, sample in SAMPLES.items()},
+    **{row["name"]: row["path"] for row in TRAINING_INPUTS},
+}
 # Stages 1-2 run over parts of each input; their number follows from the file's size, so it is
 # known now, in every Snakemake process (the main one and each cluster job's).
 PARTS = {
-    name: unit_names(part_count(path, config["part_mb"]))
-    for name, path in SAMPLES.items()
+    name: unit_names(part_count(sample.path, config["part_mb"]))
+    for name, sample in SAMPLES.items()
 }
 WRITE_FASTA = config["outputs"]["virnucpro_fasta"]
-CLASSIFIER = resolve_classifier_path(config)
+# The run's models, each models.* setting as the file or folder it names (a path, or a name found
+# in its cache: see virnucpro.model_cache), with one classifier per expected length of the samples.
+MODEL_SETTINGS = {
+    "dnabert_s": ("dnabert_s", config["models"]["dnabert_s"], None),
+    "esm2": ("esm2", config["models"]["esm2"], None),
+    **{
+        f"classifier_{length}": ("classifier", config["models"]["classifier"], length)
+        for length in sorted({sample.expected_length for sample in SAMPLES.values()})
+    },
+}
+# Name -> path of each model that was found. One that was not is an error only when a job needs
+# it (`model_path`), so that targets that need none, as download_models, run before they exist.
+MODEL_PATHS = {}
+MODELS_NOT_FOUND = {}
+for name, (kind, setting, length) in MODEL_SETTINGS.items():
+    try:
+        MODEL_PATHS[name] = str(locate_model(kind, setting, length))
+    except ModelNotFound as error:
+        MODELS_NOT_FOUND[name] = str(error)
+# What `download_models` fetches: the models that models.* name, or, when they name none (as the
+# built-in models' paths do), the published ones: ESM-2 3B, DNABERT-S and VirNucPro's classifiers.
+DOWNLOADS = {
+    kind: model_name(kind, config["models"][kind])
+    for kind in DEFAULT_MODELS
+    if model_name(kind, config["models"][kind])
+} or DEFAULT_MODELS
 # Set when the run uses the built-in demonstration models: the outputs then say so.
-MODELS_NOTE = models_note(config, workflow.basedir)
+MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY)
 # Memory of a job in MB (the `mem_mb` resource; SLURM's --mem): a constant, since every job streams
 # its data in blocks of a fixed size (README, "Scale"). The embedding jobs hold a model as well.
 # Telemetry records each job's peak RSS against it.
@@ -74,7 +121,38 @@ wildcard_constraints:
     sample="[A-Za-z0-9][A-Za-z0-9_-]*",
     part="[0-9]+",
     shard="[0-9]+",
-    purpose="predict|train",
+    purpose="train|predict_300|predict_500",
+
+
+def model_path(name):
+    """The file or folder of one of MODEL_SETTINGS' models, or the error that says where it was looked for."""
+    if name in MODELS_NOT_FOUND:
+        raise ModelNotFound(MODELS_NOT_FOUND[name])
+    return MODEL_PATHS[name]
+
+
+def model_input(name):
+    """`model_path(name)` as a rule's input, asked for when a job needs it."""
+    return lambda wildcards: model_path(name)
+
+
+def expected_length(wildcards):
+    """The chunk length of the wildcards' sample; training inputs use the config's."""
+    sample = SAMPLES.get(wildcards.sample)
+    return EXPECTED_LENGTH if sample is None else sample.expected_length
+
+
+def classifier_path(wildcards):
+    return model_path(f"classifier_{expected_length(wildcards)}")
+
+
+def run_models(wildcards):
+    """Paths of the models that make a sample's calls, by kind (recorded in its read table)."""
+    return {
+        "dnabert_s": model_path("dnabert_s"),
+        "esm2": model_path("esm2"),
+        "classifier": classifier_path(wildcards),
+    }
 
 
 def sample_input(wildcards):
@@ -112,14 +190,30 @@ def shard_files(pattern):
     )
 
 
+# What a model check is for: training (the embedding models), or predicting at an expected length
+# (the embedding models and that length's classifier).
+def check_purpose(sample):
+    return (
+        "train"
+        if sample not in SAMPLES
+        else f"predict_{SAMPLES[sample].expected_length}"
+    )
+
+
+def checked_length(wildcards):
+    """The expected length that `check_models` checks the run's models for."""
+    return (
+        EXPECTED_LENGTH
+        if wildcards.purpose == "train"
+        else int(wildcards.purpose.removeprefix("predict_"))
+    )
+
+
 def models_to_check(wildcards):
     """The model files that `check_models` reads: the classifier only when predicting."""
-    models = {
-        "dnabert_s": config["models"]["dnabert_s"],
-        "esm2": config["models"]["esm2"],
-    }
-    if wildcards.purpose == "predict":
-        models["classifier"] = CLASSIFIER
+    models = {"dnabert_s": model_path("dnabert_s"), "esm2": model_path("esm2")}
+    if wildcards.purpose != "train":
+        models["classifier"] = model_path(f"classifier_{checked_length(wildcards)}")
     return models
 
 
@@ -127,8 +221,7 @@ def models_checked(wildcards):
     """The model check that a sample's shard plan, and so its GPU work, waits for. Ancient: a
     check that reruns (a model changed) reruns no job by itself; the jobs that use the changed
     model rerun because it is their input."""
-    purpose = "predict" if wildcards.sample in SAMPLES else "train"
-    return ancient(f"results/checks/models.{purpose}.json")
+    return ancient(f"results/checks/models.{check_purpose(wildcards.sample)}.json")
 
 
 def token_budget(kind):
@@ -149,6 +242,7 @@ def training_inputs(wildcards):
     files = {}
     for row in TRAINING_INPUTS:
         name = row["name"]
+        check_results_belong(name, row["path"])
         for kind in ("reads", "frames"):
             files[f"{name}__{kind}"] = expand(
                 f"results/{name}/{kind}/{{part}}.arrow", part=sample_parts(name)

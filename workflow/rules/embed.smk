@@ -5,7 +5,7 @@
 rule embed_dnabert_s:
     input:
         tokens="results/{sample}/tokens/dnabert_s/{shard}.arrow",
-        model=config["models"]["dnabert_s"],
+        model=model_input("dnabert_s"),
     output:
         features=temp("results/{sample}/features/dnabert_s/{shard}.arrow"),
     log:
@@ -32,7 +32,7 @@ rule embed_dnabert_s:
 rule embed_esm2:
     input:
         tokens="results/{sample}/tokens/esm2/{shard}.arrow",
-        model=config["models"]["esm2"],
+        model=model_input("esm2"),
     output:
         features=temp("results/{sample}/features/esm2/{shard}.arrow"),
     log:

@@ -7,6 +7,7 @@ rule partition_input:
         reads=sample_input,
     output:
         parts=temp(directory("results/{sample}/input")),
+        record=f"results/{{sample}}/{INPUT_RECORD}",
     log:
         log="results/logs/partition_input/{sample}.all.log",
         telemetry="results/telemetry/partition_input/{sample}.all.json",
@@ -44,7 +45,7 @@ rule chunk:
     resources:
         mem_mb=JOB_MEM_MB,
     params:
-        expected_length=EXPECTED_LENGTH,
+        expected_length=expected_length,
         # origin=<sequence>:<position> places the reads of a training input; elsewhere it is free text
         read_origins=lambda wildcards: wildcards.sample not in SAMPLES,
     script:
@@ -115,7 +116,7 @@ rule split_nucleotide:
     input:
         plan="results/{sample}/shards.tsv",
         frames=part_files("results/{sample}/frames/{part}.arrow"),
-        model=config["models"]["dnabert_s"],
+        model=model_input("dnabert_s"),
     output:
         tokens=temp("results/{sample}/tokens/dnabert_s/{shard}.arrow"),
     log:
@@ -138,7 +139,7 @@ rule split_protein:
     input:
         plan="results/{sample}/shards.tsv",
         frames=part_files("results/{sample}/frames/{part}.arrow"),
-        model=config["models"]["esm2"],
+        model=model_input("esm2"),
     output:
         tokens=temp("results/{sample}/tokens/esm2/{shard}.arrow"),
     log:

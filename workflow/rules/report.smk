@@ -30,12 +30,8 @@ rule summarize_sample:
     resources:
         mem_mb=JOB_MEM_MB,
     params:
-        expected_length=EXPECTED_LENGTH,
-        models={
-            "dnabert_s": config["models"]["dnabert_s"],
-            "esm2": config["models"]["esm2"],
-            "classifier": CLASSIFIER,
-        },
+        expected_length=expected_length,
+        models=run_models,
         note=MODELS_NOTE,
     script:
         "../scripts/summarize_sample.py"

@@ -1,12 +1,17 @@
-# Stages 1-2 run over parts: read the input once, checking its structure, into parts.
+# Stages 1-2 run over parts: read the input once, checking its structure, into parts; and record
+# which file the sample's results come from.
 from pathlib import Path
 
+from virnucpro.files import atomic_output
 from virnucpro.partition import partition_input
 from virnucpro.telemetry import JobTelemetry
+from virnucpro.workflow_config import input_identity
 
 with JobTelemetry.from_snakemake(snakemake, "partition_input") as telemetry:
     directory = Path(snakemake.output.parts)
     directory.mkdir(parents=True, exist_ok=True)
     result = partition_input(snakemake.input.reads, [directory / f"{part}.arrow" for part in snakemake.params.parts])
+    with atomic_output(snakemake.output.record) as record:
+        record.write(input_identity(snakemake.input.reads) + "\n")
     telemetry.records_in = telemetry.records_out = result.reads
     telemetry.details = {"bases": result.bases, "reads_per_part": result.reads_per_part}

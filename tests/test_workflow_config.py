@@ -1,0 +1,74 @@
+"""Samples from the config: the sample sheet against its schema, `--config input=...`, a mapping, and
+names that would make two inputs share one results folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import REPO
+from virnucpro.workflow_config import (INPUT_RECORD, Sample, check_results_belong, input_identity, resolve_samples,
+                                       sample_name_from_path)
+
+SCHEMA = str(REPO / "workflow/schemas/samples.schema.yaml")
+
+
+def config(**settings) -> dict:
+    return {"expected_length": 300, **settings}
+
+
+def test_the_sample_sheet_gives_names_paths_and_expected_lengths(tmp_path):
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("sample\tpath\texpected_length\nreads\tx/reads.fa\t\ncontigs\ty/contigs.fa.gz\t500\n")
+    assert resolve_samples(config(samples=str(sheet)), SCHEMA) == {
+        "reads": Sample("reads", "x/reads.fa", 300), "contigs": Sample("contigs", "y/contigs.fa.gz", 500)}
+    sheet.write_text("sample\tpath\nreads\tx/reads.fa\n")  # the optional column may be left out
+    assert resolve_samples(config(samples=str(sheet)), SCHEMA) == {"reads": Sample("reads", "x/reads.fa", 300)}
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("sample\tpath\texpected_length\na\tx.fa\t400\n", r"line 2: expected_length: '400' is not one of \['300', '500'\]"),
+    ("sample\tpath\na b\tx.fa\n", r"line 2: sample: 'a b' does not match"),
+    ("sample\tpath\na\t\n", r"line 2: 'path' is a required property"),
+    ("sample\tpath\tlength\na\tx.fa\t300\n", r"line 2: Additional properties are not allowed \('length' was unexpected\)"),
+    ("sample\tpath\na\tx.fa\textra\n", r"line 2: more cells than the header's 2 columns"),
+    ("sample\tpath\na\tx.fa\na\ty.fa\n", r"line 3: sample 'a' is named twice"),
+    ("sample,path\na,x.fa\n", r"not a tab-separated table with a header line"),
+    ("sample\tpath\n", r"the table has no rows"),
+])
+def test_a_bad_sample_sheet_is_refused_naming_the_line(tmp_path, rows, message):
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(rows)
+    with pytest.raises(ValueError, match=rf"samples.tsv(, |: ){message}"):
+        resolve_samples(config(samples=str(sheet)), SCHEMA)
+
+
+def test_input_and_mapping(tmp_path):
+    assert resolve_samples(config(input="data/my.reads.fastq.gz", samples="unused.tsv"), SCHEMA) == {
+        "my_reads": Sample("my_reads", "data/my.reads.fastq.gz", 300)}
+    assert resolve_samples(config(samples={"a": "x.fa"}, expected_length=500), SCHEMA) == {"a": Sample("a", "x.fa", 500)}
+    with pytest.raises(ValueError, match="sample name 'a/b' may only use"):
+        resolve_samples(config(samples={"a/b": "x.fa"}), SCHEMA)
+    with pytest.raises(ValueError, match="no input"):
+        resolve_samples(config(), SCHEMA)
+
+
+def test_names_that_differ_only_in_case_are_refused():
+    with pytest.raises(ValueError, match="samples 'Reads' and 'reads' differ only in case"):
+        resolve_samples(config(samples={"Reads": "x/reads.fa", "reads": "y/reads.fa"}), SCHEMA)
+
+
+def test_results_of_another_input_of_the_same_name_are_not_replaced(tmp_path, monkeypatch):
+    """x/reads.fa and y/reads.fa are both sample 'reads' by `--config input=...`."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "reads.fa").write_text(">r\nACGT\n")
+    assert sample_name_from_path("x/reads.fa") == sample_name_from_path("y/reads.fa") == "reads"
+    check_results_belong("reads", "x/reads.fa")  # no results yet
+    (tmp_path / "results" / "reads").mkdir(parents=True)
+    (tmp_path / "results" / "reads" / INPUT_RECORD).write_text(input_identity("x/reads.fa") + "\n")
+    check_results_belong("reads", "x/reads.fa")
+    check_results_belong("reads", str(tmp_path / "x" / "reads.fa"))  # the same file, however it is named
+    with pytest.raises(ValueError, match=rf"results/reads/ holds the results of {tmp_path}/x/reads.fa .*, not of "
+                                         rf"{tmp_path}/y/reads.fa: give this input another sample name"):
+        check_results_belong("reads", "y/reads.fa")

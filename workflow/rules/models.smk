@@ -1,0 +1,23 @@
+# The `download_models` target: fetch the models that models.* name into the caches where the
+# workflow finds them (see virnucpro.download). It runs where Snakemake runs: on a cluster, the
+# login node, which has the internet that compute nodes may lack.
+
+
+rule download_models:
+    output:
+        manifests=[
+            manifest
+            for kind, name in DOWNLOADS.items()
+            for manifest in manifest_paths(kind, name)
+        ],
+    log:
+        log="results/logs/download_models/all.all.log",
+        telemetry="results/telemetry/download_models/all.all.json",
+    benchmark:
+        "results/benchmarks/download_models/all.all.tsv"
+    conda:
+        "../../envs/virnucpro.yaml"
+    params:
+        models=DOWNLOADS,
+    script:
+        "../scripts/download_models.py"
