@@ -17,6 +17,10 @@ REFERENCE = SHARED / "reference" / "virnucpro_broad_tests"
 DNABERT_S_REFERENCE = SHARED / "reference" / "dnabert_s"
 DATA = SHARED / "data"
 BUILTIN_MODELS = REPO / "resources" / "models"
+# Without a GPU the Triton kernels run in Triton's interpreter (tests/test_kernels.py). Triton
+# reads this when it is first imported, which another test may do before that one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

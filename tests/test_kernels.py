@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("Triton is not installed", allow_module_level=True)
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # read when Triton is imported, below
+if not torch.cuda.is_available():  # conftest.py sets TRITON_INTERPRET before Triton is first imported
+    assert os.environ.get("TRITON_INTERPRET") == "1"
 
 from virnucpro.models.dnabert_s import alibi_slopes  # noqa: E402
 from virnucpro.models.kernels import alibi_varlen_attention  # noqa: E402
