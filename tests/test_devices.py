@@ -36,7 +36,10 @@ def test_candidates_follow_cuda_visible_devices_in_its_order():
 
 @pytest.fixture
 def environment(monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    # A lease sets CUDA_VISIBLE_DEVICES itself; setting it first makes monkeypatch restore the
+    # user's value (or its absence) after the test, so that no lease leaks into later tests.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "unset by the test")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     return monkeypatch
 
 

@@ -21,9 +21,13 @@ import pytest
 
 from test_workflow import SNAKEMAKE, REPO, run_workflow, write_config, write_input
 
-# What differs between two runs whatever happens: the record of when and how long.
-TIMING_FILES = ("results/logs/", "results/benchmarks/", "results/telemetry/", "results/telemetry.parquet",
-                "results/timing_report.md", "results/timing_report.tsv")
+# What differs between two runs whatever happens: the record of when and how long, and the path
+# of each run's own input (results/<sample>/input_path.txt).
+RUN_SPECIFIC_FILES = ("results/logs/", "results/benchmarks/", "results/telemetry/", "results/telemetry.parquet",
+                "results/telemetry_gpu_samples.parquet", "results/telemetry_batches.parquet",
+                "results/timing_report.md", "results/timing_report.tsv", "results/report/timing_report.html",
+                "results/report/job_timeline.png", "results/report/gpu_usage.png", "results/report/stage_times.png",
+                "results/report/embedding_throughput.png", "results/reads/input_path.txt")
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +39,8 @@ def uninterrupted(tmp_path_factory, data_dir):
 
 
 def results(workdir: Path) -> dict[str, bytes | None]:
-    """Every file under results/, with its bytes unless it records timings."""
-    return {str(path.relative_to(workdir)): None if str(path.relative_to(workdir)).startswith(TIMING_FILES)
+    """Every file under results/, with its bytes unless it is specific to the run."""
+    return {str(path.relative_to(workdir)): None if str(path.relative_to(workdir)).startswith(RUN_SPECIFIC_FILES)
             else path.read_bytes() for path in sorted((workdir / "results").rglob("*")) if path.is_file()}
 
 

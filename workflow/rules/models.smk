@@ -17,6 +17,8 @@ rule download_models:
         "results/benchmarks/download_models/all.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         models=DOWNLOADS,
     script:
