@@ -10,7 +10,6 @@ import torch
 
 from conftest import token_lists
 from virnucpro.embedding import plan_batches
-from virnucpro.models import esm2
 from virnucpro.models.dnabert_s import load_dnabert_s
 from virnucpro.models.esm2 import load_esm2
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool

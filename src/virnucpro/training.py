@@ -24,7 +24,6 @@ import copy
 import datetime
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
