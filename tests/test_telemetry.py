@@ -122,3 +122,11 @@ def test_a_failing_job_still_fails_and_says_why(tmp_path):
             raise ValueError("bad input")
     report = json.loads((tmp_path / "job.json").read_text())
     assert report["status"] == "failed" and report["error"] == "ValueError: bad input"
+
+
+def test_a_job_over_its_memory_bound_says_so_in_its_telemetry(tmp_path):
+    with JobTelemetry(tmp_path / "job.json", "chunk", "reads", resources={"mem_mb": 1}):
+        pass
+    report = json.loads((tmp_path / "job.json").read_text())
+    assert report["memory_bound_mb"] == 1 and report["peak_rss_mb"] > 1
+    assert report["warnings"] == [f"peak memory {report['peak_rss_mb']:.0f} MB is over the job's bound of 1 MB (mem_mb)"]

@@ -155,8 +155,9 @@ class JobTelemetry:
             "details": self.details, "gpu": self.gpu, "warnings": self.warnings,
         }
         if report["memory_bound_mb"] and report["peak_rss_mb"] > report["memory_bound_mb"]:
-            log.warning("peak memory %.0f MB is over the job's bound of %s MB (mem_mb)", report["peak_rss_mb"],
-                        report["memory_bound_mb"])
+            # report["warnings"] is this list: the warning goes into the telemetry too
+            self.warn(f"peak memory {report['peak_rss_mb']:.0f} MB is over the job's bound of "
+                      f"{report['memory_bound_mb']} MB (mem_mb)")
         with atomic_output(self.path) as out:
             out.write(json.dumps(report, indent=2, default=str) + "\n")
 
