@@ -35,8 +35,8 @@ test: setup
 # embedding models, the placed lambda reads, the classifiers for 300 and 500 bp trained by the
 # workflow's `train` target with their reports, and the demo reads from the held-out regions.
 builtin-models: setup
-	$(PYTHON) -m virnucpro.builtin_models --data ../shared/data --out resources/models
-	$(PYTHON) -m virnucpro.demo_data training-inputs --data ../shared/data --out resources/training
+	$(PYTHON) -m virnucpro.model_store.builtin --data ../shared/data --out resources/models
+	$(PYTHON) -m virnucpro.demo.inputs training-inputs --data ../shared/data --out resources/training
 	for length in 300 500; do \
 	  $(VENV)/bin/snakemake train --cores all --config expected_length=$$length && \
 	  cp results/training/expected_length_$$length/classifier.pt resources/models/classifier_$$length.pt && \
@@ -46,5 +46,5 @@ builtin-models: setup
 	     results/training/expected_length_$$length/held_out_regions.tsv resources/models/classifier_$${length}_training/ \
 	  || exit 1; \
 	done
-	$(PYTHON) -m virnucpro.demo_data demo-input --data ../shared/data --training resources/training \
+	$(PYTHON) -m virnucpro.demo.inputs demo-input --data ../shared/data --training resources/training \
 	  --held-out results/training/expected_length_300/held_out_regions.tsv --out resources/demo/demo_reads.fa

@@ -27,12 +27,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from virnucpro.builtin_models import perturb_layer_norms
-from virnucpro.embedding import embed_sequences, load_embedder
+from virnucpro.io.sequences import read_sequences
+from virnucpro.model_store.builtin import perturb_layer_norms
 from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, save_dnabert_s
+from virnucpro.models.embedder import load_embedder
 from virnucpro.models.esm2 import ESM2, ESM2Config, save_fair_esm_checkpoint
-from virnucpro.sequence_io import read_sequences
-from virnucpro.translation import translate_chunks
+from virnucpro.stages.embedding import embed_sequences
+from virnucpro.stages.translation import translate_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 ESM2_3B = ESM2Config(num_layers=36, embed_dim=2560, attention_heads=40)

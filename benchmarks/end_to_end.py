@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from runs import REPO, jobs, run_workflow, same_outputs, stage_rows, unit, workload
-from virnucpro.builtin_models import perturb_layer_norms
-from virnucpro.embedding import load_embedder
+from virnucpro.model_store.builtin import perturb_layer_norms
 from virnucpro.models.classifier import MLPClassifier, save_classifier
 from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, save_dnabert_s
+from virnucpro.models.embedder import load_embedder
 from virnucpro.models.esm2 import ESM2, ESM2Config, save_fair_esm_checkpoint
 
 PREPARE_STAGES = ("partition_input", "chunk", "translate", "plan_shards", "split_nucleotide", "split_protein")
@@ -116,7 +116,7 @@ def main() -> None:
     summary = {"command": "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:]),
                "device": torch.cuda.get_device_name(), "gpus_on_machine": torch.cuda.device_count(),
                "cpu_cores": os.cpu_count(), "reads": args.reads, "read_length": 150,
-               "workload": f"simulated with virnucpro.simulate, seed {args.seed}, half lambda, half Klebsiella",
+               "workload": f"simulated with virnucpro.demo.simulate, seed {args.seed}, half lambda, half Klebsiella",
                "preparation_seconds": time.perf_counter() - started, "runs": []}
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"e2e_{torch.cuda.get_device_name().split()[1].lower()}_{args.reads}reads"

@@ -17,13 +17,14 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time
-from virnucpro.telemetry import _seconds_since_process_start
+from virnucpro.run.telemetry import _seconds_since_process_start
 marks = {"imports_started_after": _seconds_since_process_start()}
 start = time.perf_counter()
 def mark(name):
     marks[name] = time.perf_counter() - start
 import torch
-from virnucpro.embedding import embed_shard, load_embedder
+from virnucpro.models.embedder import load_embedder
+from virnucpro.stages.embedding import embed_shard
 mark("imports")
 torch.zeros(1, device="cuda")
 mark("cuda")
@@ -55,9 +56,10 @@ print("MARKS " + json.dumps(marks), flush=True)
 def token_file(kind: str, model: Path, frames: list[str], path: Path) -> None:
     import pyarrow as pa
 
+    from virnucpro.io.schemas import TOKEN_SCHEMA
+    from virnucpro.io.tables import TableWriter
     from virnucpro.models.tokens import load_tokenizer
-    from virnucpro.sharding import TOKEN_SCHEMA, Shard
-    from virnucpro.tables import TableWriter
+    from virnucpro.stages.sharding import Shard
 
     tokenizer = load_tokenizer(kind, model)
     with TableWriter(path, TOKEN_SCHEMA, 65536, metadata={"kind": kind, "tokenizer": tokenizer.identity,

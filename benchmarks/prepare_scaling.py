@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from runs import jobs, run_workflow, stage_rows, workload
-from virnucpro.sharding import read_shard_plan
+from virnucpro.stages.sharding import read_shard_plan
 
 
 def main() -> None:

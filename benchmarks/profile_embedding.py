@@ -20,7 +20,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from embedding_throughput import realistic_frames
-from virnucpro.embedding import embed_sequences, load_embedder
+from virnucpro.models.embedder import load_embedder
+from virnucpro.stages.embedding import embed_sequences
 
 CATEGORIES = (  # first match wins (attention kernels have "cutlass" in their names too)
     ("attention", ("flash", "fmha", "attention", "efficient")),

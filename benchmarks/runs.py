@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from virnucpro.simulate import load_genomes, simulate_reads, write_reads
+from virnucpro.demo.simulate import load_genomes, simulate_reads, write_reads
 
 REPO = Path(__file__).resolve().parents[1]
 VIRNUCPRO_FILES = ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa", "prediction_results.txt",

@@ -56,7 +56,7 @@ def dnabert_s_reference() -> Path:
 @pytest.fixture(scope="session")
 def esm2_checkpoint(tmp_path_factory) -> Path:
     """A small ESM-2 (4 layers, width 64, 4 heads) in fair-esm's checkpoint format, float32."""
-    from virnucpro.builtin_models import perturb_layer_norms
+    from virnucpro.model_store.builtin import perturb_layer_norms
     from virnucpro.models.esm2 import ESM2, ESM2Config, save_fair_esm_checkpoint
 
     torch.manual_seed(11)
@@ -72,7 +72,7 @@ def dnabert_s_dir(tmp_path_factory, dnabert_s_reference) -> Path:
     """A small DNABERT-S (2 layers, width 48, 6 heads: not a power of two, which exercises the
     ALiBi slope interleave) as a HuggingFace directory with pytorch_model.bin, like the public one,
     and the public one's tokenizer.json (4096 tokens, the vocabulary of the fake's config)."""
-    from virnucpro.builtin_models import perturb_layer_norms
+    from virnucpro.model_store.builtin import perturb_layer_norms
     from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, save_dnabert_s
 
     torch.manual_seed(21)
@@ -91,10 +91,10 @@ class PreparedSample:
 
     def __init__(self, directory: Path, input_path: Path, expected_length: int, parts: int = 1,
                  max_ambiguous_fraction: float = 0.5, read_origins: bool = False):
-        from virnucpro.chunking import chunk_part
-        from virnucpro.partition import partition_input
-        from virnucpro.translation import identify_frames
-        from virnucpro.workflow_config import unit_names
+        from virnucpro.io.ids import unit_names
+        from virnucpro.stages.chunking import chunk_part
+        from virnucpro.stages.partition import partition_input
+        from virnucpro.stages.translation import identify_frames
 
         self.directory, self.names = directory, unit_names(parts)
         self.input_parts = self._paths("input", "arrow")

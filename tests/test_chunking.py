@@ -4,9 +4,11 @@ import random
 import numpy as np
 import pytest
 
-from virnucpro.chunking import READ_SCHEMA, chunk_id, chunk_layout, chunk_start
-from virnucpro.sequence_io import InputError, read_records, read_sequences
-from virnucpro.tables import PartedTable
+from virnucpro.io.ids import chunk_id
+from virnucpro.io.schemas import READ_SCHEMA
+from virnucpro.io.sequences import InputError, read_records, read_sequences
+from virnucpro.io.tables import PartedTable
+from virnucpro.stages.chunking import chunk_layout, chunk_start
 
 
 def original_chunks(sequence: str, size: int) -> list[str]:
@@ -227,7 +229,7 @@ def test_origin_is_free_text_in_a_prediction_input(tmp_path, prepare):
 
 
 def test_a_part_of_protein_like_reads_warns(tmp_path, prepare):
-    from virnucpro.chunking import chunk_part
+    from virnucpro.stages.chunking import chunk_part
 
     input_path = write_fasta_lines(tmp_path / "proteins.fa", [">p1 a protein", "MKKSWRDVHACGTTRKSDYVMHW",
                                                              ">d1 a read", "ACGT" * 20])

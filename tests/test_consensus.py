@@ -5,13 +5,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from virnucpro import consensus
-from virnucpro.chunking import READ_SCHEMA
-from virnucpro.consensus import write_outputs
-from virnucpro.files import atomic_output
-from virnucpro.prediction import FRAME_PREDICTION_SCHEMA, prediction_lines
-from virnucpro.tables import TableWriter
-from virnucpro.translation import CHUNK_SUMMARY_SCHEMA, FRAME_NAMES, FRAME_SCHEMA
+from virnucpro.io.atomic import atomic_output
+from virnucpro.io.ids import FRAME_NAMES
+from virnucpro.io.schemas import READ_SCHEMA
+from virnucpro.io.schemas import FRAME_PREDICTION_SCHEMA
+from virnucpro.io.schemas import CHUNK_SUMMARY_SCHEMA, FRAME_SCHEMA
+from virnucpro.io.tables import TableWriter
+from virnucpro.stages import consensus
+from virnucpro.stages.consensus import write_outputs
+from virnucpro.stages.prediction import prediction_lines
 
 
 def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0, chunk_places=None):
@@ -190,7 +192,7 @@ def test_reads_and_frames_across_blocks_and_shards_give_the_same_table(tmp_path,
 
 
 def test_viral_regions_are_runs_of_viral_chunks_that_unclassified_chunks_do_not_break():
-    from virnucpro.regions import viral_regions
+    from virnucpro.stages.regions import viral_regions
 
     # sequence 0: virus virus others virus (unclassified); sequence 1: (unclassified) virus (unclassified)
     # virus; sequence 2 has no chunk; sequence 3 one others chunk. Chunks of 300 bases, 250 apart.
@@ -214,8 +216,8 @@ def test_viral_regions_are_runs_of_viral_chunks_that_unclassified_chunks_do_not_
 def test_a_contig_with_two_viral_stretches_gets_them_as_regions(tmp_path, monkeypatch, prepare, data_dir):
     """A Klebsiella stretch with two lambda stretches put in, through stages 1-2 and 9; the frames of
     chunks that lie mostly in lambda get viral scores, the others host scores."""
-    from virnucpro.sequence_io import read_sequences
-    from virnucpro.tables import TableReader
+    from virnucpro.io.sequences import read_sequences
+    from virnucpro.io.tables import TableReader
 
     host = next(read_sequences(data_dir / "Klebs_HS11286.fna.xz")).sequence
     phage = next(read_sequences(data_dir / "lambda_virus.fa.gz")).sequence

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from virnucpro import devices
-from virnucpro.devices import GpuCandidate, gpu_candidates, job_gpus, lease_device, lock_directory
+from virnucpro.run import devices
+from virnucpro.run.devices import GpuCandidate, gpu_candidates, job_gpus, lease_device, lock_directory
 
 UUIDS = ["GPU-aaaa", "GPU-bbbb", "GPU-cccc", "GPU-dddd"]
 
@@ -101,7 +101,7 @@ def test_jobs_in_one_process_get_different_gpus_and_see_only_their_own(environme
 
 HOLDER = textwrap.dedent("""
     import os, sys, time
-    from virnucpro.devices import lease_device
+    from virnucpro.run.devices import lease_device
     with lease_device("cuda", sys.argv[1], poll_seconds=0.1) as lease:
         print(os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
         time.sleep(float(sys.argv[2]))
@@ -210,7 +210,7 @@ def test_a_shared_sticky_directory_leases_across_users():
     source = str(Path(devices.__file__).parents[1])
     for python in (sys.executable, "/usr/bin/python3"):  # devices.py needs only the standard library
         try:
-            subprocess.run([python, "-c", "import virnucpro.devices"], user=65534, group=65534, check=True,
+            subprocess.run([python, "-c", "import virnucpro.run.devices"], user=65534, group=65534, check=True,
                            env={"PYTHONPATH": source}, capture_output=True)
             break
         except (OSError, subprocess.CalledProcessError):

@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from conftest import token_lists
+from virnucpro.io.sequences import read_sequences
 from virnucpro.models.dnabert_s import alibi_slopes, load_dnabert_s
 from virnucpro.models.packing import PackedSequences
-from virnucpro.sequence_io import read_sequences
 
 
 def standard_alibi_slopes(heads: int) -> list[float]:

@@ -1,5 +1,5 @@
-"""Fetching the real models (virnucpro.download) from a server on the loopback interface that serves
-small fakes in the real formats, and finding them in the caches by name (virnucpro.model_cache)."""
+"""Fetching the real models (virnucpro.model_store.download) from a server on the loopback interface that serves
+small fakes in the real formats, and finding them in the caches by name (virnucpro.model_store.cache)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from virnucpro import download
-from virnucpro.download import DownloadError, RemoteFile, fetch
-from virnucpro.model_cache import (ModelNotFound, locate_model, manifest_path, model_files, model_identity,
+from virnucpro.model_store import download
+from virnucpro.model_store.cache import (ModelNotFound, locate_model, manifest_path, model_files, model_identity,
                                    model_name)
+from virnucpro.model_store.download import DownloadError, RemoteFile, fetch
 
 COMMIT = "5c1a2f9e0b7d4c3a8e6f1d2b9a0c7e4f3b2a1d0c"
 
@@ -168,8 +168,8 @@ def serve_classifiers(server: ModelServer, tmp_path: Path, monkeypatch) -> dict[
 
 def test_a_fresh_machine_gets_every_model_and_finds_it_by_name(caches, server, esm2_checkpoint, dnabert_s_dir,
                                                                 tmp_path, monkeypatch):
-    from virnucpro.embedding import load_embedder
     from virnucpro.models.classifier import load_classifier
+    from virnucpro.models.embedder import load_embedder
 
     served = {**serve_esm2(server, esm2_checkpoint, tmp_path), **serve_dnabert_s(server, dnabert_s_dir),
               **serve_classifiers(server, tmp_path, monkeypatch)}
@@ -204,8 +204,8 @@ def test_a_fresh_machine_gets_every_model_and_finds_it_by_name(caches, server, e
     assert model_identity(classifier)["files"][0]["sha256"] == hashlib.sha256(served["500_model.pth"]).hexdigest()
     # the identity of the loaded models, which their feature files carry, includes the records
     cpu = torch.device("cpu")
-    assert load_embedder("esm2", checkpoint, cpu).identity()["files"] == model_files(checkpoint)
-    assert load_embedder("dnabert_s", snapshot, cpu).identity()["files"] == model_files(snapshot)
+    assert load_embedder("esm2", checkpoint, cpu, files=model_files(checkpoint)).identity()["files"] == model_files(checkpoint)
+    assert load_embedder("dnabert_s", snapshot, cpu, files=model_files(snapshot)).identity()["files"] == model_files(snapshot)
 
     # a second run checks what is there and fetches no file again
     def file_gets():

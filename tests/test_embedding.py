@@ -11,14 +11,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from virnucpro.embedding import BatchTimeline, embed_sequences, embed_shard, load_embedder
-from virnucpro.features import FeatureFile
+from virnucpro.io.features import FeatureFile
+from virnucpro.io.sequences import read_sequences
+from virnucpro.io.tables import TableWriter
+from virnucpro.models.embedder import load_embedder
 from virnucpro.models.packing import PackedSequences
 from virnucpro.models.tokens import load_tokenizer
-from virnucpro.sequence_io import read_sequences
-from virnucpro.sharding import Shard
-from virnucpro.tables import TableWriter
-from virnucpro.translation import translate_chunks
+from virnucpro.stages.embedding import BatchTimeline, embed_sequences, embed_shard
+from virnucpro.stages.sharding import Shard
+from virnucpro.stages.translation import translate_chunks
 
 CPU = torch.device("cpu")
 
@@ -202,15 +203,15 @@ def test_the_batch_timeline_stays_bounded_and_keeps_every_batch():
 
 def test_embedding_logs_its_progress_with_the_time_left(embedders, lambda_frames, caplog):
     sequences = sequences_for("esm2", lambda_frames)
-    with caplog.at_level(logging.INFO, logger="virnucpro.embedding"):
+    with caplog.at_level(logging.INFO, logger="virnucpro.stages.embedding"):
         embed_sequences(embedders["esm2"], sequences, CPU, token_budget=600)
     lines = [record.getMessage() for record in caplog.records if "tokens/s" in record.getMessage()]
     assert not lines  # nothing within the first 30 s
 
-    from virnucpro.embedding import embed_token_blocks
+    from virnucpro.stages.embedding import embed_token_blocks
 
     tokens_per_sequence = tokens(embedders["esm2"], sequences)
-    with caplog.at_level(logging.INFO, logger="virnucpro.embedding"):
+    with caplog.at_level(logging.INFO, logger="virnucpro.stages.embedding"):
         embed_token_blocks(embedders["esm2"], [tokens_per_sequence], CPU, lambda row, vectors: None, 600,
                            total_sequences=len(sequences), progress_seconds=0)
     lines = [record.getMessage() for record in caplog.records if "tokens/s" in record.getMessage()]

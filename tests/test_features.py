@@ -9,12 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from virnucpro.chunking import READ_SCHEMA
-from virnucpro.features import FeatureFile, FeatureWriter, MergedFeatures, merge_features
+from virnucpro.io.features import FeatureFile, FeatureWriter, MergedFeatures
+from virnucpro.io.ids import FRAME_NAMES
+from virnucpro.io.schemas import READ_SCHEMA
+from virnucpro.io.schemas import FRAME_SCHEMA
+from virnucpro.io.tables import TableWriter
 from virnucpro.models.classifier import MLPClassifier
-from virnucpro.prediction import frame_probabilities, predict_shard
-from virnucpro.tables import TableWriter
-from virnucpro.translation import FRAME_NAMES, FRAME_SCHEMA
+from virnucpro.stages.merge import merge_features
+from virnucpro.stages.prediction import frame_probabilities, predict_shard
 
 DNABERT_IDENTITY = {"kind": "dnabert_s", "architecture": "x", "dim": 768, "fingerprint": "f", "source": "s"}
 ESM2_IDENTITY = {"kind": "esm2", "architecture": "y", "dim": 2560, "fingerprint": "g", "source": "t"}

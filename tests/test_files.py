@@ -11,11 +11,11 @@ import textwrap
 
 import pytest
 
-from virnucpro.files import atomic_output, atomic_path, atomic_paths, scratch_directory
+from virnucpro.io.atomic import atomic_output, atomic_path, atomic_paths, scratch_directory
 
 KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
-    from virnucpro.files import atomic_path, scratch_directory
+    from virnucpro.io.atomic import atomic_path, scratch_directory
     with scratch_directory(sys.argv[1]) as scratch, atomic_path(sys.argv[1]) as temporary:
         (scratch / "run0.arrow").write_bytes(b"x" * 1000)
         temporary.write_bytes(b"half of it")

@@ -19,8 +19,8 @@ def frames(data_dir):
     """(protein, nucleotide) of each stop-free frame."""
     import pyarrow as pa
 
-    from virnucpro.sequence_io import read_sequences
-    from virnucpro.translation import translate_chunks
+    from virnucpro.io.sequences import read_sequences
+    from virnucpro.stages.translation import translate_chunks
 
     genomes = [r.sequence.upper() for name in ("lambda_virus.fa.gz", "Klebs_HS11286.fna.xz")
                for r in read_sequences(data_dir / name)]
@@ -48,7 +48,7 @@ def assert_equivalent(fast: np.ndarray, reference: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def esm2_150m_shaped(tmp_path_factory):
     """An ESM-2 with the 150M model's width and heads (fewer layers), random weights, fp16 file."""
-    from virnucpro.builtin_models import perturb_layer_norms
+    from virnucpro.model_store.builtin import perturb_layer_norms
     from virnucpro.models.esm2 import ESM2, ESM2Config, save_fair_esm_checkpoint
 
     torch.manual_seed(3)
@@ -63,7 +63,8 @@ def esm2_150m_shaped(tmp_path_factory):
 def test_esm2_packed_bf16_matches_fair_esm_fp32(esm2_150m_shaped, frames, compile_model):
     import esm
 
-    from virnucpro.embedding import embed_sequences, load_embedder
+    from virnucpro.models.embedder import load_embedder
+    from virnucpro.stages.embedding import embed_sequences
 
     proteins = [protein for protein, _ in frames if 40 <= len(protein) <= 170][:600]
     data = torch.load(esm2_150m_shaped, map_location="cpu", weights_only=False)
@@ -86,10 +87,11 @@ def test_esm2_packed_bf16_matches_fair_esm_fp32(esm2_150m_shaped, frames, compil
 
 
 def test_dnabert_s_packed_bf16_matches_fp32_one_sequence_at_a_time(tmp_path, frames):
-    from virnucpro.builtin_models import perturb_layer_norms
-    from virnucpro.embedding import embed_sequences, load_embedder
+    from virnucpro.model_store.builtin import perturb_layer_norms
     from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, load_dnabert_s, save_dnabert_s
+    from virnucpro.models.embedder import load_embedder
     from virnucpro.models.packing import PackedSequences
+    from virnucpro.stages.embedding import embed_sequences
 
     from conftest import BUILTIN_MODELS, token_lists
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import token_lists
-from virnucpro.embedding import plan_batches
 from virnucpro.models.dnabert_s import load_dnabert_s
 from virnucpro.models.esm2 import load_esm2
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
 from virnucpro.models.tokens import ProteinTokenizer
+from virnucpro.stages.embedding import plan_batches
 
 PROTEINS = ["MKTAYIAKQRQISFVKSHFSRQ", "MSE", "GLSDGEWQQVLNVWGKVEADIAGHGQEVLIRLF", "MXXAKLWR", "PEPTIDE",
             "ACDEFGHIKLMNPQRSTVWYACDEFGHIKLMNPQRSTVWY", "MM"]

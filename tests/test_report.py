@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from virnucpro import figures
-from virnucpro.report import (BATCH_SCHEMA, GPU_SAMPLE_SCHEMA, JOB_SCHEMA, NOT_AVAILABLE, latest_run, load_telemetry,
+from virnucpro.reporting import figures
+from virnucpro.reporting.timing import (BATCH_SCHEMA, GPU_SAMPLE_SCHEMA, JOB_SCHEMA, NOT_AVAILABLE, latest_run, load_telemetry,
                               runs, stage_summary, telemetry_tables, timing_report, write_report)
 
 T0 = 1_700_000_000.0  # the latest run's first job starts here (unix seconds)
@@ -20,7 +20,7 @@ T0 = 1_700_000_000.0  # the latest run's first job starts here (unix seconds)
 
 def job(stage: str, unit: str, start: float, wall: float, run_id: str | None = "run-2", startup: float = 1.0,
         records: int | None = 1000, details: dict | None = None, gpu: dict | None = None, host: str = "node1") -> dict:
-    """A telemetry record as virnucpro.telemetry.JobTelemetry writes it."""
+    """A telemetry record as virnucpro.run.telemetry.JobTelemetry writes it."""
     begin = datetime.datetime.fromtimestamp(T0 + start, datetime.timezone.utc)
     return {"run_id": run_id, "stage": stage, "sample": "s", "part": None, "shard": unit, "status": "ok", "error": None,
             "start": begin.isoformat(), "end": (begin + datetime.timedelta(seconds=wall)).isoformat(),

@@ -98,7 +98,7 @@ def test_a_killed_run_resumes_with_the_same_command_to_the_same_outputs(uninterr
 
 
 def test_only_the_lock_of_a_run_that_is_gone_is_removed(tmp_path):
-    from virnucpro.resume import record_owner, remove_stale_lock
+    from virnucpro.run.resume import record_owner, remove_stale_lock
 
     locks = tmp_path / "locks"
     locks.mkdir()
@@ -106,7 +106,7 @@ def test_only_the_lock_of_a_run_that_is_gone_is_removed(tmp_path):
     assert remove_stale_lock(locks) == []  # no record: left to Snakemake's error (--unlock)
 
     ended = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
-                              "from virnucpro.resume import record_owner; record_owner(Path(sys.argv[1]))",
+                              "from virnucpro.run.resume import record_owner; record_owner(Path(sys.argv[1]))",
                               str(locks)], env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert ended.wait() == 0  # a run that recorded itself and is gone
     record_owner(locks)  # and this process, a run still going

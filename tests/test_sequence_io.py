@@ -5,8 +5,8 @@ import lzma
 import pyarrow as pa
 import pytest
 
-from virnucpro.files import atomic_output, atomic_path
-from virnucpro.sequence_io import (InputError, SequenceRecord, fasta_text, protein_like, read_sequences)
+from virnucpro.io.atomic import atomic_output, atomic_path
+from virnucpro.io.sequences import (InputError, SequenceRecord, fasta_text, protein_like, read_sequences)
 
 FASTA_TEXT = (
     ">read_1 first read, with a description\n"

@@ -7,10 +7,10 @@ import pyarrow as pa
 import pytest
 
 from conftest import BUILTIN_MODELS
+from virnucpro.io.ids import unit_names
+from virnucpro.io.tables import PartedTable, TableReader
 from virnucpro.models.tokens import load_tokenizer
-from virnucpro.sharding import Shard, plan_shards, read_shard_plan, shard_of, split_shard, write_shard_plan
-from virnucpro.tables import PartedTable, TableReader
-from virnucpro.workflow_config import unit_names
+from virnucpro.stages.sharding import Shard, plan_shards, read_shard_plan, shard_of, split_shard, write_shard_plan
 
 MODELS = {"dnabert_s": BUILTIN_MODELS / "dnabert_s_mini", "esm2": BUILTIN_MODELS / "esm2_mini.pt"}
 

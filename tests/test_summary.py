@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from virnucpro import summary
-from virnucpro.consensus import READ_PREDICTION_SCHEMA
-from virnucpro.summary import read_sample_summary, summarize_sample, write_run_summary, write_sample_summary
+from virnucpro.io.schemas import READ_PREDICTION_SCHEMA
+from virnucpro.reporting import results_summary as summary
+from virnucpro.reporting.results_summary import read_sample_summary, summarize_sample, write_run_summary, write_sample_summary
 
 MODELS = {"dnabert_s": "/models/DNABERT-S", "esm2": "/models/esm2_t36_3B_UR50D.pt", "classifier": "/models/300_model.pth"}
 

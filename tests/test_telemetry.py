@@ -11,7 +11,7 @@ import types
 import polars as pl
 import pytest
 
-from virnucpro.telemetry import GpuMonitor, JobTelemetry
+from virnucpro.run.telemetry import GpuMonitor, JobTelemetry
 
 
 class NotSupported(Exception):
@@ -73,7 +73,7 @@ def test_a_full_gpu_gives_every_metric(monkeypatch):
 
 
 def test_the_timing_report_takes_gpu_jobs_with_and_without_unavailable_metrics(monkeypatch, tmp_path):
-    from virnucpro.report import write_report
+    from virnucpro.reporting.timing import write_report
 
     summaries = []
     for unsupported in (set(), {"utilisation", "power", "energy"}):

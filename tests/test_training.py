@@ -9,12 +9,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-from virnucpro.chunking import READ_SCHEMA
-from virnucpro.features import FeatureWriter, merge_features
+from virnucpro.io.features import FeatureWriter
+from virnucpro.io.schemas import READ_SCHEMA
+from virnucpro.io.schemas import FRAME_SCHEMA
+from virnucpro.io.tables import TableWriter
 from virnucpro.models.classifier import check_compatible, load_classifier
-from virnucpro.tables import TableWriter
-from virnucpro.translation import FRAME_SCHEMA
-from virnucpro.training import (
+from virnucpro.stages.merge import merge_features
+from virnucpro.stages.training import (
     Hyperparameters,
     balanced,
     binary_metrics,
@@ -170,7 +171,7 @@ def test_too_few_regions_to_hold_out_is_a_clear_error(tmp_path):
 
 def test_a_training_table_with_a_bad_label_header_or_name_is_refused(tmp_path):
     from conftest import REPO
-    from virnucpro.workflow_config import read_training_inputs
+    from virnucpro.run.config import read_training_inputs
 
     schema = str(REPO / "workflow/schemas/training_inputs.schema.yaml")
     table = tmp_path / "t.tsv"

@@ -6,18 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from virnucpro.chunking import chunk_layout
-from virnucpro.sequence_io import read_records, read_sequences
-from virnucpro.tables import PartedTable
-from virnucpro.translation import (
-    CHUNK_SUMMARY_SCHEMA,
-    FRAME_NAMES,
-    FRAME_SCHEMA,
-    REASON_NO_STOP_FREE_FRAME,
-    REASON_TOO_AMBIGUOUS,
-    REASON_TOO_SHORT,
-    translate_chunks,
-)
+from virnucpro.io.ids import FRAME_NAMES
+from virnucpro.io.schemas import (CHUNK_SUMMARY_SCHEMA, FRAME_SCHEMA, REASON_NO_STOP_FREE_FRAME, REASON_TOO_AMBIGUOUS, REASON_TOO_SHORT)
+from virnucpro.io.sequences import read_records, read_sequences
+from virnucpro.io.tables import PartedTable
+from virnucpro.stages.chunking import chunk_layout
+from virnucpro.stages.translation import translate_chunks
 
 
 @dataclass
@@ -297,10 +291,10 @@ def test_frames_do_not_depend_on_the_parts(data_dir, prepare):
 
 def test_frames_do_not_depend_on_the_translation_blocks(data_dir, prepare, monkeypatch):
     """Stage 2 reads its part a block of chunks at a time (and the blocks' read IDs only)."""
-    import virnucpro.translation
+    import virnucpro.stages.translation
 
     whole = prepare(data_dir / "reads_1.fq.gz", 300, parts=2)
-    monkeypatch.setattr(virnucpro.translation, "TRANSLATION_BATCH_CHUNKS", 777)
+    monkeypatch.setattr(virnucpro.stages.translation, "TRANSLATION_BATCH_CHUNKS", 777)
     blocks = prepare(data_dir / "reads_1.fq.gz", 300, parts=2)
     for kind in ("nucleotide_fasta", "protein_fasta"):
         assert blocks.text(kind) == whole.text(kind)

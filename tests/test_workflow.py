@@ -36,7 +36,7 @@ FREE_TEXT_HEADER = "lowercase_multiline edge case, origin=environmental, collect
 
 def write_input(path: Path, data_dir: Path, reads: int = 40) -> list[str]:
     """Real lambda reads from the shared FASTQ, plus reads that cannot be classified."""
-    from virnucpro.sequence_io import read_sequences
+    from virnucpro.io.sequences import read_sequences
 
     records = []
     for record in read_sequences(data_dir / "reads_1.fq.gz"):
@@ -176,7 +176,7 @@ def test_the_summary_counts_what_the_read_table_holds(one_shard_run):
 
 
 def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run, tmp_path):
-    from virnucpro.workflow_config import BUILTIN_MODELS_NOTE, models_note
+    from virnucpro.run.config import BUILTIN_MODELS_NOTE, models_note
 
     workdir, _ = one_shard_run
     metadata = pq.read_schema(workdir / "results/reads/read_predictions.parquet").metadata
@@ -212,7 +212,7 @@ def test_a_second_run_reports_its_own_jobs_and_lists_the_first(one_shard_run, tm
     jobs = [json.loads(p.read_text()) for p in (tmp_path / "run/results/telemetry").glob("*/reads.*.json")]
     first, second = sorted({job["run_id"] for job in jobs})
     # consensus and what needs its deleted temporary inputs ran again; the stages before come from the first run
-    from virnucpro.report import STAGES
+    from virnucpro.reporting.timing import STAGES
 
     again = sorted((job["stage"] for job in jobs if job["run_id"] == second), key=STAGES.index)  # one job each
     assert "consensus" in again and "partition_input" not in again
@@ -361,7 +361,7 @@ def test_rules_are_formatted_with_snakefmt():
 
 def test_train_target_makes_a_classifier_that_the_prediction_run_accepts(tmp_path, data_dir):
     """Stages 1-7 on labelled sequences, then training; the model then classifies reads."""
-    from virnucpro.sequence_io import read_sequences
+    from virnucpro.io.sequences import read_sequences
 
     host = next(read_sequences(data_dir / "Klebs_HS11286.fna.xz"))
     (tmp_path / "host.fa").write_text(f">{host.id}\n{host.sequence[:150_000]}\n")

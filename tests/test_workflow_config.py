@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO
-from virnucpro.workflow_config import (INPUT_RECORD, Sample, check_results_belong, input_identity, resolve_samples,
+from virnucpro.run.config import (INPUT_RECORD, Sample, check_results_belong, input_identity, resolve_samples,
                                        sample_name_from_path)
 
 SCHEMA = str(REPO / "workflow/schemas/samples.schema.yaml")

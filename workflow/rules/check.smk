@@ -1,5 +1,5 @@
 # Before any GPU work: the run's models, checked from their headers in seconds (see
-# virnucpro.model_check). A sample's shard plan, and so all its GPU work, waits for it.
+# virnucpro.model_store.check). A sample's shard plan, and so all its GPU work, waits for it.
 
 
 rule check_models:

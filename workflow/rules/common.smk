@@ -4,21 +4,14 @@ from pathlib import Path
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from virnucpro.devices import job_gpus, lock_directory
-from virnucpro.download import DEFAULT_MODELS, manifest_paths
-from virnucpro.model_cache import ModelNotFound, locate_model, model_name
-from virnucpro.partition import part_count
-from virnucpro.sharding import read_shard_plan
-from virnucpro.telemetry import RUN_ID_VARIABLE, new_run_id
-from virnucpro.workflow_config import (
-    INPUT_RECORD,
-    check_results_belong,
-    models_note,
-    package_requirement,
-    read_training_inputs,
-    resolve_samples,
-    unit_names,
-)
+from virnucpro.run.devices import job_gpus, lock_directory
+from virnucpro.model_store.download import DEFAULT_MODELS, manifest_paths
+from virnucpro.model_store.cache import ModelNotFound, locate_model, model_name
+from virnucpro.stages.partition import part_count
+from virnucpro.stages.sharding import read_shard_plan
+from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
+from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples)
+from virnucpro.io.ids import unit_names
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -72,7 +65,7 @@ PARTS = {
 }
 WRITE_FASTA = config["outputs"]["virnucpro_fasta"]
 # The run's models, each models.* setting as the file or folder it names (a path, or a name found
-# in its cache: see virnucpro.model_cache), with one classifier per expected length of the samples.
+# in its cache: see virnucpro.model_store.cache), with one classifier per expected length of the samples.
 MODEL_SETTINGS = {
     "dnabert_s": ("dnabert_s", config["models"]["dnabert_s"], None),
     "esm2": ("esm2", config["models"]["esm2"], None),

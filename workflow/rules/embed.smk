@@ -1,5 +1,5 @@
 # Stages 5-6: DNABERT-S embeddings of the nucleotide frames, ESM-2 embeddings of the protein
-# frames. One job per shard and model; each job leases a GPU of its own (see virnucpro.devices).
+# frames. One job per shard and model; each job leases a GPU of its own (see virnucpro.run.devices).
 
 
 rule embed_dnabert_s:

@@ -1,5 +1,5 @@
 # The `download_models` target: fetch the models that models.* name into the caches where the
-# workflow finds them (see virnucpro.download). It runs where Snakemake runs: on a cluster, the
+# workflow finds them (see virnucpro.model_store.download). It runs where Snakemake runs: on a cluster, the
 # login node, which has the internet that compute nodes may lack.
 
 

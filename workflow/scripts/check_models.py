@@ -1,6 +1,6 @@
 # Before any GPU work: the embedding models from their headers, and the classifier against them.
-from virnucpro.model_check import check_models
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.model_store.check import check_models
+from virnucpro.run.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "check_models") as telemetry:
     report = check_models({"dnabert_s": snakemake.input.dnabert_s, "esm2": snakemake.input.esm2},

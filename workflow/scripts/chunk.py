@@ -1,6 +1,6 @@
 # Stage 1: chunk each read of one part of the input to the expected length.
-from virnucpro.chunking import chunk_part
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.run.telemetry import JobTelemetry
+from virnucpro.stages.chunking import chunk_part
 
 with JobTelemetry.from_snakemake(snakemake, "chunk") as telemetry:
     result = chunk_part(f"{snakemake.input.parts}/{snakemake.wildcards.part}.arrow", snakemake.params.expected_length,

@@ -1,6 +1,6 @@
 # VirNucPro's FASTA files for people: the parts' shares, concatenated (the three appear together).
-from virnucpro.files import atomic_paths, concatenate_files
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.io.atomic import atomic_paths, concatenate_files
+from virnucpro.run.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "collect_fasta") as telemetry:
     names = ("chunked", "nucleotide", "protein")

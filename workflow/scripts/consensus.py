@@ -1,7 +1,7 @@
 # Stage 9: a call per read, its viral regions, and VirNucPro's output files.
-from virnucpro.consensus import write_outputs
-from virnucpro.model_cache import model_identity
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.model_store.cache import model_identity
+from virnucpro.run.telemetry import JobTelemetry
+from virnucpro.stages.consensus import write_outputs
 
 with JobTelemetry.from_snakemake(snakemake, "consensus") as telemetry:
     models = {kind: model_identity(path) for kind, path in snakemake.params.models.items()}

@@ -1,6 +1,6 @@
 # The download_models target: fetch the models that models.* name into their caches.
-from virnucpro.download import download_model
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.model_store.download import download_model
+from virnucpro.run.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "download_models") as telemetry:
     fetched = {kind: [str(path) for path in download_model(kind, name)] for kind, name in snakemake.params.models.items()}

@@ -2,10 +2,10 @@
 # which file the sample's results come from.
 from pathlib import Path
 
-from virnucpro.files import atomic_output
-from virnucpro.partition import partition_input
-from virnucpro.telemetry import JobTelemetry
-from virnucpro.workflow_config import input_identity
+from virnucpro.io.atomic import atomic_output
+from virnucpro.run.config import input_identity
+from virnucpro.run.telemetry import JobTelemetry
+from virnucpro.stages.partition import partition_input
 
 with JobTelemetry.from_snakemake(snakemake, "partition_input") as telemetry:
     directory = Path(snakemake.output.parts)

@@ -1,8 +1,8 @@
 # Before any GPU work: refuse duplicate read IDs, then cut the frames into shards sized by work.
-from virnucpro.files import scratch_directory
-from virnucpro.read_ids import check_unique_ids
-from virnucpro.sharding import plan_shards, write_shard_plan
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.io.atomic import scratch_directory
+from virnucpro.io.read_ids import check_unique_ids
+from virnucpro.run.telemetry import JobTelemetry
+from virnucpro.stages.sharding import plan_shards, write_shard_plan
 
 with JobTelemetry.from_snakemake(snakemake, "plan_shards") as telemetry:
     with scratch_directory(snakemake.output.plan) as scratch:

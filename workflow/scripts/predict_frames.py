@@ -4,8 +4,8 @@ import functools
 import torch
 
 from virnucpro.models.classifier import check_compatible, load_classifier
-from virnucpro.prediction import predict_shard
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.run.telemetry import JobTelemetry
+from virnucpro.stages.prediction import predict_shard
 
 with JobTelemetry.from_snakemake(snakemake, "predict_frames") as telemetry:
     torch.set_num_threads(snakemake.threads)

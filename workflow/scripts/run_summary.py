@@ -1,6 +1,6 @@
 # The samples' summaries side by side, the calls per sample, and the report's page of them.
-from virnucpro.summary import write_run_summary
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.reporting.results_summary import write_run_summary
+from virnucpro.run.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "run_summary") as telemetry:
     write_run_summary(snakemake.params.samples, list(snakemake.input), snakemake.output.table,

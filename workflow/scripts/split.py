@@ -1,8 +1,8 @@
 # Stages 3 and 4: one shard's nucleotide or protein frames, tokenized for DNABERT-S or ESM-2.
 import os
 
-from virnucpro.sharding import shard_of, split_shard
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.run.telemetry import JobTelemetry
+from virnucpro.stages.sharding import shard_of, split_shard
 
 os.environ["RAYON_NUM_THREADS"] = str(snakemake.threads)  # the tokenizers library's threads
 with JobTelemetry.from_snakemake(snakemake, snakemake.rule) as telemetry:

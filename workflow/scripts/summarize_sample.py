@@ -1,6 +1,6 @@
 # A sample's summary table and score distributions, from its per-read table.
-from virnucpro.summary import summarize_sample, write_sample_summary
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.reporting.results_summary import summarize_sample, write_sample_summary
+from virnucpro.run.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "summarize_sample") as telemetry:
     summary = summarize_sample(snakemake.wildcards.sample, snakemake.input.reads, snakemake.params.models,

@@ -1,8 +1,8 @@
 # The run's telemetry in typed tables, the per-stage timing report and its figures.
 from pathlib import Path
 
-from virnucpro.report import write_report
-from virnucpro.telemetry import JobTelemetry
+from virnucpro.reporting.timing import write_report
+from virnucpro.run.telemetry import JobTelemetry
 
 with JobTelemetry.from_snakemake(snakemake, "timing_report") as telemetry:
     telemetry_directory = Path(snakemake.log.telemetry).parent.parent  # results/telemetry/<stage>/<job>.json

@@ -1,8 +1,8 @@
 # The `train` target: train VirNucPro's MLP on the merged features of the labelled inputs.
 import torch
 
-from virnucpro.telemetry import JobTelemetry
-from virnucpro.training import Hyperparameters, run_training
+from virnucpro.run.telemetry import JobTelemetry
+from virnucpro.stages.training import Hyperparameters, run_training
 
 with JobTelemetry.from_snakemake(snakemake, "train_classifier") as telemetry:
     torch.set_num_threads(snakemake.threads)

@@ -1,6 +1,6 @@
 # Stage 2: six-frame translation of one part's chunks, keeping the frames with no stop codon.
-from virnucpro.telemetry import JobTelemetry
-from virnucpro.translation import identify_frames
+from virnucpro.run.telemetry import JobTelemetry
+from virnucpro.stages.translation import identify_frames
 
 with JobTelemetry.from_snakemake(snakemake, "translate") as telemetry:
     fasta = snakemake.output.get("nucleotide_fasta"), snakemake.output.get("protein_fasta")

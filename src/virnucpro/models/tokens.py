@@ -1,6 +1,6 @@
 """Sequences to tokens, for the embedding models: fair-esm's protein alphabet and DNABERT-S's BPE.
 
-Stages 3 and 4 tokenize each shard before the GPU jobs (`virnucpro.sharding`), so this module
+Stages 3 and 4 tokenize each shard before the GPU jobs (`virnucpro.stages.sharding`), so this module
 stays free of PyTorch: a CPU job that only tokenizes should not pay for importing it. Tokens are
 written as 16-bit integers; each tokenizer has an identity that the token files carry, so that an
 embedding job refuses tokens made for another model.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from virnucpro.tables import string_bytes
+from virnucpro.io.tables import string_bytes
 
 # fair-esm's "ESM-1b" alphabet, used by every ESM-2 model: four specials, the residues, padding to a
 # multiple of eight, then <mask>.

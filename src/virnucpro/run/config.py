@@ -1,0 +1,184 @@
+"""Turning the validated config into what the Snakemake rules need (samples, shards, paths)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_SEQUENCE_SUFFIXES = (".gz", ".xz", ".bz2", ".fa", ".fasta", ".fna", ".ffn", ".fq", ".fastq")
+# Written beside a sample's results by its first job: which input file they are the results of.
+INPUT_RECORD = "input_path.txt"
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    path: str  # FASTA or FASTQ file
+    expected_length: int  # VirNucPro's chunk length for this sample
+
+
+def sample_name_from_path(path: str) -> str:
+    """A sample name for `--config input=<file>`: the file name without sequence/compression suffixes."""
+    name = Path(path).name
+    while name.lower().endswith(_SEQUENCE_SUFFIXES):
+        name = name[: name.rindex(".")]
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", name).lstrip("_-")
+    return name or "sample"
+
+
+def read_table(path: str, schema: str) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a tab-separated table with a header line, each as (line number, {column: cell}),
+    every row validated against the JSON schema `schema` with Snakemake's `validate`. Empty cells
+    are left out, so that an optional column may be blank in some rows."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: the table does not exist")
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        rows = [(reader.line_num, row) for row in reader]
+        header = reader.fieldnames or []
+    if len(header) < 2:
+        raise ValueError(f"{path}: not a tab-separated table with a header line (found columns {header})")
+    if not rows:
+        raise ValueError(f"{path}: the table has no rows")
+    table = []
+    for line, row in rows:
+        if None in row:
+            raise ValueError(f"{path}, line {line}: more cells than the header's {len(header)} columns")
+        cells = {column: value.strip() for column, value in row.items() if value is not None and value.strip()}
+        try:
+            validate(cells, schema, set_default=False)
+        except WorkflowError as error:
+            raise ValueError(f"{path}, line {line}: {schema_error(error)}") from None
+        table.append((line, cells))
+    return table
+
+
+def schema_error(error: Exception) -> str:
+    """What a failed `snakemake.utils.validate` found, in one line: the column or key and the problem."""
+    from jsonschema import ValidationError
+
+    cause = error.__cause__ or error.__context__  # validate raises its WorkflowError while handling this
+    if not isinstance(cause, ValidationError):
+        return str(error)
+    where = ".".join(str(part) for part in cause.absolute_path)
+    return f"{where}: {cause.message}" if where else cause.message
+
+
+def read_sample_sheet(path: str, schema: str, default_expected_length: int) -> dict[str, Sample]:
+    """The sample sheet: columns sample, path and optionally expected_length (see its schema)."""
+    samples = {}
+    for line, row in read_table(path, schema):
+        name = row["sample"]
+        if name in samples:
+            raise ValueError(f"{path}, line {line}: sample '{name}' is named twice; each sample needs a name of "
+                             f"its own (its results go to results/{name}/)")
+        samples[name] = Sample(name, row["path"], int(row.get("expected_length", default_expected_length)))
+    return samples
+
+
+def resolve_samples(config: dict, sheet_schema: str) -> dict[str, Sample]:
+    """Sample name -> sample: `input` (one file) when given, else `samples`, a sample sheet (a path)
+    or a mapping of name -> file."""
+    length = config["expected_length"]
+    if config.get("input"):
+        name = sample_name_from_path(config["input"])
+        samples = {name: Sample(name, config["input"], length)}
+    elif isinstance(config.get("samples"), str):
+        samples = read_sample_sheet(config["samples"], sheet_schema, length)
+    elif config.get("samples"):
+        samples = {name: Sample(name, path, length) for name, path in config["samples"].items()}
+        for name in samples:
+            if not _SAMPLE_NAME.match(name):
+                raise ValueError(f"config: sample name '{name}' may only use letters, digits, '_' and '-'")
+    else:
+        raise ValueError("config: no input; give --config input=<fasta>, a sample sheet or a 'samples' mapping")
+    check_distinct_names(samples)
+    return samples
+
+
+def check_distinct_names(names) -> None:
+    """Refuse names that differ only in case: on a case-insensitive file system (macOS, Windows)
+    their results would share one folder."""
+    folded = {}
+    for name in names:
+        other = folded.setdefault(name.casefold(), name)
+        if other != name:
+            raise ValueError(f"config: samples '{other}' and '{name}' differ only in case; their results would "
+                             "share one folder on a case-insensitive file system: rename one")
+
+
+def check_results_belong(name: str, path: str, results: str | os.PathLike = "results") -> None:
+    """Refuse to put `path`'s results where another input's are: results/<name>/ records the input
+    it was made from (`INPUT_RECORD`). Two files of the same name in different folders get the same
+    sample name from `--config input=...`, and the second would silently replace the first's results."""
+    record = Path(results) / name / INPUT_RECORD
+    if not record.is_file():
+        return
+    recorded = record.read_text().strip()
+    if recorded != input_identity(path):
+        raise ValueError(
+            f"results/{name}/ holds the results of {recorded} ({record}), not of {input_identity(path)}: give this "
+            f"input another sample name (a sample sheet, or --config \"samples={{<name>: {path}}}\"), or remove "
+            f"results/{name}/ to replace them")
+
+
+def input_identity(path: str | os.PathLike) -> str:
+    """The input file as `INPUT_RECORD` names it: its absolute path, symbolic links resolved."""
+    return str(Path(path).resolve())
+
+
+def read_training_inputs(path: str, schema: str) -> list[dict]:
+    """The labelled inputs of the `train` target: rows of name, path, label (viral or host)."""
+    rows = read_table(path, schema)
+    names = {}
+    for line, row in rows:
+        if row["name"] in names:
+            raise ValueError(f"{path}, line {line}: name '{row['name']}' is also on line {names[row['name']]}; "
+                             "training input names must be unique")
+        names[row["name"]] = line
+    check_distinct_names(names)
+    return [row for _, row in rows]
+
+
+def package_requirement() -> str:
+    """A pip requirement for the virnucpro package that this process imports, from which the rules'
+    conda environment installs its own copy: its source tree when it runs from a checkout (or an
+    editable install), else the URL it was installed from, else its version."""
+    import json
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    import virnucpro
+
+    source = Path(virnucpro.__file__).resolve().parents[2]
+    if (source / "pyproject.toml").is_file() and (source / "src" / "virnucpro").is_dir():
+        return str(source)
+    try:
+        installed = distribution("virnucpro")
+    except PackageNotFoundError:
+        raise ValueError(f"virnucpro is imported from {virnucpro.__file__}, which is neither a checkout nor an "
+                         "installed package: set VIRNUCPRO_PACKAGE to a pip requirement for it") from None
+    direct = json.loads(installed.read_text("direct_url.json") or "{}")
+    if "vcs_info" in direct:
+        return f"virnucpro @ {direct['vcs_info']['vcs']}+{direct['url']}@{direct['vcs_info']['commit_id']}"
+    if "url" in direct:
+        return f"virnucpro @ {direct['url']}"
+    return f"virnucpro=={installed.version}"
+
+
+BUILTIN_MODELS_NOTE = ("These results come from the built-in demonstration models in resources/models: tiny "
+                       "embedding models with random weights and a classifier trained only to tell phage lambda "
+                       "from Klebsiella. They are not meaningful for real data; set models.* in the config to "
+                       "the real DNABERT-S, ESM-2 3B and VirNucPro classifier.")
+
+
+def models_note(model_paths, repository: str | os.PathLike) -> str | None:
+    """The warning that outputs carry when any of the run's models is a built-in demonstration model."""
+    builtin = (Path(repository) / "resources" / "models").resolve()
+    return BUILTIN_MODELS_NOTE if any(builtin in Path(p).resolve().parents for p in model_paths) else None
