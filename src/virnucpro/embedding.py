@@ -72,23 +72,21 @@ class Embedder:
                 **({"files": self.files} if self.files is not None else {})}
 
 
-def load_embedder(kind: str, path: str | os.PathLike, device: torch.device, compile_model: bool = False) -> Embedder:
+def load_embedder(kind: str, path: str | os.PathLike, device: torch.device, compile_model: bool = False,
+                  prepared: bool = True) -> Embedder:
     """Load a model for `device`: bf16 weights on a GPU, float32 on the CPU.
 
-    `compile_model` applies torch.compile to the model's layers on a GPU (`compile_layers`).
+    On a GPU, with `prepared`, the model comes from its prepared copy, written by the first job
+    that loads it (see virnucpro.models.prepared). `compile_model` applies torch.compile to the
+    model's layers on a GPU (`compile_layers`).
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown embedding model kind '{kind}', expected one of {MODEL_KINDS}")
+    from virnucpro.models.prepared import load_model
+
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tokenizer = load_tokenizer(kind, path)
-    if kind == "dnabert_s":
-        from virnucpro.models.dnabert_s import load_dnabert_s
-
-        model, _ = load_dnabert_s(path, device, dtype)
-    else:
-        from virnucpro.models.esm2 import load_esm2
-
-        model = load_esm2(path, device, dtype)
+    model = load_model(kind, path, device, dtype, use_prepared=prepared and device.type == "cuda")
     if compile_model and device.type == "cuda":
         from torch._inductor import config as inductor_config
 
