@@ -109,3 +109,32 @@ def test_attention_refuses_a_head_size_it_does_not_support():
     with pytest.raises(ValueError, match="head sizes"):
         alibi_varlen_attention(q, q, q, torch.tensor([0, 4], dtype=torch.int32, device=DEVICE), 4,
                                torch.ones(2, device=DEVICE))
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_models_compute_the_same_through_the_kernels(kind, esm2_checkpoint, dnabert_s_dir, monkeypatch):
+    """The whole model with every element-wise step through the Triton kernels (forced on here, in
+    float32: in the interpreter on a CPU) against the plain PyTorch path."""
+    from conftest import token_lists
+
+    from virnucpro.models import dnabert_s, esm2, ops
+    from virnucpro.models.packing import PackedSequences
+    from virnucpro.models.tokens import ProteinTokenizer
+
+    if kind == "esm2":
+        model = esm2.load_esm2(esm2_checkpoint, DEVICE, DTYPE)
+        sequences = token_lists(ProteinTokenizer, ["MKTAYIAKQRQISFVKSHFSRQ", "MVLSPADKTNVKAAW", "GG"])
+    else:
+        model, tokenizer = dnabert_s.load_dnabert_s(dnabert_s_dir, DEVICE, DTYPE)
+        sequences = token_lists(tokenizer, ["ACGTTGCAAGGCTTAACCGGTACGATCGAT" * 3, "GATTACA", "TTTTGGGGCCCCAAAA"])
+    packed = PackedSequences.from_token_lists(sequences).to(DEVICE)
+    with torch.no_grad():
+        plain = model.embed(packed)
+        monkeypatch.setattr(ops, "fused", lambda tensor, dtype: True)
+        monkeypatch.setattr(esm2, "attention", lambda q, k, v, packed: esm2.attention_within_sequences(q, k, v, packed))
+        monkeypatch.setattr(dnabert_s, "_triton_attention", lambda q: False)
+        if DEVICE == "cpu":
+            monkeypatch.setattr(ops, "linear_gelu", lambda x, linear, tanh=False: F.gelu(linear(x)))
+        kernels = model.embed(packed)
+    tolerance = 1e-4 if DTYPE == torch.float32 else 2e-2
+    torch.testing.assert_close(kernels, plain, atol=tolerance, rtol=tolerance)

@@ -26,7 +26,7 @@ def add_layer_norm(x: torch.Tensor, update: torch.Tensor | None, norm: nn.LayerN
     """(x + update, norm(x + update)): the residual stream after a sublayer and its normalised copy
     as `out_dtype`. On a GPU the new stream is written as `stream_dtype`, and not at all when that
     is None (a post-LayerNorm model keeps only the normalised copy); `update` may be None."""
-    if fused(x, out_dtype):
+    if fused(x, x.dtype) or fused(x, out_dtype):
         from virnucpro.models import kernels
 
         new_x, normed = kernels.add_layer_norm(x, update, norm.weight, norm.bias, norm.eps, out_dtype, stream_dtype)

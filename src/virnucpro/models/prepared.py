@@ -131,13 +131,47 @@ def load_prepared(kind: str, path: str | os.PathLike, device: torch.device,
         return None
     with torch.device("meta"):
         model = _build(kind, manifest["config"])
+    warm_up = _WarmUp(kind, manifest["config"], device, dtype) if device.type == "cuda" else None
     tensors = read_safetensors(weights, device)
+    if warm_up is not None:
+        warm_up.join()
     buffers = {name: tensors.pop(name) for name in manifest["buffers"]}
     model.load_state_dict(tensors, assign=True)
     for name, tensor in buffers.items():
         setattr(model, name, tensor)
     model.fingerprint = manifest["fingerprint"]
     return model.eval()
+
+
+class _WarmUp(threading.Thread):
+    """While the weights are read: a one-layer model of the same widths, with random weights, runs a
+    small batch on the GPU, so that CUDA, cuBLAS, FlashAttention and the Triton kernels (from
+    Triton's cache) are loaded by the time the real model is. A failure here only costs the time."""
+
+    def __init__(self, kind: str, config: dict, device: torch.device, dtype: torch.dtype):
+        super().__init__(daemon=True)
+        self.kind, self.config, self.device, self.dtype = kind, config, device, dtype
+        self.start()
+
+    def run(self) -> None:
+        try:
+            from virnucpro.models.packing import PackedSequences
+
+            torch.cuda.set_device(self.device)
+            layers = "num_layers" if self.kind == "esm2" else "num_hidden_layers"
+            with torch.device(self.device):
+                model = _build(self.kind, {**self.config, layers: 1})
+            model.to(self.dtype)
+            for module in model.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    module.float()
+            tokens = torch.randint(4, 20, (64,)).numpy()
+            packed = PackedSequences.from_flat(tokens, [20, 30, 14]).to(self.device)
+            with torch.inference_mode():
+                model.embed(packed)
+            torch.cuda.synchronize(self.device)
+        except Exception as error:  # noqa: BLE001 - a warm-up that fails changes nothing else
+            log.info("GPU warm-up failed (%s); the first batch will load what it needs", error)
 
 
 def prepare(kind: str, path: str | os.PathLike, model: torch.nn.Module, dtype: torch.dtype) -> Path:
