@@ -154,7 +154,7 @@ ESM2_OPTIONS = (  # (label, residual stream dtype, cuBLASLt tanh-GELU epilogue i
 
 
 def set_esm2_options(model, residual_dtype: torch.dtype, tanh_epilogue: bool) -> None:
-    model.residual_dtype = residual_dtype
+    model.gpu_residual_dtype = residual_dtype
     for layer in model.layers:
         layer.gelu_tanh_epilogue = tanh_epilogue
 
@@ -217,12 +217,12 @@ def esm_benchmark(work: Path, proteins: list[str], reference_count: int, results
                     **{k: v for k, v in measured.items() if k != "embeddings"},
                     **cosines(measured["embeddings"], fp32["embeddings"])}
 
-    set_esm2_options(embedder.model, torch.float32, False)
+    set_esm2_options(embedder.model, torch.bfloat16, True)  # the default
     profile_variant(embedder, tokens, warm_up, device, results)
     save()
     if compile_variant:
-        @variant(results, f"this project: packed bf16, {path}, Triton kernels, float32 residual stream, "
-                          "exact GELU, torch.compile (default mode)", save)
+        @variant(results, f"this project: packed bf16, {path}, Triton kernels, bf16 residual stream, "
+                          "tanh-GELU epilogue, torch.compile (default mode)", save)
         def _():
             embedder.model.compile_layers()
             measured = time_ours(embedder, tokens, warm_up, device)
@@ -316,7 +316,7 @@ def dnabert_benchmark(work: Path, frames: list[str], reference_count: int, resul
 
         @variant(results, label, save)
         def _():
-            embedder.model.residual_dtype = residual_dtype
+            embedder.model.gpu_residual_dtype = residual_dtype
             if compile_model:
                 embedder.model.compile_layers()
             measured = time_ours(embedder, tokens, warm_up, device)

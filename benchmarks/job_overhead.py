@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kinds", nargs="+", default=["dnabert_s", "esm2"])
     parser.add_argument("--variants", nargs="+", default=["eager", "compile"])
+    parser.add_argument("--name", default="job_overhead.json")
     parser.add_argument("--esm2", type=Path, help="ESM-2 3B checkpoint (default: end_to_end.make_models')")
     parser.add_argument("--dnabert-s", type=Path, help="DNABERT-S directory (default: end_to_end.make_models')")
     args = parser.parse_args()
@@ -91,7 +93,8 @@ def main() -> None:
         models = make_models(args.work)
     frames = realistic_frames(args.data, args.frames, seed=3)[: args.frames]
     sequences = {"esm2": [p for p, _ in frames], "dnabert_s": [n for _, n in frames]}
-    results = {"command": "python benchmarks/job_overhead.py " + " ".join(sys.argv[1:]), "runs": []}
+    results = {"command": "python benchmarks/job_overhead.py " + " ".join(sys.argv[1:]), "runs": [],
+               "PYTHONPYCACHEPREFIX": os.environ.get("PYTHONPYCACHEPREFIX")}
     for variant in args.variants:
         for kind in args.kinds:
             tokens = args.work / f"overhead_{kind}.arrow"
@@ -122,8 +125,8 @@ def main() -> None:
                       f" (compute {marks['compute_seconds']:.1f}) | exit {run['exit_after_done']:.1f} | after the first batch "
                       f"{marks['tokens'] * (1 - 1 / max(1, marks['batches'])) / max(1e-9, marks['done'] - marks['first_batch']):,.0f}"
                       " tokens/s", flush=True)
-        (args.out / "job_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "job_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / args.name).write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / args.name).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -181,8 +181,9 @@ class DnabertS(nn.Module):
         super().__init__()
         self.config = config
         self.fingerprint: str | None = None  # set by load_dnabert_s, from the checkpoint's weights
-        # The hidden states' dtype between layers: float32; bf16 halves their memory traffic on a GPU.
-        self.residual_dtype = torch.float32
+        # The hidden states' dtype between layers on a GPU in half precision: bf16 halves their
+        # memory traffic (float32 elsewhere).
+        self.gpu_residual_dtype = torch.bfloat16
         self.embeddings = DnabertSEmbeddings(config)
         self.layers = nn.ModuleList(DnabertSLayer(config) for _ in range(config.num_hidden_layers))
         self.register_buffer("slopes", torch.tensor(alibi_slopes(config.num_attention_heads)), persistent=False)
@@ -201,13 +202,18 @@ class DnabertS(nn.Module):
 
     def compile_layers(self) -> None:
         """torch.compile every layer, for dynamic token counts. On a GPU the element-wise work and
-        attention are already Triton kernels (custom ops to the compiler), so this gains little."""
+        attention are already Triton kernels, which stay outside the compiled graphs; measured on an
+        H100, compiling gains nothing (benchmarks/results/README.md)."""
+        from virnucpro.models import kernels
+
+        kernels.opaque_to_torch_compile()
         for layer in self.layers:
             layer.compile(dynamic=True)
 
     def forward(self, packed: PackedSequences) -> torch.Tensor:
         """Last hidden states [T, H] for a packed batch of [CLS] ... [SEP] tokens."""
-        x = self.embeddings(packed.tokens, self.residual_dtype)
+        fused = ops.fused(packed.tokens, self.layers[0].attention.Wqkv.weight.dtype)
+        x = self.embeddings(packed.tokens, self.gpu_residual_dtype if fused else torch.float32)
         for layer in self.layers:
             x = layer(x, packed, self.slopes)
         return x

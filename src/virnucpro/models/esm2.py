@@ -66,7 +66,9 @@ class ESM2Layer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, 4 * dim)
         self.fc2 = nn.Linear(4 * dim, dim)
-        self.gelu_tanh_epilogue = False  # on a GPU: cuBLASLt's tanh-GELU epilogue in fc1 (see ops.linear_gelu)
+        # On a GPU: fc1's bias and GELU inside the matrix multiply (cuBLASLt's epilogue, which takes
+        # the tanh approximation of GELU; see ops.linear_gelu). Elsewhere exact GELU.
+        self.gelu_tanh_epilogue = True
 
     def forward(self, x: torch.Tensor, update: torch.Tensor | None, packed: PackedSequences, cos: torch.Tensor,
                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +88,9 @@ class ESM2(nn.Module):
         super().__init__()
         self.config = config
         self.fingerprint: str | None = None  # set by load_esm2, from the checkpoint's weights
-        # The residual stream's dtype: float32; bf16 halves its memory traffic on a GPU.
-        self.residual_dtype = torch.float32
+        # The residual stream's dtype on a GPU in half precision: bf16 halves its memory traffic
+        # (float32 elsewhere).
+        self.gpu_residual_dtype = torch.bfloat16
         self.embed_tokens = nn.Embedding(len(ALPHABET), config.embed_dim, padding_idx=PAD)
         self.layers = nn.ModuleList(ESM2Layer(config) for _ in range(config.num_layers))
         self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim)
@@ -106,7 +109,11 @@ class ESM2(nn.Module):
 
     def compile_layers(self) -> None:
         """torch.compile every layer, for dynamic token counts. On a GPU the element-wise work is
-        already fused by the Triton kernels (custom ops to the compiler), so this gains little."""
+        already fused by the Triton kernels, which stay outside the compiled graphs; measured on an
+        H100, compiling gains nothing (benchmarks/results/README.md)."""
+        from virnucpro.models import kernels
+
+        kernels.opaque_to_torch_compile()
         for layer in self.layers:
             layer.compile(dynamic=True)
 
@@ -115,8 +122,9 @@ class ESM2(nn.Module):
         x = self.embed_tokens(packed.tokens).float()
         if self.config.token_dropout:
             x = x * TOKEN_DROPOUT_SCALE
-        x = x.to(self.residual_dtype)
-        cos, sin = ops.rotary_tables(packed.positions, self.inv_freq, self.layers[0].qkv.weight.dtype)
+        dtype = self.layers[0].qkv.weight.dtype
+        x = x.to(self.gpu_residual_dtype if ops.fused(x, dtype) else torch.float32)
+        cos, sin = ops.rotary_tables(packed.positions, self.inv_freq, dtype)
         update = None
         for layer in self.layers:
             x, update = layer(x, update, packed, cos, sin)

@@ -1,8 +1,9 @@
 """GPU kernels written for this project (Triton), kept apart from the model files.
 
 The model files call them through `virnucpro.models.ops`, which holds the plain PyTorch version of
-each operation (the CPU path, and the reference the tests compare with). Every kernel is also a
-`torch.library` custom op, so that a model that uses them can still go through torch.compile.
+each operation (the CPU path, and the reference the tests compare with). They are plain functions,
+not `torch.library` custom ops: defining those imports torch's compiler stack, seconds of every GPU
+job's start-up. A model that goes through torch.compile calls `opaque_to_torch_compile()` first.
 
 - `alibi_varlen_attention`: DNABERT-S's attention over a packed batch in one launch. Each program
   takes a block of one sequence's queries for one head and walks over that sequence's keys only
@@ -17,8 +18,9 @@ each operation (the CPU path, and the reference the tests compare with). Every k
 - `gated_gelu`: DNABERT-S's gated feed-forward activation, gelu(gated) * linear (exact GELU).
 """
 
+from __future__ import annotations
+
 import math
-from typing import Optional
 
 import torch
 import triton
@@ -69,7 +71,6 @@ def _alibi_varlen_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_ptr,
              out.to(out_ptr.dtype.element_ty), mask=row_in[:, None])
 
 
-@torch.library.custom_op("virnucpro::alibi_varlen_attention", mutates_args=())
 def alibi_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                            max_len: int, slopes: torch.Tensor) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d) - slope * |i - j|) V within each packed sequence.
@@ -89,10 +90,6 @@ def alibi_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
                                          HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
     return out
 
-
-@alibi_varlen_attention.register_fake
-def _(q, k, v, cu_seqlens, max_len, slopes):
-    return q.new_empty(q.shape)
 
 
 @triton.jit
@@ -116,9 +113,8 @@ def _add_layer_norm_kernel(x_ptr, update_ptr, weight_ptr, bias_ptr, x_out_ptr, n
     tl.store(normed_ptr + offsets, normed.to(normed_ptr.dtype.element_ty), mask=inside)
 
 
-@torch.library.custom_op("virnucpro::add_layer_norm", mutates_args=())
-def add_layer_norm(x: torch.Tensor, update: Optional[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor,
-                   eps: float, out_dtype: torch.dtype, stream_dtype: Optional[torch.dtype]) -> list[torch.Tensor]:
+def add_layer_norm(x: torch.Tensor, update: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float, out_dtype: torch.dtype, stream_dtype: torch.dtype | None) -> list[torch.Tensor]:
     """[x + update, layer_norm(x + update)] for rows of x [T, E] (update: [T, E] or None).
 
     The sum is taken in float32; the new stream is written as `stream_dtype` (not written, and
@@ -138,11 +134,6 @@ def add_layer_norm(x: torch.Tensor, update: Optional[torch.Tensor], weight: torc
                                           num_warps=min(16, max(1, block // 256)))
     return [new_x, normed]
 
-
-@add_layer_norm.register_fake
-def _(x, update, weight, bias, eps, out_dtype, stream_dtype):
-    return [x.new_empty(x.shape if stream_dtype is not None else (0,), dtype=stream_dtype or x.dtype),
-            x.new_empty(x.shape, dtype=out_dtype)]
 
 
 @triton.jit
@@ -169,7 +160,6 @@ def _rotary_qkv_kernel(qkv_ptr, cos_ptr, sin_ptr, out_ptr, tokens, heads,
                  tl.load(source + 2 * width + half * HALF, mask=inside, other=0.0), mask=inside)
 
 
-@torch.library.custom_op("virnucpro::rotary_qkv", mutates_args=())
 def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> torch.Tensor:
     """Rotated Q, rotated K and V, [3, T, heads, head_dim], from a fused projection qkv [T, 3 * E];
     cos, sin: [T, head_dim / 2] float32 (the rotary tables of each token's position)."""
@@ -186,10 +176,6 @@ def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: i
     return out
 
 
-@rotary_qkv.register_fake
-def _(qkv, cos, sin, heads):
-    return qkv.new_empty((3, qkv.shape[0], heads, qkv.shape[1] // 3 // heads))
-
 
 @triton.jit
 def _gated_gelu_kernel(in_ptr, out_ptr, rows, width, BLOCK: tl.constexpr):
@@ -202,7 +188,6 @@ def _gated_gelu_kernel(in_ptr, out_ptr, rows, width, BLOCK: tl.constexpr):
     tl.store(out_ptr + index, (gelu * linear).to(out_ptr.dtype.element_ty), mask=inside)
 
 
-@torch.library.custom_op("virnucpro::gated_gelu", mutates_args=())
 def gated_gelu(x: torch.Tensor) -> torch.Tensor:
     """gelu(x[:, :I]) * x[:, I:] (exact GELU, float32 arithmetic) for x [T, 2I]."""
     x = x.contiguous()
@@ -214,6 +199,10 @@ def gated_gelu(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@gated_gelu.register_fake
-def _(x):
-    return x.new_empty((x.shape[0], x.shape[1] // 2))
+def opaque_to_torch_compile() -> None:
+    """Have torch.compile call the kernels as they are (a graph break around each) instead of
+    tracing into them; for `compile_layers`."""
+    global alibi_varlen_attention, add_layer_norm, rotary_qkv, gated_gelu
+    alibi_varlen_attention, add_layer_norm, rotary_qkv, gated_gelu = (
+        torch.compiler.disable(function) if not hasattr(function, "_torchdynamo_disable") else function
+        for function in (alibi_varlen_attention, add_layer_norm, rotary_qkv, gated_gelu))

@@ -131,10 +131,7 @@ def load_prepared(kind: str, path: str | os.PathLike, device: torch.device,
         return None
     with torch.device("meta"):
         model = _build(kind, manifest["config"])
-    warm_up = _WarmUp(kind, manifest["config"], device, dtype) if device.type == "cuda" else None
-    tensors = read_safetensors(weights, device)
-    if warm_up is not None:
-        warm_up.join()
+    tensors = read_safetensors(weights, device, lambda: _warm_up(kind, manifest["config"], device, dtype))
     buffers = {name: tensors.pop(name) for name in manifest["buffers"]}
     model.load_state_dict(tensors, assign=True)
     for name, tensor in buffers.items():
@@ -143,35 +140,27 @@ def load_prepared(kind: str, path: str | os.PathLike, device: torch.device,
     return model.eval()
 
 
-class _WarmUp(threading.Thread):
-    """While the weights are read: a one-layer model of the same widths, with random weights, runs a
-    small batch on the GPU, so that CUDA, cuBLAS, FlashAttention and the Triton kernels (from
-    Triton's cache) are loaded by the time the real model is. A failure here only costs the time."""
+def _warm_up(kind: str, config: dict, device: torch.device, dtype: torch.dtype) -> None:
+    """A one-layer model of the same widths, with random weights, runs a small batch on the GPU, so
+    that cuBLAS, FlashAttention and the Triton kernels (from Triton's cache) are loaded by the time
+    the real model is; run while its weights are read. A failure here only costs the time."""
+    try:
+        from virnucpro.models.packing import PackedSequences
 
-    def __init__(self, kind: str, config: dict, device: torch.device, dtype: torch.dtype):
-        super().__init__(daemon=True)
-        self.kind, self.config, self.device, self.dtype = kind, config, device, dtype
-        self.start()
-
-    def run(self) -> None:
-        try:
-            from virnucpro.models.packing import PackedSequences
-
-            torch.cuda.set_device(self.device)
-            layers = "num_layers" if self.kind == "esm2" else "num_hidden_layers"
-            with torch.device(self.device):
-                model = _build(self.kind, {**self.config, layers: 1})
-            model.to(self.dtype)
-            for module in model.modules():
-                if isinstance(module, torch.nn.LayerNorm):
-                    module.float()
-            tokens = torch.randint(4, 20, (64,)).numpy()
-            packed = PackedSequences.from_flat(tokens, [20, 30, 14]).to(self.device)
-            with torch.inference_mode():
-                model.embed(packed)
-            torch.cuda.synchronize(self.device)
-        except Exception as error:  # noqa: BLE001 - a warm-up that fails changes nothing else
-            log.info("GPU warm-up failed (%s); the first batch will load what it needs", error)
+        layers = "num_layers" if kind == "esm2" else "num_hidden_layers"
+        with torch.device(device):
+            model = _build(kind, {**config, layers: 1})
+        model.to(dtype)
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.float()
+        tokens = torch.randint(4, 20, (64,)).numpy()
+        packed = PackedSequences.from_flat(tokens, [20, 30, 14]).to(device)
+        with torch.inference_mode():
+            model.embed(packed)
+        torch.cuda.synchronize(device)
+    except Exception as error:  # noqa: BLE001 - a warm-up that fails changes nothing else
+        log.info("GPU warm-up failed (%s); the first batch will load what it needs", error)
 
 
 def prepare(kind: str, path: str | os.PathLike, model: torch.nn.Module, dtype: torch.dtype) -> Path:
@@ -234,10 +223,11 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> int:
     return 8 + len(encoded) + offset
 
 
-def read_safetensors(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, device: torch.device, while_reading=None) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file as views of one allocation on `device`. On a GPU the file
     is read in blocks into pinned buffers by several threads, each copying its blocks to the GPU on
-    a stream of its own, so that reading the file and copying overlap."""
+    a stream of its own, so that reading the file and copying overlap; meanwhile this thread calls
+    `while_reading()`, if given."""
     with open(path, "rb") as source:
         header_bytes = struct.unpack("<Q", source.read(8))[0]
         header = json.loads(source.read(header_bytes))
@@ -248,7 +238,7 @@ def read_safetensors(path: Path, device: torch.device) -> dict[str, torch.Tensor
         raise ValueError(f"{path}: {os.path.getsize(path)} bytes, the header describes {start + total}")
     data = torch.empty(total, dtype=torch.uint8, device=device)
     if device.type == "cuda":
-        _read_to_gpu(path, start, data)
+        _read_to_gpu(path, start, data, while_reading)
     else:
         with open(path, "rb") as source:
             source.seek(start)
@@ -272,7 +262,7 @@ def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[count:], offset + count
 
 
-def _read_to_gpu(path: Path, start: int, data: torch.Tensor) -> None:
+def _read_to_gpu(path: Path, start: int, data: torch.Tensor, while_reading=None) -> None:
     total = data.numel()
     blocks = [(offset, min(_CHUNK_BYTES, total - offset)) for offset in range(0, total, _CHUNK_BYTES)]
     errors: list[BaseException] = []
@@ -302,6 +292,8 @@ def _read_to_gpu(path: Path, start: int, data: torch.Tensor) -> None:
     threads = [threading.Thread(target=work, args=(index,)) for index in range(_READ_THREADS)]
     for thread in threads:
         thread.start()
+    if while_reading is not None:
+        while_reading()
     for thread in threads:
         thread.join()
     if errors:
