@@ -7,7 +7,8 @@ multiply, attention runs through FlashAttention's variable-length kernel on a GP
 may be bf16 while LayerNorm statistics and rotary tables stay in float32. The element-wise work
 between the matrix multiplies goes through `ops` (one Triton kernel each on a GPU); each layer adds
 the previous layer's feed-forward output to the residual stream in the same pass as its first
-LayerNorm.
+LayerNorm. On a GPU the residual stream is bf16 and fc1 applies bias and GELU in its matrix
+multiply (tanh GELU); on the CPU everything is float32 with exact GELU, as in fair-esm.
 
 VirNucPro's protein feature is the mean, over the residues only (not BOS/EOS), of the last layer's
 representation after the final LayerNorm (`repr_layers=[36]` of ESM-2 3B).
@@ -104,7 +105,7 @@ class ESM2(nn.Module):
     def attention_path(self, device: torch.device) -> str:
         """Which attention implementation runs on `device` with this model's dtype."""
         if ops.fused(torch.empty(0, device=device), self.layers[0].qkv.weight.dtype):
-            return "varlen FlashAttention (torch.nn.attention.varlen)"
+            return "varlen FlashAttention (aten._flash_attention_forward, as torch.nn.attention.varlen)"
         return "scaled_dot_product_attention per sequence"
 
     def compile_layers(self) -> None:
@@ -138,10 +139,25 @@ class ESM2(nn.Module):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
     """Softmax(QK^T / sqrt(d)) V within each packed sequence; [T, heads, head_dim] in and out."""
     if ops.fused(q, q.dtype):
+        return flash_attention_varlen(q, k, v.contiguous(), packed.cu_seqlens, packed.max_len)
+    return attention_within_sequences(q, k, v, packed)
+
+
+def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                           max_len: int) -> torch.Tensor:
+    """FlashAttention's variable-length kernel, through the ATen op that
+    `torch.nn.attention.varlen.varlen_attn` calls: importing that module (a torch.library custom op)
+    imports torch's compiler stack, seconds of every job's start-up. Falls back to it if the op
+    is missing or takes other arguments in this PyTorch."""
+    try:
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len,
+                                                       0.0, False, False)[0]
+    except torch.OutOfMemoryError:
+        raise
+    except (AttributeError, RuntimeError, TypeError):
         from torch.nn.attention.varlen import varlen_attn  # imported here: CPU-only machines need not have it
 
-        return varlen_attn(q, k, v.contiguous(), packed.cu_seqlens, packed.cu_seqlens, packed.max_len, packed.max_len)
-    return attention_within_sequences(q, k, v, packed)
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
 
 
 # ---------------------------------------------------------------------------------------------
