@@ -14,6 +14,13 @@ import torch
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture(autouse=True)
+def prepared_copies_in_tmp(tmp_path, monkeypatch):
+    """GPU loads write prepared copies of the models (virnucpro.models.prepared): not into the
+    user's cache during tests."""
+    monkeypatch.setenv("VIRNUCPRO_PREPARED_DIR", str(tmp_path / "prepared"))
+
+
 @pytest.fixture(scope="module")
 def frames(data_dir):
     """(protein, nucleotide) of each stop-free frame."""
