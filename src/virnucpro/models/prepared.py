@@ -92,7 +92,9 @@ def load_model(kind: str, path: str | os.PathLike, device: torch.device, dtype: 
     if use_prepared:
         try:
             model = load_prepared(kind, path, device, dtype)
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            if isinstance(error, torch.OutOfMemoryError):
+                raise
             log.warning("prepared copy of %s not usable (%s); loading the source", path, error)
             model = None
         if model is not None:
