@@ -26,6 +26,7 @@ import dnaio
 import numpy as np
 import pyarrow as pa
 
+from virnucpro.io.errors import VirnucproError
 from virnucpro.io.tables import string_bytes
 
 try:  # ISA-L's gzip, several times faster than zlib's; installed with dnaio on x86-64 and ARM
@@ -42,7 +43,7 @@ _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 _READ_ERRORS = (EOFError, OSError, lzma.LZMAError, zlib.error)
 
 
-class InputError(ValueError):
+class InputError(VirnucproError):
     """A problem with an input file, named by file, record and what is wrong."""
 
     def __init__(self, path: str | os.PathLike, problem: str, record: str | None = None, line: int | None = None):

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from virnucpro.io.errors import VirnucproError
+
 _SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SEQUENCE_SUFFIXES = (".gz", ".xz", ".bz2", ".fa", ".fasta", ".fna", ".ffn", ".fq", ".fastq")
 # Written beside a sample's results by its first job: which input file they are the results of.
@@ -38,24 +40,24 @@ def read_table(path: str, schema: str) -> list[tuple[int, dict[str, str]]]:
     from snakemake.utils import validate
 
     if not Path(path).is_file():
-        raise ValueError(f"{path}: the table does not exist")
+        raise VirnucproError(f"{path}: the table does not exist")
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
         rows = [(reader.line_num, row) for row in reader]
         header = reader.fieldnames or []
     if len(header) < 2:
-        raise ValueError(f"{path}: not a tab-separated table with a header line (found columns {header})")
+        raise VirnucproError(f"{path}: not a tab-separated table with a header line (found columns {header})")
     if not rows:
-        raise ValueError(f"{path}: the table has no rows")
+        raise VirnucproError(f"{path}: the table has no rows")
     table = []
     for line, row in rows:
         if None in row:
-            raise ValueError(f"{path}, line {line}: more cells than the header's {len(header)} columns")
+            raise VirnucproError(f"{path}, line {line}: more cells than the header's {len(header)} columns")
         cells = {column: value.strip() for column, value in row.items() if value is not None and value.strip()}
         try:
             validate(cells, schema, set_default=False)
         except WorkflowError as error:
-            raise ValueError(f"{path}, line {line}: {schema_error(error)}") from None
+            raise VirnucproError(f"{path}, line {line}: {schema_error(error)}") from None
         table.append((line, cells))
     return table
 
@@ -77,7 +79,7 @@ def read_sample_sheet(path: str, schema: str, default_expected_length: int) -> d
     for line, row in read_table(path, schema):
         name = row["sample"]
         if name in samples:
-            raise ValueError(f"{path}, line {line}: sample '{name}' is named twice; each sample needs a name of "
+            raise VirnucproError(f"{path}, line {line}: sample '{name}' is named twice; each sample needs a name of "
                              f"its own (its results go to results/{name}/)")
         samples[name] = Sample(name, row["path"], int(row.get("expected_length", default_expected_length)))
     return samples
@@ -96,9 +98,9 @@ def resolve_samples(config: dict, sheet_schema: str) -> dict[str, Sample]:
         samples = {name: Sample(name, path, length) for name, path in config["samples"].items()}
         for name in samples:
             if not _SAMPLE_NAME.match(name):
-                raise ValueError(f"config: sample name '{name}' may only use letters, digits, '_' and '-'")
+                raise VirnucproError(f"config: sample name '{name}' may only use letters, digits, '_' and '-'")
     else:
-        raise ValueError("config: no input; give --config input=<fasta>, a sample sheet or a 'samples' mapping")
+        raise VirnucproError("config: no input; give --config input=<fasta>, a sample sheet or a 'samples' mapping")
     check_distinct_names(samples)
     return samples
 
@@ -110,7 +112,7 @@ def check_distinct_names(names) -> None:
     for name in names:
         other = folded.setdefault(name.casefold(), name)
         if other != name:
-            raise ValueError(f"config: samples '{other}' and '{name}' differ only in case; their results would "
+            raise VirnucproError(f"config: samples '{other}' and '{name}' differ only in case; their results would "
                              "share one folder on a case-insensitive file system: rename one")
 
 
@@ -123,7 +125,7 @@ def check_results_belong(name: str, path: str, results: str | os.PathLike = "res
         return
     recorded = record.read_text().strip()
     if recorded != input_identity(path):
-        raise ValueError(
+        raise VirnucproError(
             f"results/{name}/ holds the results of {recorded} ({record}), not of {input_identity(path)}: give this "
             f"input another sample name (a sample sheet, or --config \"samples={{<name>: {path}}}\"), or remove "
             f"results/{name}/ to replace them")
@@ -140,7 +142,7 @@ def read_training_inputs(path: str, schema: str) -> list[dict]:
     names = {}
     for line, row in rows:
         if row["name"] in names:
-            raise ValueError(f"{path}, line {line}: name '{row['name']}' is also on line {names[row['name']]}; "
+            raise VirnucproError(f"{path}, line {line}: name '{row['name']}' is also on line {names[row['name']]}; "
                              "training input names must be unique")
         names[row["name"]] = line
     check_distinct_names(names)
@@ -162,7 +164,7 @@ def package_requirement() -> str:
     try:
         installed = distribution("virnucpro")
     except PackageNotFoundError:
-        raise ValueError(f"virnucpro is imported from {virnucpro.__file__}, which is neither a checkout nor an "
+        raise VirnucproError(f"virnucpro is imported from {virnucpro.__file__}, which is neither a checkout nor an "
                          "installed package: set VIRNUCPRO_PACKAGE to a pip requirement for it") from None
     direct = json.loads(installed.read_text("direct_url.json") or "{}")
     if "vcs_info" in direct:
