@@ -184,9 +184,17 @@ def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run,
     assert f"**Note:** {BUILTIN_MODELS_NOTE}" in (workdir / "results/timing_report.md").read_text()
     assert f"note\t{BUILTIN_MODELS_NOTE}\t" in (workdir / "results/reads/summary.tsv").read_text()
     assert BUILTIN_MODELS_NOTE in (workdir / "results/report/run_summary.html").read_text()
+    builtin = REPO / "resources/models"
     real = [tmp_path / "DNABERT-S", tmp_path / "esm2_t36_3B_UR50D.pt", tmp_path / "300_model.pth"]
-    assert models_note(real, REPO) is None
-    assert models_note([*real, REPO / "resources/models/classifier_500.pt"], REPO) == BUILTIN_MODELS_NOTE
+    real[0].mkdir()
+    (real[0] / "config.json").write_text("{}")
+    real[1].write_bytes(b"other weights")
+    real[2].write_bytes(b"other classifier")
+    assert models_note(real, builtin) is None
+    assert models_note([*real, builtin / "classifier_500.pt"], builtin) == BUILTIN_MODELS_NOTE
+    # decided by what the models are, not where they lie: the built-in models copied elsewhere
+    copies = shutil.copytree(builtin, tmp_path / "copies")
+    assert models_note([copies / "dnabert_s_mini", *real[1:]], builtin) == BUILTIN_MODELS_NOTE
 
 
 def test_results_do_not_depend_on_parts_shards_or_gpu_jobs_at_once(one_shard_run, tmp_path):
@@ -295,6 +303,7 @@ def test_bad_input_fails_with_a_clear_error_and_keeps_its_telemetry(tmp_path):
     assert "reads.fa, record 'r1': duplicate sequence ID in records 1 and 3" in telemetry["error"]
     assert not (tmp_path / "results/reads/shards.tsv").exists()
     assert not (tmp_path / "results/telemetry/embed_esm2").exists()  # refused before any GPU work
+    assert not list((tmp_path / "results/reads").glob("*.fa*"))  # no FASTA of a refused input
     assert not list((tmp_path / "results/reads").rglob(".*tmp*"))
 
 
@@ -309,7 +318,7 @@ def test_a_classifier_for_another_length_is_refused_before_any_gpu_work(tmp_path
     telemetry = json.loads((tmp_path / "results/telemetry/check_models/predict_500.all.json").read_text())
     assert "classifier_300.pt: classifier was trained for expected length 300, but this run chunks to 500" in \
         telemetry["error"]
-    for later in ("plan_shards", "split_protein", "embed_dnabert_s", "embed_esm2"):
+    for later in ("partition_input", "chunk", "plan_shards", "split_protein", "embed_dnabert_s", "embed_esm2"):
         assert not (tmp_path / "results/telemetry" / later).exists(), later
 
 
@@ -466,3 +475,36 @@ def test_models_named_in_the_config_are_downloaded_then_found(tmp_path, data_dir
         name: hashlib.sha256(data).hexdigest() for name, data in served.items()}
     features = json.loads((tmp_path / "results/telemetry/embed_esm2/reads.000.json").read_text())
     assert features["details"]["model"]["files"] == models["esm2"]["files"]
+
+
+def test_an_input_or_model_replaced_by_an_older_file_reruns_from_stage_1(tmp_path):
+    """Snakemake alone reruns only for newer files: a replacement with an older modification time
+    (a copy that keeps its time) must still rerun, and the results of the content before must not
+    stay when the rerun fails."""
+    import os
+
+    reads = tmp_path / "reads.fa"
+    reads.write_text("".join(f">r{i}\n{'ACGTTGCAAT' * 20}\n" for i in range(5)))
+    classifier = tmp_path / "classifier.pt"
+    shutil.copy(REPO / "resources/models/classifier_300.pt", classifier)
+    config = write_config(tmp_path, reads)
+    settings = yaml.safe_load(config.read_text())
+    settings["models"]["classifier"] = str(classifier)
+    config.write_text(yaml.safe_dump(settings))
+    run_workflow(tmp_path, config)
+    old_time = reads.stat().st_mtime_ns - 10**12
+    replacement = tmp_path / "new.fa"
+    replacement.write_text(">n1\nGGCATTACGT\n>n2\nTTGCATGCAA\n")
+    os.utime(replacement, ns=(old_time, old_time))
+    replacement.replace(reads)
+    run_workflow(tmp_path, config)
+    table = pq.read_table(tmp_path / "results/reads/read_predictions.parquet")
+    assert table.column("read_id").to_pylist() == ["n1", "n2"]
+    # a classifier replaced in place by one for another length: checked again, refused, no results left
+    classifier.write_bytes((REPO / "resources/models/classifier_500.pt").read_bytes())
+    os.utime(classifier, ns=(old_time, old_time))
+    result = run_workflow(tmp_path, config, check=False)
+    assert result.returncode != 0
+    telemetry = json.loads((tmp_path / "results/telemetry/check_models/predict_300.all.json").read_text())
+    assert "classifier was trained for expected length 500" in telemetry["error"]
+    assert not [path.name for path in (tmp_path / "results/reads").iterdir() if path.is_file()]

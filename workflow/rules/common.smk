@@ -12,6 +12,7 @@ from virnucpro.stages.sharding import read_shard_plan
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
 from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples)
 from virnucpro.io.ids import unit_names
+from virnucpro.io.identity import changed_identities, write_identities
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -90,8 +91,53 @@ DOWNLOADS = {
     for kind in DEFAULT_MODELS
     if model_name(kind, config["models"][kind])
 } or DEFAULT_MODELS
-# Set when the run uses the built-in demonstration models: the outputs then say so.
-MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY)
+# Set when the run uses the built-in demonstration models (the same files, wherever they lie): the
+# outputs then say so.
+MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY / "resources" / "models")
+# What identifies each input's and model's content (virnucpro.io.identity), in a file rewritten only
+# when it changes: the first jobs take these files as inputs, so a file replaced by another, even
+# one with an older modification time, reruns everything from stage 1. A sample's results of the
+# content before are removed at once, so that a run that then fails leaves none that look complete.
+IDENTITY_DIR = "results/checks/identity"
+
+
+def identity_record(kind, name):
+    return f"{IDENTITY_DIR}/{kind}.{name}.txt"
+
+
+if workflow.is_main_process and not workflow.dryrun:
+    IDENTITIES = changed_identities(
+        {
+            **{
+                identity_record("input", name): path
+                for name, path in INPUTS.items()
+                if Path(path).is_file()
+            },
+            **{
+                identity_record("model", name): path
+                for name, path in MODEL_PATHS.items()
+            },
+        }
+    )
+    replaced = [record for record in IDENTITIES if Path(record).is_file()]
+    for name in INPUTS:
+        if identity_record("input", name) in replaced or any(
+            record.startswith(f"{IDENTITY_DIR}/model.") for record in replaced
+        ):
+            stale = [
+                result
+                for result in Path(f"results/{name}").glob("*")
+                if result.is_file() and not result.is_symlink()
+            ]
+            for result in stale:
+                result.unlink()
+            if stale:
+                logger.info(
+                    f"Removed the results in results/{name}/: its input or a model changed."
+                )
+    write_identities(IDENTITIES)
+
+
 # Memory of a job in MB (the `mem_mb` resource; SLURM's --mem): a constant, since every job streams
 # its data in blocks of a fixed size (README, "Scale"). The embedding jobs hold a model as well.
 # Telemetry records each job's peak RSS against it.
@@ -202,19 +248,41 @@ def checked_length(wildcards):
     )
 
 
+def checked_models(purpose):
+    """Kind -> name (in MODEL_SETTINGS) of the models that a check for `purpose` reads: the
+    classifier only when predicting."""
+    names = {"dnabert_s": "dnabert_s", "esm2": "esm2"}
+    if purpose != "train":
+        names["classifier"] = f"classifier_{purpose.removeprefix('predict_')}"
+    return names
+
+
 def models_to_check(wildcards):
-    """The model files that `check_models` reads: the classifier only when predicting."""
-    models = {"dnabert_s": model_path("dnabert_s"), "esm2": model_path("esm2")}
-    if wildcards.purpose != "train":
-        models["classifier"] = model_path(f"classifier_{checked_length(wildcards)}")
-    return models
+    """The model files that `check_models` reads."""
+    return {
+        kind: model_path(name)
+        for kind, name in checked_models(wildcards.purpose).items()
+    }
 
 
 def models_checked(wildcards):
-    """The model check that a sample's shard plan, and so its GPU work, waits for. Ancient: a
-    check that reruns (a model changed) reruns no job by itself; the jobs that use the changed
-    model rerun because it is their input."""
+    """The model check that a sample's first job, and so all its work, waits for. Ancient: a check
+    that reruns (its code changed) reruns no job by itself; a changed model reruns the sample's jobs
+    through its identity record (`identity_records`)."""
     return ancient(f"results/checks/models.{check_purpose(wildcards.sample)}.json")
+
+
+def identity_records(wildcards):
+    """The identity records (IDENTITY_DIR) of what a job's results depend on: for a model check its
+    models, for a sample's first job also the sample's input. Those not written yet (a dry run)
+    are left out."""
+    purpose = getattr(wildcards, "purpose", None) or check_purpose(wildcards.sample)
+    records = [
+        identity_record("model", name) for name in checked_models(purpose).values()
+    ]
+    if purpose != getattr(wildcards, "purpose", None):
+        records.append(identity_record("input", wildcards.sample))
+    return [record for record in records if Path(record).is_file()]
 
 
 def token_budget(kind):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro.io.errors import VirnucproError
+from virnucpro.io.identity import fingerprint
 
 _SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SEQUENCE_SUFFIXES = (".gz", ".xz", ".bz2", ".fa", ".fasta", ".fna", ".ffn", ".fq", ".fastq")
@@ -180,7 +181,8 @@ BUILTIN_MODELS_NOTE = ("These results come from the built-in demonstration model
                        "the real DNABERT-S, ESM-2 3B and VirNucPro classifier.")
 
 
-def models_note(model_paths, repository: str | os.PathLike) -> str | None:
-    """The warning that outputs carry when any of the run's models is a built-in demonstration model."""
-    builtin = (Path(repository) / "resources" / "models").resolve()
-    return BUILTIN_MODELS_NOTE if any(builtin in Path(p).resolve().parents for p in model_paths) else None
+def models_note(model_paths, builtin_models: str | os.PathLike) -> str | None:
+    """The warning that outputs carry when any of the run's models is a built-in demonstration model:
+    one with the fingerprint of a model in `builtin_models` (resources/models), wherever it lies."""
+    builtin = {fingerprint(path) for path in Path(builtin_models).iterdir()}
+    return BUILTIN_MODELS_NOTE if any(fingerprint(path) in builtin for path in model_paths) else None
