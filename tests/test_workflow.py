@@ -304,6 +304,11 @@ def test_bad_input_fails_with_a_clear_error_and_keeps_its_telemetry(tmp_path):
     assert not (tmp_path / "results/reads/shards.tsv").exists()
     assert not (tmp_path / "results/telemetry/embed_esm2").exists()  # refused before any GPU work
     assert not list((tmp_path / "results/reads").glob("*.fa*"))  # no FASTA of a refused input
+    # the message alone, last, once: no traceback
+    assert result.stderr.rstrip().splitlines()[-1] == f"Error: {tmp_path / 'reads.fa'}, record 'r1': duplicate " \
+        "sequence ID in records 1 and 3 (IDs must be unique)"
+    assert "Traceback" not in result.stdout + result.stderr
+    assert (result.stdout + result.stderr).count("duplicate sequence ID") == 1
     assert not list((tmp_path / "results/reads").rglob(".*tmp*"))
 
 
@@ -343,10 +348,22 @@ def test_a_bad_config_value_is_named(tmp_path):
     result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", expected_length=400), "-n",
                           check=False)
     assert result.returncode != 0
-    assert "expected_length" in result.stderr + result.stdout
+    # in a dry run (-n) Snakemake prints to stdout
+    assert result.stdout.rstrip().splitlines()[-1] == "Error: config: expected_length: 400 is not one of [300, 500]"
     result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shard_count=2), "-n",
                           check=False)
     assert "shard_count" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("given, problem", [("folder", "the input is a directory, not a FASTA or FASTQ file"),
+                                            ("/dev/null", "the input is not a regular file but a device")])
+def test_an_input_that_is_no_file_is_named_for_what_it_is(tmp_path, given, problem):
+    given = str(tmp_path) if given == "folder" else given
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "unused.fa"), "-n", "--config",
+                          f"input={given}", check=False)
+    assert result.returncode != 0
+    assert result.stdout.rstrip().splitlines()[-1].startswith(f"Error: {given}: {problem}")
+    assert "Traceback" not in result.stdout and 'File "' not in result.stdout
 
 
 def test_input_on_the_command_line_names_the_sample(tmp_path):

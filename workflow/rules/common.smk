@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -10,11 +11,15 @@ from virnucpro.model_store.cache import ModelNotFound, locate_model, model_name
 from virnucpro.stages.partition import part_count
 from virnucpro.stages.sharding import read_shard_plan
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
-from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples)
+from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples, schema_error)
+from virnucpro.io.errors import VirnucproError
 from virnucpro.io.ids import unit_names
 from virnucpro.io.identity import changed_identities, write_identities
 
-validate(config, "../schemas/config.schema.yaml")
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as error:
+    raise VirnucproError(f"config: {schema_error(error)}") from None
 
 # One identifier per Snakemake invocation, recorded in every job's telemetry so that the report
 # tells this run's jobs from those of earlier runs. Set here in the main process; a job's own
@@ -50,7 +55,7 @@ TRAINING_INPUTS = (
 )
 clashes = set(SAMPLES) & {row["name"] for row in TRAINING_INPUTS}
 if clashes:
-    raise ValueError(
+    raise VirnucproError(
         f"config: samples and training inputs share names {sorted(clashes)}"
     )
 # Every sequence file the stages 1-7 may process, prediction samples and training inputs alike.
@@ -296,7 +301,7 @@ TRAINING_DIR = f"results/training/expected_length_{EXPECTED_LENGTH}"
 def training_inputs(wildcards):
     """Per training input, the files of its stages 1-7 (named `<input>__<kind>`)."""
     if not TRAINING_INPUTS:
-        raise ValueError(
+        raise VirnucproError(
             f"config: training.inputs '{TRAINING_TABLE}' does not exist "
             "(a tab-separated table with columns name, path, label)"
         )
