@@ -5,6 +5,11 @@ import lzma
 import pyarrow as pa
 import pytest
 
+try:  # as virnucpro.io.sequences reads it
+    from compression import zstd
+except ImportError:
+    from backports import zstd
+
 from virnucpro.io.atomic import atomic_output, atomic_path
 from virnucpro.io.sequences import (InputError, SequenceRecord, fasta_text, protein_like, read_sequences)
 
@@ -47,7 +52,8 @@ def test_plain_fasta_ids_are_first_word_and_case_is_kept(tmp_path):
     assert read_all(path) == FASTA_RECORDS
 
 
-@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, bz2.compress], ids=["gzip", "xz", "bzip2"])
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, bz2.compress, zstd.compress],
+                         ids=["gzip", "xz", "bzip2", "zstd"])
 def test_compressed_fasta_reads_like_the_plain_file(tmp_path, compress):
     # The name says plain FASTA: compression is found from the magic bytes, not the extension.
     path = write_bytes(tmp_path / "reads.fa", compress(FASTA_TEXT.encode()))
@@ -131,8 +137,9 @@ def test_binary_file_is_an_input_error(tmp_path):
     assert str(path) in message and "not a text" in message
 
 
-def test_truncated_gzip_is_an_input_error(tmp_path):
-    whole = gzip.compress(FASTA_TEXT.encode() * 50)
+@pytest.mark.parametrize("compress", [gzip.compress, zstd.compress], ids=["gzip", "zstd"])
+def test_a_truncated_compressed_file_is_an_input_error(tmp_path, compress):
+    whole = compress(FASTA_TEXT.encode() * 50)
     path = write_bytes(tmp_path / "cut.fa.gz", whole[: len(whole) // 2])
     message = read_error(path)
     assert str(path) in message and "cannot be read" in message

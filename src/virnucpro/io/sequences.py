@@ -33,14 +33,19 @@ try:  # ISA-L's gzip, several times faster than zlib's; installed with dnaio on 
     from isal.igzip import IGzipFile as _GzipFile
 except ImportError:  # pragma: no cover - other platforms
     from gzip import GzipFile as _GzipFile
+try:  # Zstandard: in the standard library from Python 3.14, its backport (a dependency) before
+    from compression import zstd
+except ImportError:
+    from backports import zstd
 
 _COMPRESSION_MAGIC = (
     (b"\x1f\x8b", lambda raw: _GzipFile(fileobj=raw, mode="rb")),
     (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw)),
     (b"BZh", lambda raw: bz2.BZ2File(raw)),
+    (b"\x28\xb5\x2f\xfd", lambda raw: zstd.ZstdFile(raw)),
 )
 _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
-_READ_ERRORS = (EOFError, OSError, lzma.LZMAError, zlib.error)
+_READ_ERRORS = (EOFError, OSError, lzma.LZMAError, zlib.error, zstd.ZstdError)
 
 
 class InputError(VirnucproError):
