@@ -366,6 +366,20 @@ def test_an_input_that_is_no_file_is_named_for_what_it_is(tmp_path, given, probl
     assert "Traceback" not in result.stdout and 'File "' not in result.stdout
 
 
+def test_an_input_whose_name_is_not_utf8_is_refused_before_snakemake_starts(tmp_path):
+    import os
+
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.fa")
+    with open(os.fsencode(name), "w") as out:
+        out.write(">r1\nACGT\n")
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "unused.fa"), "--config", f"input={name}",
+                          check=False)
+    assert result.returncode != 0
+    assert result.stderr.rstrip().splitlines()[-1] == f"Error: {tmp_path}/caf\\xe9.fa: the file name has a byte " \
+        "that is not UTF-8, which Snakemake cannot record; rename the file (or link to it under a UTF-8 name)"
+    assert not (tmp_path / "results").exists()
+
+
 def test_input_on_the_command_line_names_the_sample(tmp_path):
     (tmp_path / "my.reads.fasta.gz").write_bytes(b"")  # only the plan is built: -n
     config = write_config(tmp_path, tmp_path / "unused.fa")

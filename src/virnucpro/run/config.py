@@ -103,7 +103,20 @@ def resolve_samples(config: dict, sheet_schema: str) -> dict[str, Sample]:
     else:
         raise VirnucproError("config: no input; give --config input=<fasta>, a sample sheet or a 'samples' mapping")
     check_distinct_names(samples)
+    for sample in samples.values():
+        check_file_name(sample.path)
     return samples
+
+
+def check_file_name(path: str) -> None:
+    """Refuse a file name that is not valid UTF-8: Snakemake writes its inputs' names to its lock
+    and metadata files as UTF-8 and would stop with a traceback."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise VirnucproError(f"{shown}: the file name has a byte that is not UTF-8, which Snakemake cannot "
+                             "record; rename the file (or link to it under a UTF-8 name)") from None
 
 
 def check_distinct_names(names) -> None:
@@ -146,6 +159,7 @@ def read_training_inputs(path: str, schema: str) -> list[dict]:
             raise VirnucproError(f"{path}, line {line}: name '{row['name']}' is also on line {names[row['name']]}; "
                              "training input names must be unique")
         names[row["name"]] = line
+        check_file_name(row["path"])
     check_distinct_names(names)
     return [row for _, row in rows]
 
