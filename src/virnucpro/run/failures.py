@@ -22,7 +22,10 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import LockException
+
 from virnucpro.io.errors import VirnucproError
+from virnucpro.run.resume import running_owners
 
 
 def project_error(error: BaseException | None) -> VirnucproError | None:
@@ -42,13 +45,21 @@ def project_error(error: BaseException | None) -> VirnucproError | None:
 
 class ProjectErrors(logging.Filter):
     """Shows an error of the project that Snakemake logs as itself, its message only: Snakemake
-    logs the exception it is handling, with the Snakefile line and a traceback."""
+    logs the exception it is handling, with the Snakefile line and a traceback. Snakemake's refusal
+    to lock a folder that a run still uses names that run instead of advising `--unlock`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR and getattr(record, "exception", None):
-            error = project_error(sys.exc_info()[1])
+            handled = sys.exc_info()[1]
+            error = project_error(handled)
             if error is not None:
                 record.msg, record.args = f"Error: {error}", ()
+            elif isinstance(handled, LockException) and (owners := running_owners()):
+                runs = "; ".join(f"PID {owner['pid']}, started {owner.get('started', 'at an unknown time')}"
+                                 for owner in owners)
+                record.msg, record.args = (f"Error: another run of this workflow is using {os.getcwd()} ({runs}): "
+                                           "wait for it to end, or stop it; do not use --unlock, which would let "
+                                           "both runs write the same files"), ()
         return True
 
 
