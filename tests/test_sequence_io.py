@@ -330,3 +330,18 @@ def test_a_byte_order_mark_is_skipped(tmp_path):
     path = tmp_path / "bom.fa"
     path.write_bytes(b"\xef\xbb\xbf>r1 x\nACGT\n")
     assert list(read_sequences(path)) == [SequenceRecord("r1", "ACGT")]
+
+
+# b"caf\xe9" (Latin-1) in a first header sends the file to the line parser, which must agree with dnaio
+@pytest.mark.parametrize("first", [b">r1\n", b">caf\xe9\n"], ids=["dnaio", "line parser"])
+def test_the_id_is_the_first_word_after_leading_whitespace_as_biopython_reads_it(tmp_path, first):
+    path = write_bytes(tmp_path / "reads.fa", first + b"ACGT\n>\tID2 second read\nACGT\n> ID3\nGG\n")
+    records = list(read_sequences(path))
+    assert [record.id for record in records[1:]] == ["ID2", "ID3"]
+    assert records[1].description == "second read"
+
+
+@pytest.mark.parametrize("first", [b">r1\n", b">caf\xe9\n"], ids=["dnaio", "line parser"])
+def test_a_nul_byte_in_a_header_is_refused(tmp_path, first):
+    path = write_bytes(tmp_path / "reads.fa", first + b"ACGT\n>a\x00b c\nACGT\n")
+    assert read_error(path) == f"{path}, line 3: a NUL byte (0x00) in the header"

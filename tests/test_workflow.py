@@ -454,6 +454,34 @@ def test_a_bad_sample_sheet_row_is_named(tmp_path):
     assert "samples.tsv, line 3: expected_length: '250' is not one of ['300', '500']" in result.stdout + result.stderr
 
 
+def test_a_sample_sheet_saved_with_a_byte_order_mark_is_read(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n")
+    (tmp_path / "samples.tsv").write_bytes(b"\xef\xbb\xbfsample\tpath\nmine\treads.fa\n")  # as a spreadsheet saves it
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", samples=str(tmp_path / "samples.tsv")),
+                          "-n")
+    assert "results/mine/read_predictions.parquet" in result.stdout
+
+
+def test_a_whole_number_written_as_a_float_is_taken_as_the_integer(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n")
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa"), "-n", "--config",
+                          "expected_length=500.0")
+    assert "results/checks/models.predict_500.json" in result.stdout
+
+
+def test_a_classifier_path_takes_only_the_expected_length_field(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n")
+    config = write_config(tmp_path, tmp_path / "reads.fa")
+    for setting, shown in (("models/{sample}.pt", "{sample}"), ("{expected_length.__class__}", "{expected_length.__class__}")):
+        settings = yaml.safe_load(config.read_text())
+        settings["models"]["classifier"] = setting
+        config.write_text(yaml.safe_dump(settings))
+        result = run_workflow(tmp_path, config, "-n", check=False)
+        assert result.returncode != 0
+        assert result.stdout.rstrip().splitlines()[-1] == f"Error: models.classifier '{setting}': {shown} is not " \
+            "filled in; the only field of a classifier's path is {expected_length}"
+
+
 def test_two_inputs_of_the_same_name_do_not_share_results(one_shard_run, tmp_path):
     """--config input=x/reads.fa, then y/reads.fa: both would be sample 'reads'."""
     workdir, _ = one_shard_run

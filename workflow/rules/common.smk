@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
@@ -11,7 +12,7 @@ from virnucpro.model_store.cache import ModelNotFound, locate_model, model_name
 from virnucpro.stages.partition import part_count
 from virnucpro.stages.sharding import read_shard_plan
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
-from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples, schema_error)
+from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples, schema_error, whole_numbers)
 from virnucpro.io.errors import VirnucproError
 from virnucpro.io.ids import unit_names
 from virnucpro.io.identity import changed_identities, write_identities
@@ -20,6 +21,8 @@ try:
     validate(config, "../schemas/config.schema.yaml")
 except WorkflowError as error:
     raise VirnucproError(f"config: {schema_error(error)}") from None
+with open(workflow.source_path("../schemas/config.schema.yaml")) as schema:
+    whole_numbers(config, yaml.safe_load(schema))
 
 # One identifier per Snakemake invocation, recorded in every job's telemetry so that the report
 # tells this run's jobs from those of earlier runs. Set here in the main process; a job's own

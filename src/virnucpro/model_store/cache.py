@@ -93,11 +93,20 @@ def model_name(kind: str, setting: str) -> str | None:
     return setting if named.get(kind) else None
 
 
+def classifier_setting(setting: str, expected_length: int | None) -> str:
+    """`models.classifier` with `{expected_length}` replaced, the one field it may hold."""
+    others = sorted(set(re.findall(r"\{([^{}]*)\}", setting)) - {"expected_length"})
+    if others:
+        raise VirnucproError(f"models.classifier '{setting}': {{{others[0]}}} is not filled in; the only field of a "
+                             "classifier's path is {expected_length}")
+    return setting.replace("{expected_length}", str(expected_length))
+
+
 def locate_model(kind: str, setting: str, expected_length: int | None = None) -> Path:
     """The file or folder of `models.<kind>` (dnabert_s, esm2 or classifier): `setting` itself when
     it exists, else the model it names in its cache. Raises `ModelNotFound` saying where it looked."""
     if kind == "classifier":
-        setting = setting.format(expected_length=expected_length)
+        setting = classifier_setting(setting, expected_length)
     path = Path(setting).expanduser()
     if path.exists():
         return path

@@ -33,6 +33,19 @@ def sample_name_from_path(path: str) -> str:
     return name or "sample"
 
 
+def whole_numbers(config: dict, schema: dict) -> None:
+    """Turn the whole floats that the schema accepts as integers (`--config expected_length=500.0`)
+    into ints, in place: such keys name files (`predict_500`) and count things."""
+    for key, rule in schema.get("properties", {}).items():
+        value = config.get(key)
+        if isinstance(value, dict):
+            whole_numbers(value, rule)
+        elif isinstance(value, float) and value.is_integer() and any(
+                branch.get("type") == "integer" or all(isinstance(v, int) for v in branch.get("enum", [None]))
+                for branch in (rule, *rule.get("oneOf", []))):
+            config[key] = int(value)
+
+
 def read_table(path: str, schema: str) -> list[tuple[int, dict[str, str]]]:
     """The rows of a tab-separated table with a header line, each as (line number, {column: cell}),
     every row validated against the JSON schema `schema` with Snakemake's `validate`. Empty cells
@@ -42,7 +55,7 @@ def read_table(path: str, schema: str) -> list[tuple[int, dict[str, str]]]:
 
     if not Path(path).is_file():
         raise VirnucproError(f"{path}: the table does not exist")
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark, as spreadsheets write
         reader = csv.DictReader(handle, delimiter="\t")
         rows = [(reader.line_num, row) for row in reader]
         header = reader.fieldnames or []
