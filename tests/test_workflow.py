@@ -25,6 +25,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 EDGE_CASES = {
     "empty_read": "",
     "two_bases": "AC",
+    "one_codon": "ATG",  # scored by the classifier, but too short for a call
     "all_n": "N" * 200,
     "stop_in_every_frame": "TTAA" * 50,  # its own reverse complement, TAA in every frame
     "protein_in_iupac_letters": "MKKSWRDVHACGTTRKSDYVMHW",  # valid IUPAC, but a protein: warned about
@@ -91,6 +92,8 @@ def test_every_read_is_accounted_for(one_shard_run):
     rows = {row["read_id"]: row for row in table.to_pylist()}
     assert rows["empty_read"]["reason"] == "empty_sequence"
     assert rows["two_bases"]["reason"] == "too_short"
+    assert rows["one_codon"]["reason"] == "below_min_codons" and rows["one_codon"]["score_virus"] is not None
+    assert "one_codon_chunk_1F1\t" in (workdir / "results/reads/prediction_results.txt").read_text()  # VirNucPro's
     assert rows["all_n"]["reason"] == "too_ambiguous"
     assert rows["stop_in_every_frame"]["reason"] == "no_stop_free_frame"
     assert rows["protein_in_iupac_letters"]["reason"] == "too_ambiguous"
@@ -104,7 +107,7 @@ def test_an_input_that_looks_like_protein_is_warned_about(one_shard_run):
     workdir, _ = one_shard_run
     telemetry = json.loads((workdir / "results/telemetry/chunk/reads.000.json").read_text())
     assert len(telemetry["warnings"]) == 1
-    assert "1 of 46 reads of this part look like protein" in telemetry["warnings"][0]
+    assert "1 of 47 reads of this part look like protein" in telemetry["warnings"][0]
     assert "'protein_in_iupac_letters'" in telemetry["warnings"][0]
     assert telemetry["warnings"][0] in (workdir / "results/logs/chunk/reads.000.log").read_text()
 
@@ -164,7 +167,7 @@ def test_the_summary_counts_what_the_read_table_holds(one_shard_run):
     assert summary["reads"] == str(len(read_ids))
     for call in ("virus", "others"):
         assert summary[call] == str(reads.filter(pl.col("call") == call).height)
-    for reason in ("empty_sequence", "too_short", "too_ambiguous", "no_stop_free_frame"):
+    for reason in ("empty_sequence", "too_short", "below_min_codons", "too_ambiguous", "no_stop_free_frame"):
         assert summary[f"unclassified_{reason}"] == str(reads.filter(pl.col("reason") == reason).height)
     assert summary["chunks"] == str(reads["chunks"].sum()) and summary["frames"] == str(reads["frames"].sum())
     regions = pl.read_csv(results / "viral_regions.tsv", separator="\t")

@@ -31,7 +31,7 @@ SCORE_BINS = np.linspace(0.0, 1.0, 51)
 _BATCH_ROWS = 1 << 20
 # Reasons a read is not classified (virnucpro.stages.consensus, virnucpro.stages.translation), always listed; a
 # read whose chunks failed for several reasons counts under their combination.
-REASONS = ("empty_sequence", "too_short", "too_ambiguous", "no_stop_free_frame")
+REASONS = ("empty_sequence", "too_short", "below_min_codons", "too_ambiguous", "no_stop_free_frame")
 _COLUMNS = ["call", "reason", "length", "chunks", "frames", "classified_chunks", "viral_chunks", "viral_regions",
             "score_virus", "score_others"]
 
