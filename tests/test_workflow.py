@@ -150,10 +150,11 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     assert 0 < embedding["details"]["packing_efficiency"] <= 1
     assert sum(embedding["details"]["batch_timeline"]["tokens"]) == embedding["details"]["tokens"]
     report = (workdir / "results/timing_report.md").read_text()
-    for stage in stages - {"timing_report", "run_summary", "check_models"}:  # the report covers the samples' jobs
+    for stage in stages - {"timing_report", "run_summary"}:  # the report covers the samples' jobs and model check
         assert f"| {stage} |" in report
+    assert "check_models predict_300.all ok" in (workdir / "results/logs/check_models/predict_300.all.log").read_text()
     table = pl.read_parquet(workdir / "results/telemetry.parquet")
-    assert table.height == len(jobs) - 3 and table["run_id"].unique().to_list() == [jobs[0]["run_id"]]
+    assert table.height == len(jobs) - 2 and table["run_id"].unique().to_list() == [jobs[0]["run_id"]]
     batches = pl.read_parquet(workdir / "results/telemetry_batches.parquet")
     assert batches["tokens"].sum() == sum(job["details"]["tokens"] for job in jobs if job["stage"].startswith("embed"))
     assert pl.read_parquet(workdir / "results/telemetry_gpu_samples.parquet").height == 0  # no GPU here
@@ -171,7 +172,8 @@ def test_the_summary_counts_what_the_read_table_holds(one_shard_run):
         assert summary[f"unclassified_{reason}"] == str(reads.filter(pl.col("reason") == reason).height)
     assert summary["chunks"] == str(reads["chunks"].sum()) and summary["frames"] == str(reads["frames"].sum())
     regions = pl.read_csv(results / "viral_regions.tsv", separator="\t")
-    assert regions.height == reads["viral_regions"].sum() == int(summary["viral_regions"])
+    assert regions.height == reads["viral_regions"].sum()
+    assert int(summary["their_viral_regions"]) == reads.filter(pl.col("chunks") > 1)["viral_regions"].sum()
     assert regions.join(reads, left_on="sequence_id", right_on="read_id")["call"].is_not_null().all()
     assert ((regions["start"] >= 1) & (regions["end"] <= regions["sequence_length"])).all()
     run = (workdir / "results/run_summary.tsv").read_text().splitlines()
@@ -220,7 +222,8 @@ def test_a_second_run_reports_its_own_jobs_and_lists_the_first(one_shard_run, tm
     workdir, _ = one_shard_run
     shutil.copytree(workdir, tmp_path / "run", symlinks=True)  # with the same config: the same input file
     run_workflow(tmp_path / "run", tmp_path / "run" / "config.yaml", "--forcerun", "consensus")
-    jobs = [json.loads(p.read_text()) for p in (tmp_path / "run/results/telemetry").glob("*/reads.*.json")]
+    jobs = [json.loads(p.read_text()) for pattern in ("*/reads.*.json", "check_models/*.json")
+            for p in (tmp_path / "run/results/telemetry").glob(pattern)]
     first, second = sorted({job["run_id"] for job in jobs})
     # consensus and what needs its deleted temporary inputs ran again; the stages before come from the first run
     from virnucpro.reporting.timing import STAGES

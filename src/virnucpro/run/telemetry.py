@@ -115,7 +115,9 @@ class JobTelemetry:
         wildcards = dict(snakemake.wildcards.items())
         resources = {name: value for name, value in snakemake.resources.items()
                      if not name.startswith("_") and isinstance(value, (int, float, str))}
-        return cls(snakemake.log.telemetry, stage, wildcards.get("sample", "all"), wildcards.get("part"),
+        # a model check is named for its purpose (predict_300), as its telemetry file
+        owner = wildcards.get("sample", wildcards.get("purpose", "all"))
+        return cls(snakemake.log.telemetry, stage, owner, wildcards.get("part"),
                    wildcards.get("shard"), inputs=list(snakemake.input), outputs=list(snakemake.output),
                    threads=snakemake.threads, resources=resources)
 
