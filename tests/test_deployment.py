@@ -97,3 +97,15 @@ def test_make_demo_installs_the_runtime_dependencies_only(tmp_path):
 
     assert [line.split()[-1] for line in pip_installs("demo")] == ["."]
     assert [line.split()[-1] for line in pip_installs("test")] == [".", "'.[test]'"]
+
+
+def test_config_readme_gives_the_defaults_of_config_yaml():
+    """Each key's default in config/README.md is its value in config/config.yaml."""
+    readme = (REPO / "config" / "README.md").read_text()
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, default in re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", readme, re.MULTILINE):
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        assert default in (str(value), shown), (key, default, value)
