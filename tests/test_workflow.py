@@ -333,6 +333,22 @@ def test_a_classifier_for_another_length_is_refused_before_any_gpu_work(tmp_path
         assert not (tmp_path / "results/telemetry" / later).exists(), later
 
 
+def test_a_truncated_classifier_is_named_before_anything_runs(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGTACGTAC\n")
+    classifier = tmp_path / "classifier.pt"
+    classifier.write_bytes((REPO / "resources/models/classifier_300.pt").read_bytes()[:300_000])  # a cut-off copy
+    config = write_config(tmp_path, tmp_path / "reads.fa")
+    settings = yaml.safe_load(config.read_text())
+    settings["models"]["classifier"] = str(classifier)
+    config.write_text(yaml.safe_dump(settings))
+    result = run_workflow(tmp_path, config, check=False)
+    assert result.returncode != 0
+    assert result.stderr.rstrip().splitlines()[-1].startswith(
+        f"Error: {classifier}: truncated or corrupt (300000 bytes): not a complete PyTorch checkpoint")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "results/reads").exists()  # no stage ran: nothing that looks complete
+
+
 def test_a_device_setting_this_machine_cannot_meet_is_refused_at_once(tmp_path):
     import torch
 
