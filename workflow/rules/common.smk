@@ -12,10 +12,20 @@ from virnucpro.model_store.cache import ModelNotFound, locate_model, model_name
 from virnucpro.stages.partition import part_count
 from virnucpro.stages.sharding import read_shard_plan
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
-from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples, schema_error, whole_numbers)
+from virnucpro.run.config import (
+    INPUT_RECORD,
+    check_results_belong,
+    models_note,
+    package_requirement,
+    read_training_inputs,
+    record_identities,
+    identity_record,
+    resolve_samples,
+    schema_error,
+    whole_numbers,
+)
 from virnucpro.io.errors import VirnucproError
 from virnucpro.io.ids import unit_names
-from virnucpro.io.identity import changed_identities, write_identities
 
 try:
     validate(config, "../schemas/config.schema.yaml")
@@ -102,48 +112,13 @@ DOWNLOADS = {
 # Set when the run uses the built-in demonstration models (the same files, wherever they lie): the
 # outputs then say so.
 MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY / "resources" / "models")
-# What identifies each input's and model's content (virnucpro.io.identity), in a file rewritten only
-# when it changes: the first jobs take these files as inputs, so a file replaced by another, even
-# one with an older modification time, reruns everything from stage 1. A sample's results of the
-# content before are removed at once, so that a run that then fails leaves none that look complete.
-IDENTITY_DIR = "results/checks/identity"
-
-
-def identity_record(kind, name):
-    return f"{IDENTITY_DIR}/{kind}.{name}.txt"
-
-
+# A file replaced by another, even an older one, reruns everything from stage 1: the first jobs take
+# the identity records of their input and models as inputs (see virnucpro.run.config.record_identities).
 if workflow.is_main_process and not workflow.dryrun:
-    IDENTITIES = changed_identities(
-        {
-            **{
-                identity_record("input", name): path
-                for name, path in INPUTS.items()
-                if Path(path).is_file()
-            },
-            **{
-                identity_record("model", name): path
-                for name, path in MODEL_PATHS.items()
-            },
-        }
-    )
-    replaced = [record for record in IDENTITIES if Path(record).is_file()]
-    for name in INPUTS:
-        if identity_record("input", name) in replaced or any(
-            record.startswith(f"{IDENTITY_DIR}/model.") for record in replaced
-        ):
-            stale = [
-                result
-                for result in Path(f"results/{name}").glob("*")
-                if result.is_file() and not result.is_symlink()
-            ]
-            for result in stale:
-                result.unlink()
-            if stale:
-                logger.info(
-                    f"Removed the results in results/{name}/: its input or a model changed."
-                )
-    write_identities(IDENTITIES)
+    for name in record_identities(INPUTS, MODEL_PATHS):
+        logger.info(
+            f"Removed the results in results/{name}/: its input or a model changed."
+        )
 
 
 # Memory of a job in MB (the `mem_mb` resource; SLURM's --mem): a constant, since every job streams
@@ -281,9 +256,8 @@ def models_checked(wildcards):
 
 
 def identity_records(wildcards):
-    """The identity records (IDENTITY_DIR) of what a job's results depend on: for a model check its
-    models, for a sample's first job also the sample's input. Those not written yet (a dry run)
-    are left out."""
+    """The identity records of a model check's models, and for a sample's first job of
+    its input too; those not yet written (in a dry run) are left out."""
     purpose = getattr(wildcards, "purpose", None) or check_purpose(wildcards.sample)
     records = [
         identity_record("model", name) for name in checked_models(purpose).values()

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro.io.errors import VirnucproError
-from virnucpro.io.identity import fingerprint
+from virnucpro.io.identity import changed_identities, fingerprint, write_identities
 
 _SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SEQUENCE_SUFFIXES = (".gz", ".xz", ".bz2", ".fa", ".fasta", ".fna", ".ffn", ".fq", ".fastq")
 # Written beside a sample's results by its first job: which input file they are the results of.
 INPUT_RECORD = "input_path.txt"
+# The identity of each input's and model's content (`record_identities`).
+IDENTITY_DIRECTORY = "results/checks/identity"
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,33 @@ def check_results_belong(name: str, path: str, results: str | os.PathLike = "res
             f"results/{name}/ holds the results of {recorded} ({record}), not of {input_identity(path)}: give this "
             f"input another sample name (a sample sheet, or --config \"samples={{<name>: {path}}}\"), or remove "
             f"results/{name}/ to replace them")
+
+
+def identity_record(kind: str, name: str) -> str:
+    """Where the identity of an input (`kind` "input") or a model ("model") is recorded."""
+    return f"{IDENTITY_DIRECTORY}/{kind}.{name}.txt"
+
+
+def record_identities(inputs: dict[str, str], models: dict[str, str]) -> list[str]:
+    """Record what identifies the content of each input and model by name (`virnucpro.io.identity`),
+    rewriting a record only when it changes: the records are inputs of the first jobs, so that a
+    file replaced by a different one reruns everything, even when the new file is older than the
+    results. The results in results/<input>/ of the content before are removed at once, so that a
+    run that then fails leaves none that look complete. Returns the inputs whose results were removed."""
+    changed = changed_identities({**{identity_record("input", name): path for name, path in inputs.items()
+                                     if Path(path).is_file()},  # a missing one is refused when a job needs it
+                                  **{identity_record("model", name): path for name, path in models.items()}})
+    replaced = [record for record in changed if Path(record).is_file()]
+    a_model = any(Path(record).name.startswith("model.") for record in replaced)
+    removed = []
+    for name in inputs:
+        if a_model or identity_record("input", name) in replaced:
+            stale = [path for path in Path("results", name).glob("*") if path.is_file() and not path.is_symlink()]
+            for path in stale:
+                path.unlink()
+            removed += [name] if stale else []
+    write_identities(changed)
+    return removed
 
 
 def input_identity(path: str | os.PathLike) -> str:
