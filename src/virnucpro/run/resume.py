@@ -58,11 +58,10 @@ def process_start_ticks(pid: int | str = "self") -> int | None:
 
 
 def check_lock_directory(lock_directory: Path = LOCK_DIRECTORY) -> None:
-    """Refuse a lock folder (or a `.snakemake` above it) that is a symbolic link."""
-    for folder in (lock_directory.parent, lock_directory):
-        if folder.is_symlink():
-            raise VirnucproError(f"{folder} is a symbolic link (to {os.readlink(folder)}): refused, the run's "
-                                 "lock would be written and removed there; remove the link")
+    """Refuse a lock folder that is a symbolic link (as the GPU lock folder is refused)."""
+    if lock_directory.is_symlink():
+        raise VirnucproError(f"{lock_directory} is a symbolic link (to {os.readlink(lock_directory)}): refused, the "
+                             "run's lock would be written and removed there; remove the link")
 
 
 def record_owner(lock_directory: Path = LOCK_DIRECTORY) -> None:
