@@ -79,15 +79,17 @@ def module_state_dict(module: PickledObject, prefix: str = "") -> Iterator[tuple
 
 
 def assign_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], device: str | torch.device,
-                   dtype: torch.dtype, source: str | os.PathLike) -> None:
+                   dtype: torch.dtype, source: str | os.PathLike, describe=lambda key: key) -> None:
     """Put `state` into `model` (built on the meta device) as `dtype` tensors on `device`.
 
     LayerNorm parameters stay float32 whatever `dtype` is: normalisation statistics are where low
-    precision hurts most. Missing, unexpected or misshapen weights are an error naming them.
+    precision hurts most. Missing, unexpected or misshapen weights are an error naming them
+    (`describe(key)`: the name the checkpoint gives the model's weight `key`).
     """
     shapes = {key: value.shape for key, value in model.state_dict().items()}
     missing, unexpected = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
     misshapen = sorted(key for key in set(shapes) & set(state) if state[key].shape != shapes[key])
+    missing, unexpected, misshapen = ([describe(key) for key in keys] for keys in (missing, unexpected, misshapen))
     if missing or unexpected or misshapen:
         raise VirnucproError(f"{source}: weights do not match the architecture (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, wrong shape {misshapen[:5]})")
