@@ -1,6 +1,8 @@
 import os
 from pathlib import Path
 
+import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -10,10 +12,27 @@ from virnucpro.model_store.cache import ModelNotFound, locate_model, model_name
 from virnucpro.stages.partition import part_count
 from virnucpro.stages.sharding import read_shard_plan
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
-from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples)
+from virnucpro.run.config import (
+    INPUT_RECORD,
+    check_results_belong,
+    models_note,
+    package_requirement,
+    read_training_inputs,
+    record_identities,
+    identity_record,
+    resolve_samples,
+    schema_error,
+    whole_numbers,
+)
+from virnucpro.io.errors import VirnucproError
 from virnucpro.io.ids import unit_names
 
-validate(config, "../schemas/config.schema.yaml")
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as error:
+    raise VirnucproError(f"config: {schema_error(error)}") from None
+with open(workflow.source_path("../schemas/config.schema.yaml")) as schema:
+    whole_numbers(config, yaml.safe_load(schema))
 
 # One identifier per Snakemake invocation, recorded in every job's telemetry so that the report
 # tells this run's jobs from those of earlier runs. Set here in the main process; a job's own
@@ -49,7 +68,7 @@ TRAINING_INPUTS = (
 )
 clashes = set(SAMPLES) & {row["name"] for row in TRAINING_INPUTS}
 if clashes:
-    raise ValueError(
+    raise VirnucproError(
         f"config: samples and training inputs share names {sorted(clashes)}"
     )
 # Every sequence file the stages 1-7 may process, prediction samples and training inputs alike.
@@ -90,8 +109,18 @@ DOWNLOADS = {
     for kind in DEFAULT_MODELS
     if model_name(kind, config["models"][kind])
 } or DEFAULT_MODELS
-# Set when the run uses the built-in demonstration models: the outputs then say so.
-MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY)
+# Set when the run uses the built-in demonstration models (the same files, wherever they lie): the
+# outputs then say so.
+MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY / "resources" / "models")
+# A file replaced by another, even an older one, reruns everything from stage 1: the first jobs take
+# the identity records of their input and models as inputs (see virnucpro.run.config.record_identities).
+if workflow.is_main_process and not workflow.dryrun:
+    for name in record_identities(INPUTS, MODEL_PATHS):
+        logger.info(
+            f"Removed the results in results/{name}/: its input or a model changed."
+        )
+
+
 # Memory of a job in MB (the `mem_mb` resource; SLURM's --mem): a constant, since every job streams
 # its data in blocks of a fixed size (README, "Scale"). The embedding jobs hold a model as well.
 # Telemetry records each job's peak RSS against it.
@@ -202,19 +231,40 @@ def checked_length(wildcards):
     )
 
 
+def checked_models(purpose):
+    """Kind -> name (in MODEL_SETTINGS) of the models that a check for `purpose` reads: the
+    classifier only when predicting."""
+    names = {"dnabert_s": "dnabert_s", "esm2": "esm2"}
+    if purpose != "train":
+        names["classifier"] = f"classifier_{purpose.removeprefix('predict_')}"
+    return names
+
+
 def models_to_check(wildcards):
-    """The model files that `check_models` reads: the classifier only when predicting."""
-    models = {"dnabert_s": model_path("dnabert_s"), "esm2": model_path("esm2")}
-    if wildcards.purpose != "train":
-        models["classifier"] = model_path(f"classifier_{checked_length(wildcards)}")
-    return models
+    """The model files that `check_models` reads."""
+    return {
+        kind: model_path(name)
+        for kind, name in checked_models(wildcards.purpose).items()
+    }
 
 
 def models_checked(wildcards):
-    """The model check that a sample's shard plan, and so its GPU work, waits for. Ancient: a
-    check that reruns (a model changed) reruns no job by itself; the jobs that use the changed
-    model rerun because it is their input."""
+    """The model check that a sample's first job, and so all its work, waits for. Ancient: a check
+    that reruns (its code changed) reruns no job by itself; a changed model reruns the sample's jobs
+    through its identity record (`identity_records`)."""
     return ancient(f"results/checks/models.{check_purpose(wildcards.sample)}.json")
+
+
+def identity_records(wildcards):
+    """The identity records of a model check's models, and for a sample's first job of
+    its input too; those not yet written (in a dry run) are left out."""
+    purpose = getattr(wildcards, "purpose", None) or check_purpose(wildcards.sample)
+    records = [
+        identity_record("model", name) for name in checked_models(purpose).values()
+    ]
+    if purpose != getattr(wildcards, "purpose", None):
+        records.append(identity_record("input", wildcards.sample))
+    return [record for record in records if Path(record).is_file()]
 
 
 def token_budget(kind):
@@ -228,7 +278,7 @@ TRAINING_DIR = f"results/training/expected_length_{EXPECTED_LENGTH}"
 def training_inputs(wildcards):
     """Per training input, the files of its stages 1-7 (named `<input>__<kind>`)."""
     if not TRAINING_INPUTS:
-        raise ValueError(
+        raise VirnucproError(
             f"config: training.inputs '{TRAINING_TABLE}' does not exist "
             "(a tab-separated table with columns name, path, label)"
         )

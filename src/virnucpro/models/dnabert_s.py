@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from virnucpro.io.errors import VirnucproError
 from virnucpro.models import ops
 from virnucpro.models.checkpoint import assign_weights, weights_fingerprint
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
@@ -48,14 +49,14 @@ class DnabertSConfig:
         try:
             values = json.loads(Path(path).read_text())
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not a JSON file ({error})") from None
+            raise VirnucproError(f"{path}: not a JSON file ({error})") from None
         try:
             return cls(**{name: values[name] for name in ("vocab_size", "hidden_size", "num_hidden_layers",
                                                           "num_attention_heads", "intermediate_size")},
                        layer_norm_eps=values.get("layer_norm_eps", 1e-12),
                        type_vocab_size=values.get("type_vocab_size", 2))
         except KeyError as missing:
-            raise ValueError(f"{path}: config.json lacks {missing}") from None
+            raise VirnucproError(f"{path}: config.json lacks {missing}") from None
 
     @property
     def architecture(self) -> str:
@@ -234,13 +235,13 @@ def load_dnabert_s(directory: str | os.PathLike, device: str | torch.device = "c
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"{directory}: DNABERT-S model must be a directory with config.json and weights")
+        raise VirnucproError(f"{directory}: DNABERT-S model must be a directory with config.json and weights")
     if not (directory / "config.json").is_file():
-        raise ValueError(f"{directory}: DNABERT-S model directory has no config.json")
+        raise VirnucproError(f"{directory}: DNABERT-S model directory has no config.json")
     config = DnabertSConfig.from_json(directory / "config.json")
     tokenizer = DnaTokenizer(directory / "tokenizer.json")
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model only {config.vocab_size}")
+        raise VirnucproError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model only {config.vocab_size}")
     state = _read_weights(directory, header_only=torch.device(device).type == "meta")
     state = {key.removeprefix("bert."): value for key, value in state.items()}
     state = {key: value for key, value in state.items() if key.startswith(("embeddings.", "encoder."))}
@@ -267,14 +268,14 @@ def _read_weights(directory: Path, header_only: bool = False) -> dict[str, torch
                               if header_only and not key.endswith(_TOKEN_EMBEDDINGS) else weights.get_tensor(key))
                         for key in weights.keys()}
         except SafetensorError as error:
-            raise ValueError(f"{directory / 'model.safetensors'}: not a readable safetensors file ({error})") from None
+            raise VirnucproError(f"{directory / 'model.safetensors'}: not a readable safetensors file ({error})") from None
     if (directory / "pytorch_model.bin").exists():
         try:
             return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
         except (RuntimeError, pickle.UnpicklingError) as error:
-            raise ValueError(f"{directory / 'pytorch_model.bin'}: not a readable PyTorch checkpoint "
+            raise VirnucproError(f"{directory / 'pytorch_model.bin'}: not a readable PyTorch checkpoint "
                              f"({error})") from None
-    raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    raise VirnucproError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
 def save_dnabert_s(model: DnabertS, tokenizer_json: str | os.PathLike, directory: str | os.PathLike,

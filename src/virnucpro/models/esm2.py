@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from virnucpro.io.errors import VirnucproError
 from virnucpro.models import ops
 from virnucpro.models.checkpoint import assign_weights, load_checkpoint, weights_fingerprint
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
@@ -168,12 +169,12 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
 def _read_config(checkpoint: dict, state: dict[str, torch.Tensor], path) -> ESM2Config:
     layers = 1 + max((int(m.group(1)) for m in map(re.compile(r"layers\.(\d+)\.").match, state) if m), default=-1)
     if "embed_tokens.weight" not in state or layers == 0:
-        raise ValueError(f"{path}: not an ESM-2 checkpoint (no embed_tokens or transformer layers)")
+        raise VirnucproError(f"{path}: not an ESM-2 checkpoint (no embed_tokens or transformer layers)")
     width = state["embed_tokens.weight"].shape[1]
     model_cfg = checkpoint.get("cfg", {}).get("model") if isinstance(checkpoint.get("cfg"), dict) else None
     heads = getattr(model_cfg, "encoder_attention_heads", None) or _HEADS_BY_WIDTH.get(width)
     if heads is None:
-        raise ValueError(f"{path}: cannot tell the number of attention heads of a {width}-wide ESM-2 model")
+        raise VirnucproError(f"{path}: cannot tell the number of attention heads of a {width}-wide ESM-2 model")
     token_dropout = getattr(model_cfg, "token_dropout", True)
     return ESM2Config(num_layers=layers, embed_dim=width, attention_heads=int(heads), token_dropout=bool(token_dropout))
 
@@ -205,7 +206,7 @@ def load_esm2(path: str | os.PathLike, device: str | torch.device = "cpu",
     """
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise ValueError(f"{path}: not a fair-esm checkpoint (expected a dict with a 'model' state dict)")
+        raise VirnucproError(f"{path}: not a fair-esm checkpoint (expected a dict with a 'model' state dict)")
     state = {re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", key): value
              for key, value in checkpoint["model"].items()}
     config = _read_config(checkpoint, state, path)
@@ -216,7 +217,7 @@ def load_esm2(path: str | os.PathLike, device: str | torch.device = "cpu",
                             else state[theirs[0]])
                      for ours, theirs in checkpoint_keys(config).items()}
     except KeyError as missing:
-        raise ValueError(f"{path}: not a complete ESM-2 checkpoint: it has no weights {missing}") from None
+        raise VirnucproError(f"{path}: not a complete ESM-2 checkpoint: it has no weights {missing}") from None
     assign_weights(model, converted, device, dtype, path)
     model.fingerprint = weights_fingerprint(state["embed_tokens.weight"])
     # fair-esm loads the rotary frequencies stored in the checkpoint (possibly rounded to fp16) over
