@@ -60,8 +60,12 @@ rule consensus:
         reads=part_files("results/{sample}/reads/{part}.arrow"),
         chunk_summary=part_files("results/{sample}/chunk_summary/{part}.arrow"),
         frames=part_files("results/{sample}/frames/{part}.arrow"),
+        # every part's shard plan, named so that all of them are planned at once, not one by one
+        plans=part_files("results/{sample}/shards/{part}.tsv"),
         predictions=shard_files("results/{sample}/frame_predictions/{shard}.parquet"),
         lines=shard_files("results/{sample}/frame_predictions/{shard}.txt"),
+        # the final outputs wait for the sample's duplicate-ID check
+        read_ids_checked="results/{sample}/read_ids_checked.txt",
     output:
         results_txt="results/{sample}/prediction_results.txt",
         highest_score="results/{sample}/prediction_results_highestscore.csv",

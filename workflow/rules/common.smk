@@ -8,7 +8,7 @@ from virnucpro.run.devices import job_gpus, lock_directory
 from virnucpro.model_store.download import DEFAULT_MODELS, manifest_paths
 from virnucpro.model_store.cache import ModelNotFound, locate_model, model_name
 from virnucpro.stages.partition import part_count
-from virnucpro.stages.sharding import read_shard_plan
+from virnucpro.stages.sharding import read_shard_plan, shard_part
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
 from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples)
 from virnucpro.io.ids import unit_names
@@ -113,7 +113,7 @@ if workflow.is_main_process and workflow.local_exec and not workflow.dryrun:
 wildcard_constraints:
     sample="[A-Za-z0-9][A-Za-z0-9_-]*",
     part="[0-9]+",
-    shard="[0-9]+",
+    shard="[0-9]+-[0-9]+",
     purpose="train|predict_300|predict_500",
 
 
@@ -160,9 +160,49 @@ def sample_parts(sample):
 
 
 def sample_shards(sample):
-    """Shard names of a sample, from its shard plan (a checkpoint: known once stage 2 has run)."""
-    plan = checkpoints.plan_shards.get(sample=sample).output.plan
-    return [shard.name for shard in read_shard_plan(plan)]
+    """Shard names of a sample, from its parts' shard plans (checkpoints: each known once stage 2
+    has run on its part and those before)."""
+    return [
+        shard.name
+        for part in sample_parts(sample)
+        for shard in read_shard_plan(
+            checkpoints.plan_shards.get(sample=sample, part=part).output.plan
+        )
+    ]
+
+
+def shard_plan(wildcards):
+    """The shard plan of the part that the wildcards' shard belongs to."""
+    return f"results/{wildcards.sample}/shards/{shard_part(wildcards.shard)}.tsv"
+
+
+def earlier_plans(wildcards):
+    """The shard plans of the parts before the wildcards' part (its plan takes up the frames that
+    they left)."""
+    names = sample_parts(wildcards.sample)
+    return expand(
+        "results/{sample}/shards/{part}.tsv",
+        sample=wildcards.sample,
+        part=names[: names.index(wildcards.part)],
+    )
+
+
+def is_last_part(wildcards):
+    return wildcards.part == sample_parts(wildcards.sample)[-1]
+
+
+def frames_up_to_part(wildcards):
+    """The frames tables of the sample's parts up to the wildcards' part (that of its shard, if
+    any): the earlier parts' row counts place its rows in the sample's frames table."""
+    part = (
+        shard_part(wildcards.shard) if hasattr(wildcards, "shard") else wildcards.part
+    )
+    names = sample_parts(wildcards.sample)
+    return expand(
+        "results/{sample}/frames/{part}.arrow",
+        sample=wildcards.sample,
+        part=names[: names.index(part) + 1],
+    )
 
 
 def parts(wildcards):
@@ -236,6 +276,10 @@ def training_inputs(wildcards):
     for row in TRAINING_INPUTS:
         name = row["name"]
         check_results_belong(name, row["path"])
+        files[f"{name}__read_ids_checked"] = f"results/{name}/read_ids_checked.txt"
+        files[f"{name}__plans"] = expand(
+            f"results/{name}/shards/{{part}}.tsv", part=sample_parts(name)
+        )
         for kind in ("reads", "frames"):
             files[f"{name}__{kind}"] = expand(
                 f"results/{name}/{kind}/{{part}}.arrow", part=sample_parts(name)
