@@ -74,10 +74,10 @@ def test_the_profile_gives_each_embedding_job_a_gpu_and_no_other_job(tmp_path):
     config = absolute_config(tmp_path, shard_tokens=4_000, outputs={"virnucpro_fasta": False, "merged_features": False})
     snakemake = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
                  str(tmp_path), "--configfile", str(config)]
-    # The shards are known once stage 2 has run (a checkpoint): run stages 1-2 here, then plan the rest.
+    # The shards are known once stage 2 has run (a checkpoint per part): run stages 1-2 here, then plan the rest.
     prepared = subprocess.run(snakemake + ["--cores", "2", "--until", "plan_shards"], capture_output=True, text=True)
     assert prepared.returncode == 0, prepared.stderr[-5000:]
-    shards = (tmp_path / "results/demo/shards.tsv").read_text().count("\n") - 1
+    shards = sum(plan.read_text().count("\n") - 1 for plan in (tmp_path / "results/demo/shards").glob("*.tsv"))
     assert shards > 1
     # A dry run submits nothing, so the profile's placeholder partition and account do not matter.
     result = subprocess.run(snakemake + ["-n", "--profile", str(PROFILE)], capture_output=True, text=True)
@@ -87,6 +87,9 @@ def test_the_profile_gives_each_embedding_job_a_gpu_and_no_other_job(tmp_path):
     expected = {"split_nucleotide": shards, "split_protein": shards, "embed_dnabert_s": shards, "embed_esm2": shards,
                 "merge_features": shards, "predict_frames": shards, "consensus": 1, "timing_report": 1}
     assert {rule: counts.get(rule) for rule in expected} == expected
+    # The small jobs after the GPU work run where Snakemake runs, with no wait in the queue.
+    local = set(re.findall(r"^localrule (\w+):", output, re.MULTILINE))
+    assert {"merge_features", "run_summary", "timing_report"} <= local and not local & GPU_RULES
     # Each job's resources as the plugin will see them: a GPU for the embedding jobs only.
     jobs = re.findall(r"^(?:local)?rule (\w+):\n.*?^\s+resources: ([^\n]*)", output, re.MULTILINE | re.DOTALL)
     assert len([rule for rule, _ in jobs if rule in GPU_RULES]) == 2 * shards
