@@ -285,6 +285,12 @@ def test_snakemake_n_shows_the_plan_up_to_the_shard_plan(tmp_path, data_dir):
     result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", part_mb=0.002), "-n")
     for rule, jobs in (("partition_input", 1), ("chunk", 3), ("translate", 3), ("plan_shards", 3)):
         assert re.search(rf"^{rule}\s+{jobs}$", result.stdout, re.MULTILINE), (rule, result.stdout)
+    # With more jobs ready than cores, the first part's and the shard plans go first: the GPU starts early.
+    jobs = re.findall(r"^(?:rule|checkpoint) (\w+):\n(.*?)^\s+resources:", result.stdout, re.MULTILINE | re.DOTALL)
+    first = {(rule, re.search(r"part=(\d+)", body).group(1)) for rule, body in jobs
+             if "part=" in body and "priority: 1" in body}
+    assert first == {("chunk", "000"), ("translate", "000"), ("plan_shards", "000"), ("plan_shards", "001"),
+                     ("plan_shards", "002")}
 
 
 def test_bad_input_fails_with_a_clear_error_and_keeps_its_telemetry(tmp_path):

@@ -209,6 +209,18 @@ def parts(wildcards):
     return sample_parts(wildcards.sample)
 
 
+# Job priorities, for when there are more jobs ready than cores: the first part's stages 1-2, and
+# the jobs between a part's frames and its embeddings, go first, so that the GPU work starts early
+# and has work to do while the other parts are prepared. (The model check goes before everything.)
+GPU_WORK_PRIORITY = 1
+
+
+def first_part_first(wildcards):
+    return (
+        GPU_WORK_PRIORITY if wildcards.part == sample_parts(wildcards.sample)[0] else 0
+    )
+
+
 def part_files(pattern):
     """`pattern` (with {sample} and {part}) for every part of the wildcards' sample."""
     return lambda wildcards: expand(

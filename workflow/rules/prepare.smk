@@ -40,6 +40,7 @@ rule chunk:
         telemetry="results/telemetry/chunk/{sample}.{part}.json",
     benchmark:
         "results/benchmarks/chunk/{sample}.{part}.tsv"
+    priority: first_part_first
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -76,6 +77,7 @@ rule translate:
         telemetry="results/telemetry/translate/{sample}.{part}.json",
     benchmark:
         "results/benchmarks/translate/{sample}.{part}.tsv"
+    priority: first_part_first
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -101,6 +103,7 @@ checkpoint plan_shards:
         telemetry="results/telemetry/plan_shards/{sample}.{part}.json",
     benchmark:
         "results/benchmarks/plan_shards/{sample}.{part}.tsv"
+    priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -147,6 +150,7 @@ rule split_nucleotide:
         telemetry="results/telemetry/split_nucleotide/{sample}.{shard}.json",
     benchmark:
         "results/benchmarks/split_nucleotide/{sample}.{shard}.tsv"
+    priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4
@@ -170,6 +174,7 @@ rule split_protein:
         telemetry="results/telemetry/split_protein/{sample}.{shard}.json",
     benchmark:
         "results/benchmarks/split_protein/{sample}.{shard}.tsv"
+    priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
     resources:
