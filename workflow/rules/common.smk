@@ -159,16 +159,16 @@ def sample_parts(sample):
     return PARTS[sample]
 
 
+def part_shards(sample, part):
+    """Names of the shards that a part's shard plan made (a checkpoint: known once stage 2 has run
+    on the part and the earlier parts are planned)."""
+    plan = checkpoints.plan_shards.get(sample=sample, part=part).output.plan
+    return [shard.name for shard in read_shard_plan(plan)]
+
+
 def sample_shards(sample):
-    """Shard names of a sample, from its parts' shard plans (checkpoints: each known once stage 2
-    has run on its part and those before)."""
-    return [
-        shard.name
-        for part in sample_parts(sample)
-        for shard in read_shard_plan(
-            checkpoints.plan_shards.get(sample=sample, part=part).output.plan
-        )
-    ]
+    """Shard names of a sample, from all its parts' shard plans."""
+    return [shard for part in sample_parts(sample) for shard in part_shards(sample, part)]
 
 
 def shard_plan(wildcards):
@@ -225,6 +225,15 @@ def part_files(pattern):
     """`pattern` (with {sample} and {part}) for every part of the wildcards' sample."""
     return lambda wildcards: expand(
         pattern, sample=wildcards.sample, part=sample_parts(wildcards.sample)
+    )
+
+
+def part_shard_files(pattern):
+    """`pattern` (with {sample} and {shard}) for every shard that the wildcards' part's plan made."""
+    return lambda wildcards: expand(
+        pattern,
+        sample=wildcards.sample,
+        shard=part_shards(wildcards.sample, wildcards.part),
     )
 
 
@@ -289,8 +298,8 @@ def training_inputs(wildcards):
         name = row["name"]
         check_results_belong(name, row["path"])
         files[f"{name}__read_ids_checked"] = f"results/{name}/read_ids_checked.txt"
-        files[f"{name}__plans"] = expand(
-            f"results/{name}/shards/{{part}}.tsv", part=sample_parts(name)
+        files[f"{name}__embedded"] = expand(
+            f"results/{name}/shards/{{part}}.embedded", part=sample_parts(name)
         )
         for kind in ("reads", "frames"):
             files[f"{name}__{kind}"] = expand(
