@@ -293,6 +293,23 @@ def test_snakemake_n_shows_the_plan_up_to_the_shard_plan(tmp_path, data_dir):
                      ("plan_shards", "002")}
 
 
+def test_a_parts_gpu_work_joins_the_run_once_its_plan_is_made(tmp_path, data_dir):
+    """Not once every part is planned: the GPU starts on the first parts' shards while later parts
+    are still being chunked and translated."""
+    write_input(tmp_path / "reads.fa", data_dir, reads=10_000)  # 1.1 MB: records in more than one part
+    config = write_config(tmp_path, tmp_path / "reads.fa", part_mb=0.3, shard_tokens=20_000)
+    parts = [f"{part:03d}" for part in range(4)]
+    for part in parts[:-1]:  # plan the parts up to the first one that made shards (keeping the parts for the rest)
+        run_workflow(tmp_path, config, f"results/reads/shards/{part}.tsv", "--notemp")
+        planned = sum(plan.read_text().count("\n") - 1 for plan in (tmp_path / "results/reads/shards").glob("*.tsv"))
+        if planned:
+            break
+    assert planned and not (tmp_path / f"results/reads/shards/{parts[-1]}.tsv").exists()
+    result = run_workflow(tmp_path, config, "-n")
+    for rule in ("split_protein", "embed_dnabert_s", "embed_esm2", "merge_features"):
+        assert re.search(rf"^{rule}\s+{planned}$", result.stdout, re.MULTILINE), (rule, result.stdout)
+
+
 def test_bad_input_fails_with_a_clear_error_and_keeps_its_telemetry(tmp_path):
     (tmp_path / "reads.fa").write_text(">r1\nACGT\n>r2\nACGT\n>r1\nGGGG\n")
     result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa"), check=False)
