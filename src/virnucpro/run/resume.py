@@ -15,7 +15,7 @@ predecessors left (`virnucpro.io.atomic`).
   exists with the same start time in the same boot. A lock without a record, or held by a run on
   another host, is left to Snakemake's own error and its advice (`--unlock`).
 - Temporary files. Snakemake deletes a `temp()` file when its last consumer finishes, and those
-  of stages 1-2 only once the shard plan (a checkpoint) is made; a run killed before has made
+  of stages 1-2 only once the shard plans (checkpoints) are made; a run killed before has made
   them, and the run that resumes it does not rerun the jobs that would delete them. They can be
   large (a copy of the input, its chunks): `remove_leftover_temp_files` deletes them when the
   resumed run has succeeded (the Snakefile's `onsuccess`).
