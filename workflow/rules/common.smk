@@ -168,7 +168,9 @@ def part_shards(sample, part):
 
 def sample_shards(sample):
     """Shard names of a sample, from all its parts' shard plans."""
-    return [shard for part in sample_parts(sample) for shard in part_shards(sample, part)]
+    return [
+        shard for part in sample_parts(sample) for shard in part_shards(sample, part)
+    ]
 
 
 def shard_plan(wildcards):
