@@ -4,7 +4,7 @@ this machine's CPU: each job's peak memory and time, and the wall time of stages
 The whole pipeline's memory at two sizes is `memory_scaling.py`; its embedding stages make it
 slow on a CPU, so this one stops before them to reach sizes well above every block size of stages
 1-4 (32,768 reads, 65,536 chunks or frames): `--until plan_shards`, then, as the shard jobs are
-known only once the checkpoint has run, a second Snakemake run for the token files of the shards
+known only once the checkpoints have run, a second Snakemake run for the token files of the shards
 that it planned (the time between the two runs counts in the stages' wall time).
 
     python benchmarks/prepare_scaling.py --data ../shared/data --reads 100000 1000000 --out benchmarks/results
@@ -42,7 +42,8 @@ def main() -> None:
         reads_path = workload(args.data, args.work, reads)
         run = run_workflow(run_dir, "bench", reads_path, args.cores, extra=("--until", "plan_shards"))
         token_files = [f"results/bench/tokens/{kind}/{shard.name}.arrow" for kind in ("dnabert_s", "esm2")
-                       for shard in read_shard_plan(run_dir / "results/bench/shards.tsv")]
+                       for plan in sorted((run_dir / "results/bench/shards").glob("*.tsv"))
+                       for shard in read_shard_plan(plan)]
         run["wall_seconds"] += run_workflow(run_dir, "bench", reads_path, args.cores,
                                             extra=tuple(token_files))["wall_seconds"]
         run["input_bytes"] = reads_path.stat().st_size

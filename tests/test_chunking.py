@@ -170,6 +170,22 @@ def test_parts_give_the_same_reads_and_chunks_as_one_part(data_dir, prepare):
     assert len({PartedTable([path]).num_rows for path in several.reads}) > 1  # the parts differ
 
 
+def test_the_first_part_is_small_so_that_the_gpu_work_starts_early(tmp_path, monkeypatch):
+    from virnucpro.stages import partition
+
+    monkeypatch.setattr(partition, "INPUT_BATCH_ROWS", 8 * 16)  # batches of 16 records: parts to the record
+    rng = random.Random(5)
+    with open(tmp_path / "reads.fa", "w") as out:
+        out.writelines(f">r{i}\n{random_sequence(rng, 150)}\n" for i in range(20_000))
+    parts = [tmp_path / f"{name}.arrow" for name in ("000", "001", "002")]
+    result = partition.partition_input(tmp_path / "reads.fa", parts)
+    assert result.reads == sum(result.reads_per_part) == 20_000
+    first, *later = result.reads_per_part
+    assert later[0] == pytest.approx(later[1], abs=16)
+    assert first == pytest.approx(later[0] * partition.FIRST_PART_SHARE, abs=16)
+    assert [PartedTable([path]).num_rows for path in parts] == result.reads_per_part
+
+
 def test_chunk_file_is_wrapped_at_60_columns(tmp_path, prepare):
     sequence = random_sequence(random.Random(3), 500)
     prepared = prepare(write_fasta_lines(tmp_path / "reads.fa", [">r", sequence]), 500)

@@ -74,10 +74,11 @@ def test_the_profile_gives_each_embedding_job_a_gpu_and_no_other_job(tmp_path):
     config = absolute_config(tmp_path, shard_tokens=4_000, outputs={"virnucpro_fasta": False, "merged_features": False})
     snakemake = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
                  str(tmp_path), "--configfile", str(config)]
-    # The shards are known once stage 2 has run (a checkpoint): run stages 1-2 here, then plan the rest.
-    prepared = subprocess.run(snakemake + ["--cores", "2", "--until", "plan_shards"], capture_output=True, text=True)
+    # The shards are known once stage 2 has run (a checkpoint per part): run stages 1-2 here, then plan the rest.
+    prepared = subprocess.run(snakemake + ["--cores", "2", "--until", "plan_shards", "check_read_ids"],
+                              capture_output=True, text=True)
     assert prepared.returncode == 0, prepared.stderr[-5000:]
-    shards = (tmp_path / "results/demo/shards.tsv").read_text().count("\n") - 1
+    shards = sum(plan.read_text().count("\n") - 1 for plan in (tmp_path / "results/demo/shards").glob("*.tsv"))
     assert shards > 1
     # A dry run submits nothing, so the profile's placeholder partition and account do not matter.
     result = subprocess.run(snakemake + ["-n", "--profile", str(PROFILE)], capture_output=True, text=True)
@@ -96,6 +97,14 @@ def test_the_profile_gives_each_embedding_job_a_gpu_and_no_other_job(tmp_path):
             assert "gpu=1" in resources.split(", ") and f"slurm_partition={partition}" in resources, resources
         else:
             assert not re.search(r"\bgpu=[1-9]", resources), resources
+
+
+def test_the_small_jobs_on_the_way_to_and_from_the_gpu_work_are_not_queued():
+    """A cluster job waits in the queue and for the next status check (a dry run does not show
+    which jobs are local): the shard plans, the merge views and the reports run where Snakemake runs."""
+    block = re.search(r"^localrules:\n((?:    \w+,\n)+)", (REPO / "workflow/Snakefile").read_text(), re.MULTILINE)
+    local = set(re.findall(r"\w+", block.group(1)))
+    assert {"plan_shards", "merge_features", "run_summary", "timing_report"} <= local and not local & GPU_RULES
 
 
 @pytest.mark.slurm

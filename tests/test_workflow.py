@@ -115,7 +115,7 @@ def test_an_input_that_looks_like_protein_is_warned_about(one_shard_run):
 def test_outputs_cover_every_identified_frame(one_shard_run):
     workdir, _ = one_shard_run
     results = workdir / "results/reads"
-    assert (results / "shards.tsv").read_text().count("\n") == 2  # the header and one shard
+    assert (results / "shards/000.tsv").read_text().count("\n") == 2  # the header and one shard
     frames = [line[1:].strip() for line in open(results / "identified_protein.faa") if line.startswith(">")]
     rows = (results / "prediction_results.txt").read_text().splitlines()
     assert rows[0] == "Sequence_ID\tPrediction\tscore1\tscore2"
@@ -134,9 +134,10 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     workdir, _ = one_shard_run
     jobs = [json.loads(p.read_text()) for p in (workdir / "results/telemetry").rglob("*.json")]
     stages = {job["stage"] for job in jobs}
-    assert stages == {"check_models", "partition_input", "chunk", "translate", "plan_shards", "split_nucleotide",
-                      "split_protein", "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus",
-                      "collect_fasta", "summarize_sample", "run_summary", "timing_report"}
+    assert stages == {"check_models", "partition_input", "chunk", "translate", "plan_shards", "check_read_ids",
+                      "split_nucleotide", "split_protein", "embed_dnabert_s", "embed_esm2", "merge_features",
+                      "predict_frames", "consensus", "collect_fasta", "summarize_sample", "run_summary",
+                      "timing_report"}
     for job in jobs:
         assert job["status"] == "ok"
         assert job["wall_seconds"] > 0 and job["cpu_seconds"] >= 0
@@ -296,19 +297,43 @@ def test_the_report_renders_in_chromium_with_its_figures(html_report, tmp_path, 
 def test_snakemake_n_shows_the_plan_up_to_the_shard_plan(tmp_path, data_dir):
     write_input(tmp_path / "reads.fa", data_dir)
     result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", part_mb=0.002), "-n")
-    for rule, jobs in (("partition_input", 1), ("chunk", 3), ("translate", 3), ("plan_shards", 1)):
+    for rule, jobs in (("partition_input", 1), ("chunk", 3), ("translate", 3), ("plan_shards", 3)):
         assert re.search(rf"^{rule}\s+{jobs}$", result.stdout, re.MULTILINE), (rule, result.stdout)
+    # With more jobs ready than cores, the first part's and the shard plans go first: the GPU starts early.
+    jobs = re.findall(r"^(?:rule|checkpoint) (\w+):\n(.*?)^\s+resources:", result.stdout, re.MULTILINE | re.DOTALL)
+    first = {(rule, re.search(r"part=(\d+)", body).group(1)) for rule, body in jobs
+             if "part=" in body and "priority: 1" in body}
+    assert first == {("chunk", "000"), ("translate", "000"), ("plan_shards", "000"), ("plan_shards", "001"),
+                     ("plan_shards", "002")}
+
+
+def test_a_parts_gpu_work_joins_the_run_once_its_plan_is_made(tmp_path, data_dir):
+    """Not once every part is planned: the GPU starts on the first parts' shards while later parts
+    are still being chunked and translated."""
+    write_input(tmp_path / "reads.fa", data_dir, reads=10_000)  # 1.1 MB: records in more than one part
+    config = write_config(tmp_path, tmp_path / "reads.fa", part_mb=0.3, shard_tokens=20_000)
+    parts = [f"{part:03d}" for part in range(4)]
+    for part in parts[:-1]:  # plan the parts up to the first one that made shards (keeping the parts for the rest)
+        run_workflow(tmp_path, config, f"results/reads/shards/{part}.tsv", "--notemp")
+        planned = sum(plan.read_text().count("\n") - 1 for plan in (tmp_path / "results/reads/shards").glob("*.tsv"))
+        if planned:
+            break
+    assert planned and not (tmp_path / f"results/reads/shards/{parts[-1]}.tsv").exists()
+    result = run_workflow(tmp_path, config, "-n")
+    for rule in ("split_protein", "embed_dnabert_s", "embed_esm2", "merge_features"):
+        assert re.search(rf"^{rule}\s+{planned}$", result.stdout, re.MULTILINE), (rule, result.stdout)
 
 
 def test_bad_input_fails_with_a_clear_error_and_keeps_its_telemetry(tmp_path):
     (tmp_path / "reads.fa").write_text(">r1\nACGT\n>r2\nACGT\n>r1\nGGGG\n")
     result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa"), check=False)
     assert result.returncode != 0
-    telemetry = json.loads((tmp_path / "results/telemetry/plan_shards/reads.all.json").read_text())
+    telemetry = json.loads((tmp_path / "results/telemetry/check_read_ids/reads.all.json").read_text())
     assert telemetry["status"] == "failed"
     assert "reads.fa, record 'r1': duplicate sequence ID in records 1 and 3" in telemetry["error"]
-    assert not (tmp_path / "results/reads/shards.tsv").exists()
-    assert not (tmp_path / "results/telemetry/embed_esm2").exists()  # refused before any GPU work
+    # The check does not hold up the GPU work, but the final outputs wait for it: none is written.
+    for name in ("read_ids_checked.txt", "prediction_results.txt", "read_predictions.parquet"):
+        assert not (tmp_path / "results/reads" / name).exists(), name
     assert not list((tmp_path / "results/reads").glob("*.fa*"))  # no FASTA of a refused input
     # the message alone, last, once: no traceback
     assert result.stderr.rstrip().splitlines()[-1] == f"Error: {tmp_path / 'reads.fa'}, record 'r1': duplicate " \

@@ -220,7 +220,7 @@ timeout 600 "$PYTHON" -m snakemake --snakefile "$REPO/Snakefile" --directory "$W
 echo "local run: $((SECONDS - t0)) s"
 
 say "the results are identical"
-SHARDS=$(($(wc -l <"$WORK/slurm-run/results/reads/shards.tsv") - 1))
+SHARDS=$(tail -q -n +2 "$WORK"/slurm-run/results/reads/shards/*.tsv | wc -l)
 echo "$SHARDS shards"
 for name in prediction_results.txt prediction_results_highestscore.csv chunked.fa identified_nucleotide.fa \
     identified_protein.faa; do

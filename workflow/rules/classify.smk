@@ -2,6 +2,16 @@
 # the viral regions of each sequence.
 
 
+# A marker that every shard of a part's plan is embedded and merged. The final outputs ask for it
+# per part: a part's shard jobs then join the run as soon as its plan is made, where asking for all
+# of a sample's shards at once would add them only once every part is planned.
+rule part_embedded:
+    input:
+        views=part_shard_files("results/{sample}/features/merged/{shard}.json"),
+    output:
+        touch("results/{sample}/shards/{part}.embedded"),
+
+
 rule merge_features:
     input:
         nucleotide="results/{sample}/features/dnabert_s/{shard}.arrow",
@@ -60,8 +70,12 @@ rule consensus:
         reads=part_files("results/{sample}/reads/{part}.arrow"),
         chunk_summary=part_files("results/{sample}/chunk_summary/{part}.arrow"),
         frames=part_files("results/{sample}/frames/{part}.arrow"),
+        # per part, so that each part's GPU work joins the run once its plan is made
+        embedded=part_files("results/{sample}/shards/{part}.embedded"),
         predictions=shard_files("results/{sample}/frame_predictions/{shard}.parquet"),
         lines=shard_files("results/{sample}/frame_predictions/{shard}.txt"),
+        # the final outputs wait for the sample's duplicate-ID check
+        read_ids_checked="results/{sample}/read_ids_checked.txt",
     output:
         results_txt="results/{sample}/prediction_results.txt",
         highest_score="results/{sample}/prediction_results_highestscore.csv",

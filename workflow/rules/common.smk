@@ -10,7 +10,7 @@ from virnucpro.run.devices import job_gpus, lock_directory
 from virnucpro.model_store.download import DEFAULT_MODELS, manifest_paths
 from virnucpro.model_store.cache import ModelNotFound, locate_model, model_name
 from virnucpro.stages.partition import part_count
-from virnucpro.stages.sharding import read_shard_plan
+from virnucpro.stages.sharding import read_shard_plan, shard_part
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
 from virnucpro.run.config import (
     INPUT_RECORD,
@@ -142,7 +142,7 @@ if workflow.is_main_process and workflow.local_exec and not workflow.dryrun:
 wildcard_constraints:
     sample="[A-Za-z0-9][A-Za-z0-9_-]*",
     part="[0-9]+",
-    shard="[0-9]+",
+    shard="[0-9]+-[0-9]+",
     purpose="train|predict_300|predict_500",
 
 
@@ -188,20 +188,83 @@ def sample_parts(sample):
     return PARTS[sample]
 
 
-def sample_shards(sample):
-    """Shard names of a sample, from its shard plan (a checkpoint: known once stage 2 has run)."""
-    plan = checkpoints.plan_shards.get(sample=sample).output.plan
+def part_shards(sample, part):
+    """Names of the shards that a part's shard plan made (a checkpoint: known once stage 2 has run
+    on the part and the earlier parts are planned)."""
+    plan = checkpoints.plan_shards.get(sample=sample, part=part).output.plan
     return [shard.name for shard in read_shard_plan(plan)]
+
+
+def sample_shards(sample):
+    """Shard names of a sample, from all its parts' shard plans."""
+    return [
+        shard for part in sample_parts(sample) for shard in part_shards(sample, part)
+    ]
+
+
+def shard_plan(wildcards):
+    """The shard plan of the part that the wildcards' shard belongs to."""
+    return f"results/{wildcards.sample}/shards/{shard_part(wildcards.shard)}.tsv"
+
+
+def earlier_plans(wildcards):
+    """The shard plans of the parts before the wildcards' part (its plan takes up the frames that
+    they left)."""
+    names = sample_parts(wildcards.sample)
+    return expand(
+        "results/{sample}/shards/{part}.tsv",
+        sample=wildcards.sample,
+        part=names[: names.index(wildcards.part)],
+    )
+
+
+def is_last_part(wildcards):
+    return wildcards.part == sample_parts(wildcards.sample)[-1]
+
+
+def frames_up_to_part(wildcards):
+    """The frames tables of the sample's parts up to the wildcards' part (that of its shard, if
+    any): the earlier parts' row counts place its rows in the sample's frames table."""
+    part = (
+        shard_part(wildcards.shard) if hasattr(wildcards, "shard") else wildcards.part
+    )
+    names = sample_parts(wildcards.sample)
+    return expand(
+        "results/{sample}/frames/{part}.arrow",
+        sample=wildcards.sample,
+        part=names[: names.index(part) + 1],
+    )
 
 
 def parts(wildcards):
     return sample_parts(wildcards.sample)
 
 
+# Job priorities, for when there are more jobs ready than cores: the first part's stages 1-2, and
+# the jobs between a part's frames and its embeddings, go first, so that the GPU work starts early
+# and has work to do while the other parts are prepared. (The model check goes before everything.)
+GPU_WORK_PRIORITY = 1
+
+
+def first_part_first(wildcards):
+    return (
+        GPU_WORK_PRIORITY if wildcards.part == sample_parts(wildcards.sample)[0] else 0
+    )
+
+
 def part_files(pattern):
     """`pattern` (with {sample} and {part}) for every part of the wildcards' sample."""
     return lambda wildcards: expand(
         pattern, sample=wildcards.sample, part=sample_parts(wildcards.sample)
+    )
+
+
+def part_shard_files(pattern):
+    """`pattern` (with {sample} and {shard}) for every shard that the wildcards' part's plan made."""
+    return lambda wildcards: expand(
+        pattern,
+        sample=wildcards.sample,
+        shard=part_shards(wildcards.sample, wildcards.part),
     )
 
 
@@ -286,6 +349,10 @@ def training_inputs(wildcards):
     for row in TRAINING_INPUTS:
         name = row["name"]
         check_results_belong(name, row["path"])
+        files[f"{name}__read_ids_checked"] = f"results/{name}/read_ids_checked.txt"
+        files[f"{name}__embedded"] = expand(
+            f"results/{name}/shards/{{part}}.embedded", part=sample_parts(name)
+        )
         for kind in ("reads", "frames"):
             files[f"{name}__{kind}"] = expand(
                 f"results/{name}/{kind}/{{part}}.arrow", part=sample_parts(name)

@@ -13,6 +13,7 @@ rule embed_dnabert_s:
         telemetry="results/telemetry/embed_dnabert_s/{sample}.{shard}.json",
     benchmark:
         "results/benchmarks/embed_dnabert_s/{sample}.{shard}.tsv"
+    priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4
@@ -40,6 +41,7 @@ rule embed_esm2:
         telemetry="results/telemetry/embed_esm2/{sample}.{shard}.json",
     benchmark:
         "results/benchmarks/embed_esm2/{sample}.{shard}.tsv"
+    priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4

@@ -43,6 +43,7 @@ rule chunk:
         telemetry="results/telemetry/chunk/{sample}.{part}.json",
     benchmark:
         "results/benchmarks/chunk/{sample}.{part}.tsv"
+    priority: first_part_first
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -79,6 +80,7 @@ rule translate:
         telemetry="results/telemetry/translate/{sample}.{part}.json",
     benchmark:
         "results/benchmarks/translate/{sample}.{part}.tsv"
+    priority: first_part_first
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -89,35 +91,60 @@ rule translate:
         "../scripts/translate.py"
 
 
-# The number of shards follows from the frames' work, known once stage 2 has run: a checkpoint.
-# The last job before the GPU work: it refuses duplicate read IDs.
+# A part's shards follow from its frames' work and what the earlier parts' plans left, known once
+# stage 2 has run on it: a checkpoint per part, so that the first part's GPU work starts while later
+# parts are still being prepared. The GPU work waits for the model check.
 checkpoint plan_shards:
+    input:
+        frames=frames_up_to_part,
+        earlier_plans=earlier_plans,
+        models_checked=models_checked,
+    output:
+        plan="results/{sample}/shards/{part}.tsv",
+    log:
+        log="results/logs/plan_shards/{sample}.{part}.log",
+        telemetry="results/telemetry/plan_shards/{sample}.{part}.json",
+    benchmark:
+        "results/benchmarks/plan_shards/{sample}.{part}.tsv"
+    priority: GPU_WORK_PRIORITY
+    conda:
+        "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
+    params:
+        last=is_last_part,
+        shard_tokens=config["shard_tokens"],
+    script:
+        "../scripts/plan_shards.py"
+
+
+# Duplicate read IDs over the whole sample. Not on the way to the GPU work; the sample's final
+# outputs (consensus) and training wait for it, so a run with duplicates fails before them.
+rule check_read_ids:
     input:
         reads=part_files("results/{sample}/reads/{part}.arrow"),
         read_ids=part_files("results/{sample}/read_ids/{part}.arrow"),
-        frames=part_files("results/{sample}/frames/{part}.arrow"),
     output:
-        plan="results/{sample}/shards.tsv",
+        checked="results/{sample}/read_ids_checked.txt",
     log:
-        log="results/logs/plan_shards/{sample}.all.log",
-        telemetry="results/telemetry/plan_shards/{sample}.all.json",
+        log="results/logs/check_read_ids/{sample}.all.log",
+        telemetry="results/telemetry/check_read_ids/{sample}.all.json",
     benchmark:
-        "results/benchmarks/plan_shards/{sample}.all.tsv"
+        "results/benchmarks/check_read_ids/{sample}.all.tsv"
     conda:
         "../../envs/virnucpro.yaml"
     resources:
         mem_mb=JOB_MEM_MB,
     params:
         source=sample_input,
-        shard_tokens=config["shard_tokens"],
     script:
-        "../scripts/plan_shards.py"
+        "../scripts/check_read_ids.py"
 
 
 rule split_nucleotide:
     input:
-        plan="results/{sample}/shards.tsv",
-        frames=part_files("results/{sample}/frames/{part}.arrow"),
+        plan=shard_plan,
+        frames=frames_up_to_part,
         model=model_input("dnabert_s"),
     output:
         tokens=temp("results/{sample}/tokens/dnabert_s/{shard}.arrow"),
@@ -126,6 +153,7 @@ rule split_nucleotide:
         telemetry="results/telemetry/split_nucleotide/{sample}.{shard}.json",
     benchmark:
         "results/benchmarks/split_nucleotide/{sample}.{shard}.tsv"
+    priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4
@@ -139,8 +167,8 @@ rule split_nucleotide:
 
 rule split_protein:
     input:
-        plan="results/{sample}/shards.tsv",
-        frames=part_files("results/{sample}/frames/{part}.arrow"),
+        plan=shard_plan,
+        frames=frames_up_to_part,
         model=model_input("esm2"),
     output:
         tokens=temp("results/{sample}/tokens/esm2/{shard}.arrow"),
@@ -149,6 +177,7 @@ rule split_protein:
         telemetry="results/telemetry/split_protein/{sample}.{shard}.json",
     benchmark:
         "results/benchmarks/split_protein/{sample}.{shard}.tsv"
+    priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -159,11 +188,11 @@ rule split_protein:
         "../scripts/split.py"
 
 
-# VirNucPro's FASTA files, for people: the parts' shares, concatenated once the shard plan has
-# accepted the input (no duplicate IDs), so that a refused input leaves no FASTA that looks complete.
+# VirNucPro's FASTA files, for people: the parts' shares, concatenated once the duplicate-ID check
+# has accepted the input, so that a refused input leaves no FASTA that looks complete.
 rule collect_fasta:
     input:
-        plan="results/{sample}/shards.tsv",
+        read_ids_checked="results/{sample}/read_ids_checked.txt",
         chunked=part_files("results/{sample}/fasta/{part}.chunked.fa"),
         nucleotide=part_files("results/{sample}/fasta/{part}.identified_nucleotide.fa"),
         protein=part_files("results/{sample}/fasta/{part}.identified_protein.faa"),

@@ -1,13 +1,11 @@
-# Before any GPU work: refuse duplicate read IDs, then cut the frames into shards sized by work.
-from virnucpro.io.atomic import scratch_directory
-from virnucpro.io.read_ids import check_unique_ids
+# One part's shard plan: its frames, and those that earlier plans left, cut into shards sized by work.
 from virnucpro.run.telemetry import JobTelemetry
-from virnucpro.stages.sharding import plan_shards, write_shard_plan
+from virnucpro.stages.sharding import plan_shards, read_shard_plan, write_shard_plan
 
 with JobTelemetry.from_snakemake(snakemake, "plan_shards") as telemetry:
-    with scratch_directory(snakemake.output.plan) as scratch:
-        check_unique_ids(snakemake.params.source, snakemake.input.reads, snakemake.input.read_ids, scratch)
-    shards = plan_shards(snakemake.input.frames, snakemake.params.shard_tokens)
+    earlier = [shard for plan in snakemake.input.earlier_plans for shard in read_shard_plan(plan)]
+    shards = plan_shards(snakemake.input.frames, snakemake.wildcards.part, earlier, snakemake.params.last,
+                         snakemake.params.shard_tokens)
     write_shard_plan(snakemake.output.plan, shards)
     telemetry.records_in = telemetry.records_out = sum(shard.frames for shard in shards)
     telemetry.details = {"shards": len(shards), "shard_tokens": snakemake.params.shard_tokens,

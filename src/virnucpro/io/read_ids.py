@@ -94,8 +94,9 @@ def find_duplicate_ids(run_paths: Sequence[str | os.PathLike], id_of: Callable[[
 
 
 def check_unique_ids(source: str | os.PathLike, read_paths: Sequence[str | os.PathLike],
-                     run_paths: Sequence[str | os.PathLike], scratch: str | os.PathLike) -> None:
-    """InputError naming the duplicated ID and its two records, if the sample has one."""
+                     run_paths: Sequence[str | os.PathLike], scratch: str | os.PathLike) -> int:
+    """The number of reads, or InputError naming the duplicated ID and its two records, if the
+    sample has one."""
     from virnucpro.io.sequences import InputError
     from virnucpro.io.tables import PartedTable
 
@@ -105,3 +106,4 @@ def check_unique_ids(source: str | os.PathLike, read_paths: Sequence[str | os.Pa
         read_id, first, second = duplicate
         raise InputError(source, f"duplicate sequence ID in records {first + 1} and {second + 1} (IDs must be unique)",
                          record=read_id)
+    return reads.num_rows

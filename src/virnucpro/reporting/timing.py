@@ -47,7 +47,8 @@ from virnucpro.reporting import figures, html_pages
 
 log = logging.getLogger(__name__)
 
-STAGES = ("check_models", "partition_input", "chunk", "translate", "plan_shards", "split_nucleotide", "split_protein",
+STAGES = ("check_models", "partition_input", "chunk", "translate", "plan_shards", "check_read_ids", "split_nucleotide",
+          "split_protein",
           "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus", "collect_fasta",
           "summarize_sample")
 EMBEDDING_STAGES = ("embed_dnabert_s", "embed_esm2")

@@ -19,7 +19,7 @@ predecessors left (`virnucpro.io.atomic`).
   that is a symbolic link is refused: the owner records would be written, and the lock removed,
   wherever it points.
 - Temporary files. Snakemake deletes a `temp()` file when its last consumer finishes, and those
-  of stages 1-2 only once the shard plan (a checkpoint) is made; a run killed before has made
+  of stages 1-2 only once the shard plans (checkpoints) are made; a run killed before has made
   them, and the run that resumes it does not rerun the jobs that would delete them. They can be
   large (a copy of the input, its chunks): `remove_leftover_temp_files` deletes them when the
   resumed run has succeeded (the Snakefile's `onsuccess`).

@@ -1,10 +1,12 @@
 """Cutting a sample's input into parts, so that stages 1 and 2 run in parallel (`partition_input`).
 
 The input file is read once, in order (`sequence_io.read_records`, which checks its structure),
-and each record goes to the part given by its position in the file as stored: part p holds the
-records read while the file position is in [p, p + 1) x size / parts. The number of parts follows
-from the file's size (`part_count`), so it is known before anything runs and `snakemake -n` lists
-every part's jobs; a part may be empty (when one long record spans several parts' worth of file).
+and each record goes to the part given by its position in the file as stored (`part_starts`). The
+first part is small, a sixteenth of the others, so that its stages 1-4 are done, and the GPU work
+starts, seconds into the run while the other parts are still being prepared. The number of parts
+follows from the file's size (`part_count`), so it is known before anything runs and `snakemake -n`
+lists every part's jobs; a part may be empty (when one long record spans several parts' worth of
+file).
 
 A part is a table of the records' ID, header and sequence as read, in input order, with the
 input index of its first record in its metadata: read indices are global, so that later stages
@@ -13,6 +15,7 @@ join parts, shards and outputs by integers.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import os
@@ -39,6 +42,17 @@ def part_count(path: str | os.PathLike, part_mb: float) -> int:
     return max(1, math.ceil(os.path.getsize(path) / (part_mb * 2**20)))
 
 
+# The first part holds this fraction of a later part's share of the file.
+FIRST_PART_SHARE = 1 / 16
+
+
+def part_starts(size: int, parts: int) -> list[int]:
+    """Where in a file of `size` bytes as stored each part after the first starts: the first part
+    takes FIRST_PART_SHARE of a later part's share."""
+    share = size / (1 + (parts - 1) / FIRST_PART_SHARE)
+    return [int(share * (1 + (part - 1) / FIRST_PART_SHARE)) for part in range(1, parts)]
+
+
 @dataclass
 class PartitionResult:
     reads: int = 0
@@ -48,9 +62,10 @@ class PartitionResult:
 
 def partition_input(input_path: str | os.PathLike, part_paths: list[str | os.PathLike]) -> PartitionResult:
     """Read `input_path` once and write its records to `part_paths` (all of them, in order)."""
-    size, parts = max(1, os.path.getsize(input_path)), len(part_paths)
+    starts = part_starts(os.path.getsize(input_path), len(part_paths))
     batches = read_record_batches(input_path, INPUT_BATCH_ROWS // 8)
-    by_part = itertools.groupby(batches, key=lambda batch: min(parts - 1, batch.position * parts // size))
+    # a batch belongs to the part in which it ends
+    by_part = itertools.groupby(batches, key=lambda batch: bisect.bisect_right(starts, batch.position - 1))
     result = PartitionResult()
     next_group = next(by_part, None)
     for index, path in enumerate(part_paths):

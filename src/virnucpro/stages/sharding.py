@@ -2,12 +2,21 @@
 
 Shards are sized by work, not by GPUs. ESM-2 3B takes most of a run's GPU time, and its time
 grows with its tokens, so a shard is a run of consecutive frames (rows of the sample's frames
-table) of about `shard_tokens` ESM-2 tokens (residues plus <cls> and <eos>). The shards of a sample
-are balanced: n = ceil(total / shard_tokens) shards, cut where the running total of tokens passes
-k / n of the whole. The plan depends only on the input, the expected length and `shard_tokens`,
-so the same run on 1, 2 or 8 GPUs, or under SLURM, makes the same shards; `--resources gpu=N`
-only limits how many GPU jobs run at once. The plan is a Snakemake checkpoint: the number of
-shards is known once stage 2 has run.
+table) of about `shard_tokens` ESM-2 tokens (residues plus <cls> and <eos>).
+
+The shards are planned part by part (a Snakemake checkpoint per part, `plan_shards`), each as soon
+as stage 2 has run on its part and the plans of the parts before it are made, so that the GPU
+starts on the first shards while later parts are still being chunked and translated:
+- the first part (small: see `virnucpro.stages.partition`) makes shards of its own, balanced:
+  n = ceil(its tokens / shard_tokens), cut where the running total passes k / n of its tokens;
+- a later part takes the frames that no earlier plan has put in a shard, up to its own last frame,
+  and cuts a shard after the frame that takes the running total to each multiple of
+  `shard_tokens`; what remains is left to the next part's plan;
+- the last part cuts what remains into balanced shards, as the first part does.
+A shard made by part p's plan is named `<p>-<k>`; it may hold frames of earlier parts. The plan
+depends only on the input, the expected length, `part_mb` and `shard_tokens`, so the same run on
+1, 2 or 8 GPUs, or under SLURM, makes the same shards; `--resources gpu=N` only limits how many
+GPU jobs run at once.
 
 Stages 3 and 4 take a shard's rows of the frames table (nucleotide slices for DNABERT-S, proteins
 for ESM-2) and write them as tokens, so that the GPU jobs only pack and embed; these CPU jobs run
@@ -33,6 +42,15 @@ TOKEN_BATCH_ROWS = 65536
 SEQUENCE_COLUMN = {"dnabert_s": "nucleotide", "esm2": "protein"}
 
 
+# A shard's name is that of the part whose plan made it and its number there: `<part>-<k>`.
+SHARD_OF_PART = "-"
+
+
+def shard_part(name: str) -> str:
+    """The part whose plan made the shard `name` (its frames are in that part and those before)."""
+    return name.split(SHARD_OF_PART)[0]
+
+
 @dataclass(frozen=True)
 class Shard:
     name: str
@@ -45,37 +63,50 @@ class Shard:
         return self.row_end - self.row_start
 
 
-def _protein_token_counts(frames: PartedTable):
-    for block in frames.blocks(rows=1 << 20):
+def _protein_token_counts(frames: PartedTable, start: int):
+    for block in frames.blocks(start, rows=1 << 20):
         offsets, _ = string_bytes(block.column("protein"))
         yield np.diff(offsets) + 2
 
 
-def plan_shards(frame_paths: list[str | os.PathLike], shard_tokens: int) -> list[Shard]:
-    """Balanced shards of about `shard_tokens` ESM-2 tokens over the frames table's parts."""
-    frames = PartedTable(frame_paths, columns=["protein"])
-    total = sum(int(counts.sum()) for counts in _protein_token_counts(frames))
-    if total == 0:
-        return []
-    count = -(-total // shard_tokens)
-    cuts = [(0, 0)]  # (row, tokens before it) where each shard starts
-    row = running = 0
-    target = 1  # the k of the next cut, after the first frame that takes the total to k / count
-    for counts in _protein_token_counts(frames):
+def _cuts(frames: PartedTable, start: int, thresholds: list[int]) -> tuple[list[tuple[int, int]], int]:
+    """From row `start` to the table's end: (row, tokens before it) after the first frame that takes
+    the running total of tokens to each threshold, and the total. Shards smaller than a frame would
+    be empty: cuts that coincide are made once."""
+    cuts: list[tuple[int, int]] = []
+    row, running, target = start, 0, 0
+    for counts in _protein_token_counts(frames, start):
         cumulative = running + np.cumsum(counts)
-        while target < count:
-            cut = int(np.searchsorted(cumulative, -(-total * target // count)))
+        while target < len(thresholds):
+            cut = int(np.searchsorted(cumulative, thresholds[target]))
             if cut == len(counts):
                 break
             target += 1
-            if row + cut + 1 > cuts[-1][0]:  # shards smaller than a frame would be empty: skip those cuts
+            if row + cut + 1 > (cuts[-1][0] if cuts else start):
                 cuts.append((row + cut + 1, int(cumulative[cut])))
         row, running = row + len(counts), running + int(counts.sum())
-    if row > cuts[-1][0]:
-        cuts.append((row, total))
-    names = unit_names(len(cuts) - 1)
-    return [Shard(name, start, end, end_tokens - start_tokens)
-            for name, (start, start_tokens), (end, end_tokens) in zip(names, cuts[:-1], cuts[1:])]
+    return cuts, running
+
+
+def plan_shards(frame_paths: list[str | os.PathLike], part: str, earlier_shards: list[Shard], last: bool,
+                shard_tokens: int) -> list[Shard]:
+    """The shards that part `part`'s plan makes (see the module's description): `frame_paths` are
+    the frames tables of the sample's parts up to this one, in order, `earlier_shards` the shards
+    that the earlier parts' plans made, and `last` says whether this is the sample's last part."""
+    frames = PartedTable(frame_paths, columns=["protein"])
+    start = max((shard.row_end for shard in earlier_shards), default=0)
+    _, total = _cuts(frames, start, [])
+    if len(frame_paths) == 1 or last:  # balanced
+        count = -(-total // shard_tokens)
+        cuts, _ = _cuts(frames, start, [-(-total * k // count) for k in range(1, count)])
+        if frames.num_rows > (cuts[-1][0] if cuts else start):
+            cuts.append((frames.num_rows, total))
+    else:  # a shard at each multiple of shard_tokens, the rest left to the next part
+        cuts, _ = _cuts(frames, start, [shard_tokens * k for k in range(1, total // shard_tokens + 1)])
+    bounds = [(start, 0), *cuts]
+    names = [f"{part}{SHARD_OF_PART}{k}" for k in unit_names(len(cuts))]
+    return [Shard(name, row_start, row_end, end_tokens - start_tokens)
+            for name, (row_start, start_tokens), (row_end, end_tokens) in zip(names, bounds[:-1], bounds[1:])]
 
 
 def write_shard_plan(path: str | os.PathLike, shards: list[Shard]) -> None:
