@@ -31,7 +31,7 @@ from virnucpro.models.classifier import MLPClassifier, save_classifier
 from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, save_dnabert_s
 from virnucpro.models.esm2 import ESM2, ESM2Config, save_fair_esm_checkpoint
 
-PREPARE_STAGES = ("partition_input", "chunk", "translate", "plan_shards", "split_nucleotide", "split_protein")
+PREPARE_STAGES = ("partition_input", "chunk", "translate", "plan_shards", "tokenize_nucleotide", "tokenize_protein")
 GPU_STAGES = ("embed_dnabert_s", "embed_esm2")
 
 
@@ -76,10 +76,20 @@ def analyse(run_dir: Path) -> dict:
     esm_compute = sum(job["details"]["compute_seconds"] for job in run_jobs if job["stage"] == "embed_esm2")
     gpu_jobs = [job for job in run_jobs if job["stage"] in GPU_STAGES]
     prepare = [job for job in run_jobs if job["stage"] in PREPARE_STAGES]
+    esm_jobs = [job for job in run_jobs if job["stage"] == "embed_esm2"]
+    dnabert_jobs = [job for job in run_jobs if job["stage"] == "embed_dnabert_s"]
+    last_gpu_end = max(job["start_unix"] + job["wall_seconds"] for job in gpu_jobs)
     return {
         "elapsed_seconds": end - first,
         "esm2_compute_seconds": esm_compute,
         "elapsed_over_esm2_compute": (end - first) / esm_compute,
+        # where the time goes beyond the ESM-2 compute (the table of issue 19)
+        "esm2_tokens": sum(job["details"]["tokens"] for job in esm_jobs),
+        "esm2_jobs_beyond_compute_seconds": sum(job["wall_seconds"] - job["details"]["compute_seconds"]
+                                                for job in esm_jobs),
+        "dnabert_s_job_seconds": sum(job["wall_seconds"] for job in dnabert_jobs),
+        "dnabert_s_compute_seconds": sum(job["details"]["compute_seconds"] for job in dnabert_jobs),
+        "after_last_gpu_job_seconds": end - last_gpu_end,
         "stages_1_to_4_seconds": max(j["start_unix"] + j["wall_seconds"] for j in prepare) - first,
         "first_gpu_job_starts_after_seconds": min(job["start_unix"] for job in gpu_jobs) - first,
         "gpu_busy_seconds": sum(job["wall_seconds"] for job in gpu_jobs),
@@ -141,7 +151,8 @@ def main() -> None:
     for run in summary["runs"]:
         print(f"{run['gpus']} GPU(s): elapsed {run['elapsed_seconds']:.1f} s, ESM-2 compute "
               f"{run['esm2_compute_seconds']:.1f} s, ratio {run['elapsed_over_esm2_compute']:.3f}, stages 1-4 "
-              f"{run['stages_1_to_4_seconds']:.1f} s, first GPU job after {run['first_gpu_job_starts_after_seconds']:.1f} s")
+              f"{run['stages_1_to_4_seconds']:.1f} s, first GPU job after {run['first_gpu_job_starts_after_seconds']:.1f} s, "
+              f"after the last GPU job {run['after_last_gpu_job_seconds']:.1f} s")
         for stage, row in run["stages"].items():
             print(f"  {stage:18s} jobs {row['jobs']:4d}  span {row['span_seconds']:8.1f}  job-s {row['job_seconds']:8.1f}"
                   f"  max RSS MB {row['max_rss_mb']:8.0f}")
