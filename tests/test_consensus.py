@@ -1,5 +1,7 @@
 """Stage 9: VirNucPro's output files, and the per-read table that accounts for every read."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,11 +14,12 @@ from virnucpro.io.schemas import FRAME_PREDICTION_SCHEMA
 from virnucpro.io.schemas import CHUNK_SUMMARY_SCHEMA, FRAME_SCHEMA
 from virnucpro.io.tables import TableWriter
 from virnucpro.stages import consensus
-from virnucpro.stages.consensus import write_outputs
+from virnucpro.stages.consensus import CallRule, Outputs, StageInputs, write_outputs
 from virnucpro.stages.prediction import prediction_lines
 
 
-def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0, chunk_places=None):
+def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0, chunk_places=None, rule=CallRule(),
+                score_tracks=0):
     """Write the tables stages 1-8 would give and run stage 9 on them.
 
     reads: (read_id, length, ambiguous_bases, chunks); chunks: (read_index, chunk, frames, reason),
@@ -51,14 +54,15 @@ def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0, 
         ids = [f"{reads[f[0]][0]}_chunk_{f[1]}{f[2]}" for f in frames[start:stop]]
         with atomic_output(lines[-1]) as out:
             out.write(prediction_lines(ids, others[start:stop], virus[start:stop]))
-    counts = write_outputs("s", [directory / "reads.arrow"], [directory / "chunks.arrow"],
-                           [directory / "frames.arrow"], predictions, lines, 300, "model.pt",
-                           directory / "prediction_results.txt", directory / "highest.csv",
-                           directory / "reads.parquet", directory / "regions.tsv")
+    inputs = StageInputs([directory / "reads.arrow"], [directory / "chunks.arrow"], [directory / "frames.arrow"],
+                         predictions, lines)
+    outputs = Outputs(directory / "prediction_results.txt", directory / "highest.csv", directory / "reads.parquet",
+                      directory / "regions.tsv", directory / "tracks.tsv")
+    counts = write_outputs("s", inputs, outputs, 300, "model.pt", rule, score_tracks)
     table = pq.read_table(directory / "reads.parquet")
     called = table.column("call").to_pylist()
-    assert counts == {"virus": called.count("virus"), "others": called.count("others"),
-                      "unclassified": called.count(None),
+    assert counts == {"virus": called.count("virus"), "provirus": called.count("provirus"),
+                      "others": called.count("others"), "unclassified": called.count(None),
                       "viral_regions": (directory / "regions.tsv").read_text().count("\n") - 1}
     return table
 
@@ -240,7 +244,7 @@ def test_a_contig_with_two_viral_stretches_gets_them_as_regions(tmp_path, monkey
         [(c["read_index"], c["chunk"], c["frames"], c["reason"]) for c in chunks],
         [(f["read_index"], f["chunk"], FRAME_NAMES[f["frame"]], *((0.1, 0.9) if viral(f["read_index"], f["chunk"])
                                                                  else (0.8, 0.2))) for f in frames],
-        chunk_places=[place[(c["read_index"], c["chunk"])] for c in chunks])
+        chunk_places=[place[(c["read_index"], c["chunk"])] for c in chunks], score_tracks=1)
 
     rows = (tmp_path / "out" / "regions.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["sequence_id", "sequence_length", "region", "start", "end", "first_chunk",
@@ -257,10 +261,70 @@ def test_a_contig_with_two_viral_stretches_gets_them_as_regions(tmp_path, monkey
         assert int(region["viral_chunks"]) == len(inside) and float(region["mean_score_virus"]) == pytest.approx(0.9)
     assert (regions[2]["start"], regions[2]["end"]) == ("1", "280")
     contig_row = table.to_pylist()[0]
-    assert contig_row["call"] == "virus" and contig_row["viral_regions"] == 2
+    # 9 of its 69 kb are lambda: a provirus, not a virus (VirNucPro's read rule said virus)
+    assert contig_row["call"] == "provirus" and contig_row["viral_regions"] == 2
     assert contig_row["classified_chunks"] == len(classified)
     assert contig_row["viral_chunks"] == sum(viral(0, c["chunk"]) for c in classified)
     assert contig_row["viral_chunk_fraction"] == pytest.approx(contig_row["viral_chunks"] / len(classified))
+    # the score track of the longest sequence with regions: all its chunks, the viral ones marked
+    tracks = (tmp_path / "out" / "tracks.tsv").read_text().splitlines()
+    assert tracks[0] == "sequence_id\tsequence_length\tchunk\tstart\tend\tscore_virus\tviral"
+    track = [row.split("\t") for row in tracks[1:]]
+    assert {row[0] for row in track} == {"contig"} and len(track) == contig_chunks
+    assert sum(row[6] == "true" for row in track) == contig_row["viral_chunks"]
+    assert [int(row[3]) - 1 for row in track] == [place[(0, c)][0] for c in range(1, contig_chunks + 1)]
+
+
+def calls_of(table):
+    return dict(zip(table.column("read_id").to_pylist(), table.column("call").to_pylist()))
+
+
+def test_reads_of_one_chunk_keep_virnucpros_rule_and_a_cutoff_tightens_it(tmp_path):
+    reads = [("weak", 300, 0, 1), ("strong", 300, 0, 1), ("host", 300, 0, 1)]
+    chunks = [(0, 1, 2, None), (1, 1, 1, None), (2, 1, 1, None)]
+    frames = [(0, 1, "F1", 0.45, 0.55), (0, 1, "R1", 0.6, 0.4), (1, 1, "F2", 0.05, 0.95), (2, 1, "F1", 0.9, 0.1)]
+    default = run_stage_9(tmp_path / "default", reads, chunks, frames)
+    # VirNucPro: highest virus 0.55 against highest others 0.6 -> others; 0.95 -> virus
+    assert calls_of(default) == {"weak": "others", "strong": "virus", "host": "others"}
+    frames[1] = (0, 1, "R1", 0.5, 0.5)
+    assert calls_of(run_stage_9(tmp_path / "tie", reads, chunks, frames))["weak"] == "virus"
+    strict = run_stage_9(tmp_path / "strict", reads, chunks, frames, rule=CallRule("conservative", 0.8, 0.7, 5000))
+    assert calls_of(strict) == {"weak": "others", "strong": "virus", "host": "others"}
+    assert strict.column("is_virus").to_pylist() == [False, True, False]
+    # VirNucPro's own file is the same whatever the rule
+    assert (tmp_path / "strict" / "highest.csv").read_bytes() == (tmp_path / "tie" / "highest.csv").read_bytes()
+    rule = json.loads(pq.read_schema(tmp_path / "strict" / "reads.parquet").metadata[b"virnucpro.calls"])
+    assert rule == {"preset": "conservative", "min_score_virus": 0.8, "min_viral_chunk_fraction": 0.7,
+                    "min_provirus_length": 5000}
+
+
+def test_a_sequence_of_several_chunks_is_called_by_its_share_of_viral_chunks(tmp_path):
+    """Four chunks each: three viral -> virus, one viral -> provirus (its region long enough),
+    none -> others; VirNucPro's read rule would call the first two virus."""
+    reads = [("phage", 1000, 0, 4), ("prophage", 1000, 0, 4), ("host", 1000, 0, 4)]
+    scores = {"phage": [0.8, 0.9, 0.7, 0.05], "prophage": [0.2, 0.95, 0.1, 0.1], "host": [0.1, 0.2, 0.3, 0.1]}
+    chunks, frames = [], []
+    for index, (name, virus) in enumerate(scores.items()):
+        for chunk, score in enumerate(virus, start=1):
+            chunks.append((index, chunk, 1, None))
+            frames.append((index, chunk, "F1", 1 - score, score))
+    places = [(250 * c, 300) for c in range(4)] * 3
+    table = run_stage_9(tmp_path / "default", reads, chunks, frames, chunk_places=places,
+                        rule=CallRule("default", 0.0, 0.5, 300))
+    assert calls_of(table) == {"phage": "virus", "prophage": "provirus", "host": "others"}
+    assert table.column("best_frame").to_pylist() == ["phage_chunk_2F1", "prophage_chunk_2F1", "host_chunk_1F1"]
+    # a region shorter than min_provirus_length does not make a provirus, but stays a region
+    table = run_stage_9(tmp_path / "long", reads, chunks, frames, chunk_places=places,
+                        rule=CallRule("default", 0.0, 0.5, 301))
+    assert calls_of(table)["prophage"] == "others" and table.column("viral_regions").to_pylist()[1] == 1
+    relaxed = run_stage_9(tmp_path / "relaxed", reads, chunks, frames, chunk_places=places,
+                          rule=CallRule("relaxed", 0.0, 0.25, 300))
+    assert calls_of(relaxed)["prophage"] == "virus"
+    strict = run_stage_9(tmp_path / "strict", reads, chunks, frames, chunk_places=places,
+                         rule=CallRule("conservative", 0.85, 0.5, 300))
+    # only chunks of 0.85 or more count: phage has one of four, a region; prophage one, a region
+    assert calls_of(strict) == {"phage": "provirus", "prophage": "provirus", "host": "others"}
+    assert (tmp_path / "strict" / "regions.tsv").read_text().count("\n") == 3
 
 
 def test_the_four_outputs_appear_together_or_not_at_all(tmp_path, monkeypatch):
@@ -276,7 +340,7 @@ def test_the_four_outputs_appear_together_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(consensus, "concatenate_files", dies_half_way)
     with pytest.raises(MemoryError):
         run_stage_9(tmp_path, reads, chunks, frames, shards=2)
-    for name in ("prediction_results.txt", "highest.csv", "regions.tsv", "reads.parquet"):
+    for name in ("prediction_results.txt", "highest.csv", "regions.tsv", "tracks.tsv", "reads.parquet"):
         assert not (tmp_path / name).exists(), name
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # nor temporaries, nor scratch
     monkeypatch.undo()

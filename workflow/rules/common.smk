@@ -10,7 +10,7 @@ from virnucpro.model_store.cache import ModelNotFound, locate_model, model_name
 from virnucpro.stages.partition import part_count
 from virnucpro.stages.sharding import read_shard_plan
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
-from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples)
+from virnucpro.run.config import (INPUT_RECORD, call_rule, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples)
 from virnucpro.io.ids import unit_names
 
 validate(config, "../schemas/config.schema.yaml")
