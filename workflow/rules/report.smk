@@ -5,6 +5,10 @@
 rule summarize_sample:
     input:
         reads="results/{sample}/read_predictions.parquet",
+        regions="results/{sample}/viral_regions.tsv",
+        tracks="results/{sample}/score_tracks.tsv",
+        viral_sequences="results/{sample}/viral_sequences.fna",
+        viral_regions="results/{sample}/viral_regions.fna",
     output:
         summary=report(
             "results/{sample}/summary.tsv",
@@ -19,6 +23,13 @@ rule summarize_sample:
             category="Results",
             subcategory="{sample}",
             labels={"sample": "{sample}", "item": "score distributions"},
+        ),
+        tracks=report(
+            "results/{sample}/score_tracks.png",
+            caption="../report/score_tracks.rst",
+            category="Results",
+            subcategory="{sample}",
+            labels={"sample": "{sample}", "item": "score tracks"},
         ),
     log:
         log="results/logs/summarize_sample/{sample}.all.log",

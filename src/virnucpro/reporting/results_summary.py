@@ -14,6 +14,7 @@ The run summary (`results/run_summary.tsv`) puts the samples side by side, one c
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -23,8 +24,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from virnucpro.io.atomic import save_figure
-from virnucpro.io.atomic import atomic_output
+from virnucpro.io.atomic import atomic_output, save_figure
+from virnucpro.io.schemas import CALLS
 from virnucpro.reporting import figures, html_pages
 
 SCORE_BINS = np.linspace(0.0, 1.0, 51)
@@ -47,13 +48,17 @@ class SampleSummary:
 
 
 def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: dict[str, str],
-                     expected_length: int, note: str | None = None) -> SampleSummary:
-    """The summary of one sample's `read_predictions.parquet`; `models` names the models used."""
+                     expected_length: int, note: str | None = None,
+                     files: dict[str, str] | None = None) -> SampleSummary:
+    """The summary of one sample's `read_predictions.parquet`; `models` names the models used,
+    `files` the sample's result files (name -> path) that the summary lists."""
     counts: Counter = Counter()
     reasons: Counter = Counter()
     histograms = {(score, call): np.zeros(len(SCORE_BINS) - 1, dtype=np.int64)
-                  for score in ("score_virus", "score_others") for call in ("virus", "others")}
-    for batch in pq.ParquetFile(read_table_path).iter_batches(batch_size=_BATCH_ROWS, columns=_COLUMNS):
+                  for score in ("score_virus", "score_others") for call in CALLS}
+    read_table = pq.ParquetFile(read_table_path)
+    call_rule = json.loads(read_table.schema_arrow.metadata[b"virnucpro.calls"])
+    for batch in read_table.iter_batches(batch_size=_BATCH_ROWS, columns=_COLUMNS):
         call = batch.column("call")
         counts["reads"] += batch.num_rows
         for name in ("length", "chunks", "frames", "classified_chunks", "viral_chunks", "viral_regions"):
@@ -62,11 +67,13 @@ def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: di
         counts["multi_chunk_with_regions"] += int(pc.sum(pc.and_(pc.greater(batch.column("chunks"), 1),
                                                                  pc.greater(batch.column("viral_regions"), 0)))
                                                   .as_py() or 0)
+        counts["provirus_regions"] += int(pc.sum(batch.column("viral_regions").filter(
+            pc.equal(call, "provirus").fill_null(False))).as_py() or 0)
         for value in pc.value_counts(call).to_pylist():
             counts[value["values"] or "unclassified"] += value["counts"]
         reasons.update({value["values"]: value["counts"]
                         for value in pc.value_counts(batch.column("reason").drop_null()).to_pylist()})
-        for label in ("virus", "others"):
+        for label in CALLS:
             chosen = pc.equal(call, label).fill_null(False)
             for score in ("score_virus", "score_others"):
                 values = batch.column(score).filter(chosen).to_numpy(zero_copy_only=False)
@@ -82,6 +89,7 @@ def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: di
     rows = [("sample", sample, None), ("reads", counts["reads"], None), ("bases", counts["length"], None),
             ("classified", classified, of_reads(classified)),
             ("virus", counts["virus"], of_reads(counts["virus"])),
+            ("provirus", counts["provirus"], of_reads(counts["provirus"])),
             ("others", counts["others"], of_reads(counts["others"])),
             ("unclassified", counts["unclassified"], of_reads(counts["unclassified"]))]
     for reason in list(REASONS) + sorted(set(reasons) - set(REASONS)):
@@ -91,11 +99,14 @@ def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: di
              ("viral_chunks", counts["viral_chunks"], of_chunks(counts["viral_chunks"])),
              ("frames", counts["frames"], None),
              ("viral_regions", counts["viral_regions"], None),
+             ("viral_regions_of_proviruses", counts["provirus_regions"], None),
              ("sequences_of_several_chunks", counts["multi_chunk"], of_reads(counts["multi_chunk"])),
              ("of_which_with_viral_regions", counts["multi_chunk_with_regions"],
               of_reads(counts["multi_chunk_with_regions"])),
              ("expected_length", expected_length, None)]
+    rows += [(f"calls_{name}", value, None) for name, value in call_rule.items()]
     rows += [(f"model_{name}", path, None) for name, path in models.items()]
+    rows += [(f"file_{name}", path, None) for name, path in (files or {}).items()]
     if note:
         rows.append(("note", note, None))
     return SampleSummary(sample, rows, histograms)
@@ -110,6 +121,25 @@ def write_sample_summary(summary: SampleSummary, table_path, figure_path) -> Non
         out.write("measure\tvalue\tshare\n")
         out.writelines(f"{measure}\t{value}\t{_share(share)}\n" for measure, value, share in summary.rows)
     save_figure(figures.score_distribution(summary.sample, SCORE_BINS, summary.histograms), figure_path)
+
+
+def write_score_tracks(sample: str, tracks_path, regions_path, figure_path) -> int:
+    """The figure of the sample's score tracks (`score_tracks.tsv`, with their sequences' regions
+    from `viral_regions.tsv`, read line by line); returns the number of sequences drawn."""
+    tracks: dict[str, dict] = {}
+    with open(tracks_path, newline="") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            track = tracks.setdefault(row["sequence_id"], {"length": int(row["sequence_length"]), "chunks": [],
+                                                           "regions": []})
+            if row["score_virus"]:
+                track["chunks"].append((int(row["start"]), int(row["end"]), float(row["score_virus"]),
+                                        row["viral"] == "true"))
+    with open(regions_path, newline="") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            if row["sequence_id"] in tracks:
+                tracks[row["sequence_id"]]["regions"].append((int(row["start"]), int(row["end"])))
+    save_figure(figures.score_tracks(sample, tracks), figure_path)
+    return len(tracks)
 
 
 def read_sample_summary(path: str | os.PathLike) -> list[tuple[str, str, str]]:
@@ -127,7 +157,7 @@ def write_run_summary(samples: Sequence[str], summary_paths: Sequence[str | os.P
     with atomic_output(table_path) as out:
         out.write("\t".join(["measure", *samples]) + "\n")
         out.writelines("\t".join([measure, *(row.get(measure, "") for row in values)]) + "\n" for measure in measures)
-    counts = [{measure: int(row[measure]) for measure in row if measure in ("virus", "others")
+    counts = [{measure: int(row[measure]) for measure in row if measure in CALLS
                or (measure.startswith("unclassified_") and int(row[measure]))} for row in values]
     save_figure(figures.calls_per_sample(list(samples), counts), figure_path)
 
