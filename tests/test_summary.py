@@ -137,3 +137,17 @@ def test_the_summary_table_and_the_run_summary(reads, tmp_path):
     page = (tmp_path / "run.html").read_text()
     assert "<b>Note:</b> demonstration models" in page and "<td>2 (25.0%)</td>" in page
     assert (tmp_path / "calls.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_read_table_as_tsv_has_every_row_and_column(reads, tmp_path):
+    import csv
+    import gzip
+
+    from virnucpro.io.tables import parquet_to_tsv_gz
+
+    assert parquet_to_tsv_gz(reads, tmp_path / "reads.tsv.gz", batch_rows=3) == 8
+    with gzip.open(tmp_path / "reads.tsv.gz", "rt") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert list(rows[0]) == READ_PREDICTION_SCHEMA.names and len(rows) == 8
+    assert [row["call"] for row in rows[:4]] == ["virus", "virus", "others", "others"]
+    assert rows[7]["reason"] == "no_stop_free_frame,too_ambiguous" and rows[7]["score_virus"] == ""

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from report_screenshot import find_chromium, report_data, screenshot
+from report_screenshot import find_chromium, rendered_dom, report_data, screenshot
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 EDGE_CASES = {
@@ -96,7 +96,7 @@ def test_every_read_is_accounted_for(one_shard_run):
     assert rows["protein_in_iupac_letters"]["reason"] == "too_ambiguous"
     for row in table.to_pylist():
         assert (row["call"] is None) == (row["reason"] is not None)
-        assert row["call"] in (None, "virus", "others")
+        assert row["call"] in (None, "virus", "provirus", "others")
     assert rows["lowercase_multiline"]["call"] is not None  # its header: free-text origin=, Latin-1
 
 
@@ -133,7 +133,8 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     stages = {job["stage"] for job in jobs}
     assert stages == {"check_models", "partition_input", "chunk", "translate", "plan_shards", "split_nucleotide",
                       "split_protein", "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus",
-                      "collect_fasta", "summarize_sample", "run_summary", "timing_report"}
+                      "viral_fasta", "read_table_tsv", "collect_fasta", "summarize_sample", "run_summary",
+                      "timing_report"}
     for job in jobs:
         assert job["status"] == "ok"
         assert job["wall_seconds"] > 0 and job["cpu_seconds"] >= 0
@@ -173,6 +174,24 @@ def test_the_summary_counts_what_the_read_table_holds(one_shard_run):
     assert ((regions["start"] >= 1) & (regions["end"] <= regions["sequence_length"])).all()
     run = (workdir / "results/run_summary.tsv").read_text().splitlines()
     assert run[0] == "measure\treads" and f"virus\t{summary['virus']}" in run
+    assert summary["calls_preset"] == "default" and summary["file_viral_sequences"] == "results/reads/viral_sequences.fna"
+    tsv = pl.read_csv(results / "read_predictions.tsv.gz", separator="\t")
+    assert tsv["read_id"].to_list() == reads["read_id"].to_list() and tsv["call"].to_list() == reads["call"].to_list()
+
+
+def test_viral_sequences_are_the_input_records_called_virus_byte_for_byte(one_shard_run):
+    from Bio import SeqIO
+
+    workdir, _ = one_shard_run
+    reads = pl.read_parquet(workdir / "results/reads/read_predictions.parquet")
+    with open(workdir / "reads.fa", encoding="latin-1") as handle:  # one header is Latin-1
+        given = {record.id: str(record.seq) for record in SeqIO.parse(handle, "fasta")}
+    written = list(SeqIO.parse(workdir / "results/reads/viral_sequences.fna", "fasta"))
+    assert [record.id for record in written] == reads.filter(pl.col("call") == "virus")["read_id"].to_list()
+    assert written and all(str(record.seq) == given[record.id] for record in written)
+    assert (workdir / "results/reads/viral_regions.fna").exists()
+    telemetry = json.loads((workdir / "results/telemetry/viral_fasta/reads.all.json").read_text())
+    assert telemetry["details"]["viral_sequences"] == len(written)
 
 
 def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run, tmp_path):
@@ -235,6 +254,7 @@ def html_report(one_shard_run):
 
 REPORT_ITEMS = {
     "results/reads/summary.tsv": "text/tab-separated-values", "results/reads/score_distribution.png": "image/png",
+    "results/reads/score_tracks.png": "image/png",
     "results/report/calls_per_sample.png": "image/png", "results/report/run_summary.html": "text/html",
     "results/report/timing_report.html": "text/html", "results/report/job_timeline.png": "image/png",
     "results/report/gpu_usage.png": "image/png", "results/report/stage_times.png": "image/png",
@@ -257,7 +277,12 @@ def test_the_report_holds_the_results_the_figures_and_a_description(html_report)
     run_summary = base64.b64decode(results["results/report/run_summary.html"]["data_uri"].split(",", 1)[1]).decode()
     assert "<td>virus</td>" in run_summary and "<td>unclassified no stop free frame</td>" in run_summary
     assert set(report_data(html_report, "categories")) == {"Results", "Run telemetry"}
-    assert "VirNucPro finds viral sequences" in report_data(html_report, "workflow_desc")
+    # the first page opens on the results: the counts of every sample, the note, the longest calls
+    first_page = report_data(html_report, "workflow_desc")
+    assert "VirNucPro finds viral sequences" in first_page
+    assert first_page.index("<h1>Results</h1>") < first_page.index("VirNucPro finds viral sequences")
+    assert "<td>virus</td>" in first_page and "Note:" in first_page
+    assert "reads: the longest sequences called virus or provirus" in first_page
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (apt-get install chromium)")
@@ -277,6 +302,15 @@ def test_the_report_renders_in_chromium_with_its_figures(html_report, tmp_path, 
     shown = timeline.crop(content).getcolors(maxcolors=1 << 20)
     figure_colours = {colour for _, colour in figure.getcolors(maxcolors=1 << 20)}
     assert sum(count for count, colour in shown if colour in figure_colours and colour != (255, 255, 255)) > 20_000
+    # The start page shows the results: the samples' counts and their longest calls.
+    dom = rendered_dom(html_report)
+    assert "<td>virus</td>" in dom and "reads: the longest sequences called virus or provirus" in dom
+    # The score tracks open as a figure, drawn in their own colours.
+    tracks = Image.open(screenshot(html_report, tmp_path / "tracks.png", result="results/reads/score_tracks.png"))
+    figure = Image.open(one_shard_run[0] / "results/reads/score_tracks.png").convert("RGB")
+    figure_colours = {colour for _, colour in figure.getcolors(maxcolors=1 << 20)} - {(255, 255, 255)}
+    shown = tracks.convert("RGB").crop(content).getcolors(maxcolors=1 << 20)
+    assert sum(count for count, colour in shown if colour in figure_colours) > 2_000
 
 
 def test_snakemake_n_shows_the_plan_up_to_the_shard_plan(tmp_path, data_dir):

@@ -50,7 +50,9 @@ rule summarize_sample:
 
 rule run_summary:
     input:
-        expand("results/{sample}/summary.tsv", sample=SAMPLES),
+        summaries=expand("results/{sample}/summary.tsv", sample=SAMPLES),
+        reads=expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
+        regions=expand("results/{sample}/viral_regions.tsv", sample=SAMPLES),
     output:
         table="results/run_summary.tsv",
         calls=report(
@@ -79,6 +81,7 @@ rule run_summary:
     params:
         samples=list(SAMPLES),
         note=MODELS_NOTE,
+        top=config["report"]["top_calls"],
     script:
         "../scripts/run_summary.py"
 
@@ -87,6 +90,7 @@ rule timing_report:
     input:
         # everything else of the run, so that its telemetry is complete
         expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
+        expand("results/{sample}/read_predictions.tsv.gz", sample=SAMPLES),
         expand("results/{sample}/score_distribution.png", sample=SAMPLES),
         "results/run_summary.tsv",
     output:
@@ -144,3 +148,19 @@ rule timing_report:
         note=MODELS_NOTE,
     script:
         "../scripts/timing_report.py"
+
+
+rule read_table_tsv:
+    input:
+        "results/{sample}/read_predictions.parquet",
+    output:
+        "results/{sample}/read_predictions.tsv.gz",
+    log:
+        log="results/logs/read_table_tsv/{sample}.all.log",
+        telemetry="results/telemetry/read_table_tsv/{sample}.all.json",
+    conda:
+        "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
+    script:
+        "../scripts/read_table_tsv.py"

@@ -14,6 +14,7 @@ The run summary (`results/run_summary.tsv`) puts the samples side by side, one c
 from __future__ import annotations
 
 import csv
+import heapq
 import json
 import os
 from collections import Counter
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -147,9 +149,48 @@ def read_sample_summary(path: str | os.PathLike) -> list[tuple[str, str, str]]:
         return [(row["measure"], row["value"], row["share"]) for row in csv.DictReader(handle, delimiter="\t")]
 
 
+def top_calls(read_table_path: str | os.PathLike, count: int) -> list[dict]:
+    """The `count` longest sequences called virus or provirus (ties: the higher virus score first),
+    in one pass over the read table keeping `count` rows."""
+    columns = ["read_id", "length", "call", "score_virus", "viral_chunk_fraction", "viral_regions"]
+    kept = None
+    for batch in pq.ParquetFile(read_table_path).iter_batches(batch_size=_BATCH_ROWS, columns=columns):
+        viral = pa.Table.from_batches([batch]).filter(pc.is_in(batch.column("call"), pa.array(["virus", "provirus"])))
+        kept = viral if kept is None else pa.concat_tables([kept, viral])
+        kept = kept.sort_by([("length", "descending"), ("score_virus", "descending")]).slice(0, count)
+    return [] if kept is None else kept.to_pylist()
+
+
+def longest_regions(regions_path: str | os.PathLike, count: int) -> list[dict]:
+    """The `count` longest rows of a viral regions table (ties: the first), read line by line."""
+    with open(regions_path, newline="") as handle:
+        rows = ((int(row["end"]) - int(row["start"]) + 1, -number, row)
+                for number, row in enumerate(csv.DictReader(handle, delimiter="\t")))
+        return [row for _, _, row in heapq.nlargest(count, rows, key=lambda item: item[:2])]
+
+
+def _highlights(sample: str, calls: list[dict], regions: list[dict]) -> str:
+    body = html_pages.heading(f"{sample}: the longest sequences called virus or provirus")
+    body += html_pages.table(
+        ["sequence", "length", "call", "highest virus score", "viral chunks", "viral regions"],
+        [[row["read_id"], f"{row['length']:,}", row["call"], f"{row['score_virus']:.3f}",
+          "" if row["viral_chunk_fraction"] is None else f"{row['viral_chunk_fraction']:.0%}",
+          str(row["viral_regions"])] for row in calls]) if calls else html_pages.paragraph("None.")
+    body += html_pages.heading(f"{sample}: the longest viral regions")
+    body += html_pages.table(
+        ["sequence", "region", "start", "end", "length", "viral chunks", "mean virus score"],
+        [[row["sequence_id"], row["region"], row["start"], row["end"],
+          f"{int(row['end']) - int(row['start']) + 1:,}", row["viral_chunks"], f"{float(row['mean_score_virus']):.3f}"]
+         for row in regions]) if regions else html_pages.paragraph("None.")
+    return body
+
+
 def write_run_summary(samples: Sequence[str], summary_paths: Sequence[str | os.PathLike], table_path, figure_path,
-                      html_path, note: str | None = None) -> None:
-    """The samples side by side: a table, the calls per sample, and a page for the report."""
+                      html_path, note: str | None = None, read_tables: Sequence[str | os.PathLike] = (),
+                      regions: Sequence[str | os.PathLike] = (), top: int = 10) -> None:
+    """The samples side by side: a table, the calls per sample, and a page for the report, which
+    also lists per sample its `top` longest viral calls and regions (from its read table and
+    regions table, given in the order of `samples`)."""
     summaries = [read_sample_summary(path) for path in summary_paths]
     measures = list(dict.fromkeys(measure for summary in summaries for measure, _, _ in summary))
     values = [{measure: value for measure, value, _ in summary} for summary in summaries]
@@ -170,5 +211,7 @@ def write_run_summary(samples: Sequence[str], summary_paths: Sequence[str | os.P
     rows = [[measure.replace("_", " "), *(cell(index, measure) for index in range(len(samples)))]
             for measure in measures if measure not in ("sample", "note")]
     body = (html_pages.paragraph(note, "Note:") if note else "") + html_pages.table(["", *samples], rows)
+    for sample, read_table, regions_path in zip(samples, read_tables, regions):
+        body += _highlights(sample, top_calls(read_table, top), longest_regions(regions_path, top))
     with atomic_output(html_path) as out:
-        out.write(html_pages.page("Run summary", body))
+        out.write(html_pages.page("Results", body))

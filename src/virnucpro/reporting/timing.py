@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("partition_input", "chunk", "translate", "plan_shards", "split_nucleotide", "split_protein",
           "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus", "viral_fasta",
-          "collect_fasta", "summarize_sample")
+          "read_table_tsv", "collect_fasta", "summarize_sample")
 EMBEDDING_STAGES = ("embed_dnabert_s", "embed_esm2")
 NOT_AVAILABLE = "not available"
 

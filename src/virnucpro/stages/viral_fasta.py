@@ -46,7 +46,7 @@ def write_viral_fasta(input_path: str | os.PathLike, read_table: str | os.PathLi
     counts = {"records": 0, "viral_sequences": 0, "viral_regions": 0}
     with open(regions_table, encoding="utf-8") as regions_file, \
             atomic_paths([sequences_path, regions_path]) as (sequences_out, regions_out), \
-            open(sequences_out, "w", encoding="ascii") as sequences, open(regions_out, "w", encoding="ascii") as regions:
+            open(sequences_out, "w", encoding="utf-8") as sequences, open(regions_out, "w", encoding="utf-8") as regions:
         region_rows = _region_rows(regions_table, regions_file)
         for batch in read_record_batches(input_path, RECORD_BATCH):
             while held.num_rows < len(batch):
