@@ -77,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     prepare = commands.add_parser("training-inputs", help="simulated reads of both classes for the training table")
-    prepare.add_argument("--reads-per-class", type=int, default=6000)
+    prepare.add_argument("--reads-per-class", type=int, default=2500)
     prepare.add_argument("--seed", type=int, default=11)
     demo = commands.add_parser("demo-input", help="reads from the held-out regions")
     demo.add_argument("--held-out", type=Path, required=True, help="held_out_regions.tsv of the training run")
