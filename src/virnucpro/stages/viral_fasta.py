@@ -59,7 +59,11 @@ def write_viral_fasta(input_path: str | os.PathLike, read_table: str | os.PathLi
             if table["read_id"] != batch.ids:
                 raise ValueError(f"{read_table} does not list the records of {input_path} in their order "
                                  f"(from record {counts['records'] + 1})")
-            for index, sequence in enumerate(batch.sequences):
+            # only the reads called virus or with regions need a look (most reads of a sample have neither)
+            wanted = [index for index, (call, regions_of_read) in enumerate(zip(table["call"], table["viral_regions"]))
+                      if call == "virus" or regions_of_read]
+            for index in wanted:
+                sequence = batch.sequences[index]
                 row = {name: values[index] for name, values in table.items()}
                 if row["call"] == "virus":
                     sequences.write(f">{row['read_id']} call=virus score_virus={row['score_virus']:.4f} "
