@@ -13,12 +13,16 @@ from virnucpro.io.schemas import READ_SCHEMA
 from virnucpro.io.schemas import FRAME_PREDICTION_SCHEMA
 from virnucpro.io.schemas import CHUNK_SUMMARY_SCHEMA, FRAME_SCHEMA
 from virnucpro.io.tables import TableWriter
+from virnucpro.run.config import CALL_PRESETS
 from virnucpro.stages import consensus
 from virnucpro.stages.consensus import CallRule, Outputs, StageInputs, write_outputs
 from virnucpro.stages.prediction import prediction_lines
 
 
-def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0, chunk_places=None, rule=CallRule(),
+DEFAULT = CallRule("default", **CALL_PRESETS["default"])
+
+
+def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0, chunk_places=None, rule=DEFAULT,
                 score_tracks=0):
     """Write the tables stages 1-8 would give and run stage 9 on them.
 

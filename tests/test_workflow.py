@@ -415,7 +415,9 @@ def test_train_target_makes_a_classifier_that_the_prediction_run_accepts(tmp_pat
     assert {line.split("\t")[1] for line in held_out} == {"viral", "host"}
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["metrics"]["frames"]["n"] > 0 and metrics["inputs"][0]["frames"] > 0
-    assert "ROC AUC" in (trained / "report.md").read_text()
+    report = (trained / "report.md").read_text()
+    assert "ROC AUC" in report and "Held-out reads by length" in report
+    assert sum(row["n"] for row in metrics["metrics"]["reads_by_length"]) == metrics["metrics"]["reads"]["n"]
 
     settings["models"]["classifier"] = str(trained / "classifier.pt")
     config.write_text(yaml.safe_dump(settings))

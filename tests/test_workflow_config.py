@@ -72,3 +72,13 @@ def test_results_of_another_input_of_the_same_name_are_not_replaced(tmp_path, mo
     with pytest.raises(ValueError, match=rf"results/reads/ holds the results of {tmp_path}/x/reads.fa .*, not of "
                                          rf"{tmp_path}/y/reads.fa: give this input another sample name"):
         check_results_belong("reads", "y/reads.fa")
+
+
+def test_calls_take_the_presets_values_unless_set():
+    from virnucpro.run.config import call_rule
+
+    assert call_rule({"preset": "default"}) == {"preset": "default", "min_score_virus": 0.0,
+                                                "min_viral_chunk_fraction": 0.5, "min_provirus_length": 5000}
+    rule = call_rule({"preset": "conservative", "min_score_virus": 0.9, "min_viral_chunk_fraction": None})
+    assert rule["min_score_virus"] == 0.9 and rule["min_viral_chunk_fraction"] == 0.7
+    assert rule["min_provirus_length"] == 10000 and isinstance(rule["min_provirus_length"], int)

@@ -154,10 +154,10 @@ class CallRule:
     stay in the regions table: a stray viral chunk or two does not make a host contig a provirus).
     """
 
-    preset: str = "default"
-    min_score_virus: float = 0.0
-    min_viral_chunk_fraction: float = 0.5
-    min_provirus_length: int = 5000
+    preset: str
+    min_score_virus: float
+    min_viral_chunk_fraction: float
+    min_provirus_length: int
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ class Outputs:
 
 
 def write_outputs(sample: str, inputs: StageInputs, outputs: Outputs, expected_length: int, classifier: str,
-                  rule: CallRule = CallRule(), score_tracks: int = 0, note: str | None = None,
+                  rule: CallRule, score_tracks: int = 0, note: str | None = None,
                   models: dict | None = None) -> dict[str, int]:
     """All stage-9 outputs. The read table's metadata carries the call rule, `models` (kind ->
     identity of the models that made the calls, see `model_cache.model_identity`) and `note` (a
