@@ -442,6 +442,25 @@ def test_a_sample_sheet_gives_each_sample_its_expected_length_and_classifier(tmp
         assert models["classifier"] == {"path": str(REPO / f"resources/models/classifier_{length}.pt")}
 
 
+def test_a_genome_as_one_contig_is_called_by_its_share_of_viral_chunks(tmp_path, data_dir):
+    """The lambda genome as one contig is a virus, a stretch of the Klebsiella chromosome is not
+    (with the built-in models at 500 bp); the lambda genome comes out whole in viral_sequences.fna."""
+    from Bio import SeqIO
+
+    from virnucpro.io.sequences import read_sequences
+
+    phage = next(read_sequences(data_dir / "lambda_virus.fa.gz"))
+    host = next(read_sequences(data_dir / "Klebs_HS11286.fna.xz"))
+    (tmp_path / "contigs.fa").write_text(f">{phage.id}\n{phage.sequence}\n>{host.id}\n{host.sequence[:40_000]}\n")
+    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "contigs.fa", expected_length=500))
+    rows = {row["read_id"]: row for row in pq.read_table(tmp_path / "results/reads/read_predictions.parquet")
+            .to_pylist()}
+    assert rows[phage.id]["call"] == "virus" and rows[phage.id]["viral_chunk_fraction"] >= 0.5
+    assert rows[host.id]["call"] != "virus" and rows[host.id]["viral_chunk_fraction"] < 0.5
+    written = list(SeqIO.parse(tmp_path / "results/reads/viral_sequences.fna", "fasta"))
+    assert [record.id for record in written] == [phage.id] and str(written[0].seq) == phage.sequence
+
+
 def test_a_bad_sample_sheet_row_is_named(tmp_path):
     (tmp_path / "samples.tsv").write_text("sample\tpath\texpected_length\nok\treads.fa\t\nbad\treads.fa\t250\n")
     result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", samples=str(tmp_path / "samples.tsv")),
