@@ -218,6 +218,7 @@ def test_viral_regions_are_runs_of_viral_chunks_that_unclassified_chunks_do_not_
     assert regions.start.tolist() == [1, 751, 251] and regions.end.tolist() == [550, 1050, 1040]
     assert regions.first_chunk.tolist() == [1, 4, 2] and regions.last_chunk.tolist() == [2, 4, 4]
     assert regions.region_viral_chunks.tolist() == [2, 1, 2]
+    assert regions.viral_bases.tolist() == [600, 300, 590]  # the unclassified chunk 3 of sequence 1 not counted
     assert regions.mean_score == pytest.approx([0.8, 0.8, 0.8])
 
 
@@ -252,7 +253,7 @@ def test_a_contig_with_two_viral_stretches_gets_them_as_regions(tmp_path, monkey
 
     rows = (tmp_path / "out" / "regions.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["sequence_id", "sequence_length", "region", "start", "end", "first_chunk",
-                                   "last_chunk", "viral_chunks", "mean_score_virus"]
+                                   "last_chunk", "viral_chunks", "viral_bases", "mean_score_virus"]
     regions = [dict(zip(rows[0].split("\t"), row.split("\t"))) for row in rows[1:]]
     assert [(r["sequence_id"], r["region"]) for r in regions] == [("contig", "1"), ("contig", "2"), ("read", "1")]
     classified = [c for c in chunks if c["read_index"] == 0 and c["frames"] > 0]
@@ -263,6 +264,7 @@ def test_a_contig_with_two_viral_stretches_gets_them_as_regions(tmp_path, monkey
         assert int(region["end"]) == inside[-1]["start"] + inside[-1]["length"]
         assert abs(int(region["start"]) - 1 - a) < 300 and abs(int(region["end"]) - b) < 300
         assert int(region["viral_chunks"]) == len(inside) and float(region["mean_score_virus"]) == pytest.approx(0.9)
+        assert int(region["viral_bases"]) == sum(c["length"] for c in inside)
     assert (regions[2]["start"], regions[2]["end"]) == ("1", "280")
     contig_row = table.to_pylist()[0]
     # 9 of its 69 kb are lambda: a provirus, not a virus (VirNucPro's read rule said virus)
@@ -350,3 +352,21 @@ def test_the_four_outputs_appear_together_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     run_stage_9(tmp_path, reads, chunks, frames, shards=2)
     assert all((tmp_path / name).exists() for name in ("prediction_results.txt", "highest.csv", "regions.tsv", "reads.parquet"))
+
+
+def test_a_provirus_needs_viral_bases_not_a_long_span_of_unclassified_chunks(tmp_path):
+    """Ten chunks: viral, eight without frames, viral, then others: one region of 2,550 bases
+    spanning 600 viral bases. Not a provirus at 1,000 bases, one at 600."""
+    reads = [("host", 3000, 0, 11)]
+    chunks = [(0, c, 1 if c in (1, 10, 11) else 0, None if c in (1, 10, 11) else "no_stop_free_frame")
+              for c in range(1, 12)]
+    frames = [(0, 1, "F1", 0.1, 0.9), (0, 10, "F1", 0.1, 0.9), (0, 11, "F1", 0.9, 0.1)]
+    places = [(250 * (c - 1), 300) for c in range(1, 12)]
+    table = run_stage_9(tmp_path / "a", reads, chunks, frames, chunk_places=places,
+                        rule=CallRule("default", 0.0, 0.7, 1000))
+    regions = (tmp_path / "a" / "regions.tsv").read_text().splitlines()[1].split("\t")
+    assert (regions[3], regions[4], regions[8]) == ("1", "2550", "600")
+    assert calls_of(table) == {"host": "others"}  # 2 of 3 classified chunks viral: below 0.7
+    table = run_stage_9(tmp_path / "b", reads, chunks, frames, chunk_places=places,
+                        rule=CallRule("default", 0.0, 0.7, 600))
+    assert calls_of(table) == {"host": "provirus"}

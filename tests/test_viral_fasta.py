@@ -41,10 +41,10 @@ def sample(tmp_path, data_dir):
     rule = {"preset": "default", "min_score_virus": 0.0, "min_viral_chunk_fraction": 0.5, "min_provirus_length": 1000}
     schema = READ_PREDICTION_SCHEMA.with_metadata({"virnucpro.calls": json.dumps(rule)})
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "reads.parquet")
-    regions = [("contig7", len(contig), 1, 2951, 4200, 5, 9, 5, 0.8),
-               ("contig7", len(contig), 2, 4401, 5050, 12, 14, 3, 0.7),  # shorter than min_provirus_length
-               ("contig7", len(contig), 3, 5501, 6600, 16, 20, 5, 0.7),
-               ("phage2", 3000, 1, 1, 3000, 1, 12, 12, 0.9)]
+    regions = [("contig7", len(contig), 1, 2951, 4200, 5, 9, 5, 1250, 0.8),
+               ("contig7", len(contig), 2, 4401, 5500, 12, 14, 3, 750, 0.7),  # fewer viral bases than needed
+               ("contig7", len(contig), 3, 5501, 6600, 16, 20, 5, 1100, 0.7),
+               ("phage2", 3000, 1, 1, 3000, 1, 12, 12, 3000, 0.9)]
     (tmp_path / "regions.tsv").write_text("\t".join(REGION_COLUMNS) + "\n" + "".join(
         "\t".join(map(str, row)) + "\n" for row in regions))
     return tmp_path
@@ -70,7 +70,7 @@ def test_viral_sequences_and_regions_are_cut_from_the_input_byte_for_byte(sample
     # only the long enough regions of the provirus, not those of a virus, with geNomad's provirus names
     assert [record.id for record in regions] == ["contig7|provirus_2951_4200", "contig7|provirus_5501_6600"]
     assert str(regions[0].seq) == given["contig7"][2950:4200] and str(regions[1].seq) == given["contig7"][5500:6600]
-    assert "region=1 sequence_length=8000 call=provirus viral_chunks=5 mean_score_virus=0.8000" in regions[0].description
+    assert "region=1 sequence_length=8000 call=provirus viral_chunks=5 viral_bases=1250 mean_score_virus=0.8000" in regions[0].description
 
 
 def test_a_read_table_of_another_input_is_an_error_and_leaves_no_output(sample):

@@ -86,7 +86,7 @@ READ_PREDICTION_SCHEMA = pa.schema(
     ]
 )
 REGION_COLUMNS = ("sequence_id", "sequence_length", "region", "start", "end", "first_chunk", "last_chunk",
-                  "viral_chunks", "mean_score_virus")
+                  "viral_chunks", "viral_bases", "mean_score_virus")
 
 SCORE_TRACK_COLUMNS = ("sequence_id", "sequence_length", "chunk", "start", "end", "score_virus", "viral")
 # The calls of the read table's `call` column (null: not classified, see `reason`).

@@ -150,8 +150,9 @@ class CallRule:
     others score) and its highest virus score reaches `min_score_virus` (0: VirNucPro's rule).
     A read of one chunk is called as its chunk. A sequence of several chunks is `virus` when its
     viral chunks reach `min_viral_chunk_fraction` of its classified chunks, else `provirus` when it
-    has a viral region of at least `min_provirus_length` bases, else `others` (shorter regions
-    stay in the regions table: a stray viral chunk or two does not make a host contig a provirus).
+    has a viral region with at least `min_provirus_length` viral bases (in its viral chunks, not
+    counting the unclassified chunks it spans), else `others` (smaller regions stay in the regions
+    table: a few stray viral chunks do not make a host contig a provirus).
     """
 
     preset: str
@@ -310,7 +311,7 @@ def call_reads(rule: CallRule, chunks: np.ndarray, max_virus: np.ndarray, max_ot
     one_chunk = (max_virus >= max_others) & (max_virus >= rule.min_score_virus)
     fraction = regions.viral_chunks / np.maximum(regions.classified_chunks, 1)
     has_provirus = np.zeros(len(chunks), dtype=bool)
-    has_provirus[regions.sequence[regions.end - regions.start + 1 >= rule.min_provirus_length]] = True
+    has_provirus[regions.sequence[regions.viral_bases >= rule.min_provirus_length]] = True
     several = np.where(fraction >= rule.min_viral_chunk_fraction, "virus",
                        np.where(has_provirus, "provirus", "others"))
     return np.where(chunks > 1, several, np.where(one_chunk, "virus", "others")).astype(object)

@@ -4,7 +4,7 @@
   input, under its own ID; the header also gives the call, scores, length and share of viral chunks:
   `>r1 call=virus score_virus=0.9731 score_others=0.2210 length=812 viral_chunk_fraction=1.0000`
 - `viral_regions.fna`: every viral region of a sequence called `provirus` (not itself called virus)
-  that is long enough to make it one (the call rule's `min_provirus_length`), named as geNomad
+  with enough viral bases to make it one (the call rule's `min_provirus_length`), named as geNomad
   names proviruses, `<id>|provirus_<start>_<end>` with 1-based inclusive coordinates (as in `viral_regions.tsv`), so that a region's ID tells where it comes
   from and IDs stay unique: `>contig7|provirus_20001_26300 region=1 sequence_length=69000 ...`
 
@@ -75,10 +75,10 @@ def write_viral_fasta(input_path: str | os.PathLike, read_table: str | os.PathLi
                     if region is None or region["sequence_id"] != row["read_id"]:
                         raise ValueError(f"{regions_table} does not list the viral regions of {row['read_id']}")
                     start, end = int(region["start"]), int(region["end"])
-                    if row["call"] == "provirus" and end - start + 1 >= min_length:
+                    if row["call"] == "provirus" and int(region["viral_bases"]) >= min_length:
                         regions.write(f">{row['read_id']}|provirus_{start}_{end} region={region['region']} "
                                       f"sequence_length={row['length']} call={row['call']} "
-                                      f"viral_chunks={region['viral_chunks']} "
+                                      f"viral_chunks={region['viral_chunks']} viral_bases={region['viral_bases']} "
                                       f"mean_score_virus={float(region['mean_score_virus']):.4f}\n"
                                       f"{sequence[start - 1:end]}\n")
                         counts["viral_regions"] += 1
