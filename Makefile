@@ -38,8 +38,9 @@ test: $(VENV)/.installed-test
 	$(PYTHON) -m pytest
 
 # Rebuild the built-in models and the demo input from ../shared/data (see README): the two small
-# embedding models, the placed lambda reads, the classifiers for 300 and 500 bp trained by the
-# workflow's `train` target with their reports, and the demo reads from the held-out regions.
+# embedding models, reads simulated the same way from both genomes, the classifiers for 300 and
+# 500 bp trained on them by the workflow's `train` target with their reports, and the demo reads,
+# simulated the same way from the held-out regions.
 builtin-models: setup
 	$(PYTHON) -m virnucpro.model_store.builtin --data ../shared/data --out resources/models
 	$(PYTHON) -m virnucpro.demo.inputs training-inputs --data ../shared/data --out resources/training
@@ -52,5 +53,5 @@ builtin-models: setup
 	     results/training/expected_length_$$length/held_out_regions.tsv resources/models/classifier_$${length}_training/ \
 	  || exit 1; \
 	done
-	$(PYTHON) -m virnucpro.demo.inputs demo-input --data ../shared/data --training resources/training \
+	$(PYTHON) -m virnucpro.demo.inputs demo-input --data ../shared/data \
 	  --held-out results/training/expected_length_300/held_out_regions.tsv --out resources/demo/demo_reads.fa

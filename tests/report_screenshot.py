@@ -59,6 +59,14 @@ def _window_frame(chromium: str, scratch: str, timeout: float) -> int:
     return int(found.group(1)) if found else 0
 
 
+def rendered_dom(report_html: str | Path, chromium: str | None = None, timeout: float = 120) -> str:
+    """The report's start page as Chromium has rendered it (its DOM after the report's scripts ran)."""
+    chromium = chromium or find_chromium()
+    with tempfile.TemporaryDirectory() as scratch:
+        return _headless(chromium, f"{scratch}/profile", (1400, 900), "--dump-dom", "--virtual-time-budget=10000",
+                         Path(report_html).resolve().as_uri(), timeout=timeout)
+
+
 def screenshot(report_html: str | Path, png: str | Path, result: str | None = None, size: tuple[int, int] = (1400, 900),
                chromium: str | None = None, timeout: float = 120) -> Path:
     """Render the report (with `result` opened, if given) and write a PNG screenshot of `size`."""

@@ -1,5 +1,7 @@
 """Stage 9: VirNucPro's output files, and the per-read table that accounts for every read."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,12 +13,17 @@ from virnucpro.io.schemas import READ_SCHEMA
 from virnucpro.io.schemas import FRAME_PREDICTION_SCHEMA
 from virnucpro.io.schemas import CHUNK_SUMMARY_SCHEMA, FRAME_SCHEMA
 from virnucpro.io.tables import TableWriter
+from virnucpro.run.config import CALL_PRESETS
 from virnucpro.stages import consensus
-from virnucpro.stages.consensus import write_outputs
+from virnucpro.stages.consensus import CallRule, Outputs, StageInputs, write_outputs
 from virnucpro.stages.prediction import prediction_lines
 
 
-def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0, chunk_places=None):
+DEFAULT = CallRule("default", **CALL_PRESETS["default"])
+
+
+def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0, chunk_places=None, rule=DEFAULT,
+                score_tracks=0):
     """Write the tables stages 1-8 would give and run stage 9 on them.
 
     reads: (read_id, length, ambiguous_bases, chunks); chunks: (read_index, chunk, frames, reason),
@@ -51,14 +58,15 @@ def run_stage_9(directory, reads, chunks, frames, shards=1, lost_predictions=0, 
         ids = [f"{reads[f[0]][0]}_chunk_{f[1]}{f[2]}" for f in frames[start:stop]]
         with atomic_output(lines[-1]) as out:
             out.write(prediction_lines(ids, others[start:stop], virus[start:stop]))
-    counts = write_outputs("s", [directory / "reads.arrow"], [directory / "chunks.arrow"],
-                           [directory / "frames.arrow"], predictions, lines, 300, "model.pt",
-                           directory / "prediction_results.txt", directory / "highest.csv",
-                           directory / "reads.parquet", directory / "regions.tsv")
+    inputs = StageInputs([directory / "reads.arrow"], [directory / "chunks.arrow"], [directory / "frames.arrow"],
+                         predictions, lines)
+    outputs = Outputs(directory / "prediction_results.txt", directory / "highest.csv", directory / "reads.parquet",
+                      directory / "regions.tsv", directory / "tracks.tsv")
+    counts = write_outputs("s", inputs, outputs, 300, "model.pt", rule, score_tracks)
     table = pq.read_table(directory / "reads.parquet")
     called = table.column("call").to_pylist()
-    assert counts == {"virus": called.count("virus"), "others": called.count("others"),
-                      "unclassified": called.count(None),
+    assert counts == {"virus": called.count("virus"), "provirus": called.count("provirus"),
+                      "others": called.count("others"), "unclassified": called.count(None),
                       "viral_regions": (directory / "regions.tsv").read_text().count("\n") - 1}
     return table
 
@@ -210,6 +218,7 @@ def test_viral_regions_are_runs_of_viral_chunks_that_unclassified_chunks_do_not_
     assert regions.start.tolist() == [1, 751, 251] and regions.end.tolist() == [550, 1050, 1040]
     assert regions.first_chunk.tolist() == [1, 4, 2] and regions.last_chunk.tolist() == [2, 4, 4]
     assert regions.region_viral_chunks.tolist() == [2, 1, 2]
+    assert regions.viral_bases.tolist() == [600, 300, 590]  # the unclassified chunk 3 of sequence 1 not counted
     assert regions.mean_score == pytest.approx([0.8, 0.8, 0.8])
 
 
@@ -240,11 +249,11 @@ def test_a_contig_with_two_viral_stretches_gets_them_as_regions(tmp_path, monkey
         [(c["read_index"], c["chunk"], c["frames"], c["reason"]) for c in chunks],
         [(f["read_index"], f["chunk"], FRAME_NAMES[f["frame"]], *((0.1, 0.9) if viral(f["read_index"], f["chunk"])
                                                                  else (0.8, 0.2))) for f in frames],
-        chunk_places=[place[(c["read_index"], c["chunk"])] for c in chunks])
+        chunk_places=[place[(c["read_index"], c["chunk"])] for c in chunks], score_tracks=1)
 
     rows = (tmp_path / "out" / "regions.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["sequence_id", "sequence_length", "region", "start", "end", "first_chunk",
-                                   "last_chunk", "viral_chunks", "mean_score_virus"]
+                                   "last_chunk", "viral_chunks", "viral_bases", "mean_score_virus"]
     regions = [dict(zip(rows[0].split("\t"), row.split("\t"))) for row in rows[1:]]
     assert [(r["sequence_id"], r["region"]) for r in regions] == [("contig", "1"), ("contig", "2"), ("read", "1")]
     classified = [c for c in chunks if c["read_index"] == 0 and c["frames"] > 0]
@@ -255,12 +264,73 @@ def test_a_contig_with_two_viral_stretches_gets_them_as_regions(tmp_path, monkey
         assert int(region["end"]) == inside[-1]["start"] + inside[-1]["length"]
         assert abs(int(region["start"]) - 1 - a) < 300 and abs(int(region["end"]) - b) < 300
         assert int(region["viral_chunks"]) == len(inside) and float(region["mean_score_virus"]) == pytest.approx(0.9)
+        assert int(region["viral_bases"]) == sum(c["length"] for c in inside)
     assert (regions[2]["start"], regions[2]["end"]) == ("1", "280")
     contig_row = table.to_pylist()[0]
-    assert contig_row["call"] == "virus" and contig_row["viral_regions"] == 2
+    # 9 of its 69 kb are lambda: a provirus, not a virus (VirNucPro's read rule said virus)
+    assert contig_row["call"] == "provirus" and contig_row["viral_regions"] == 2
     assert contig_row["classified_chunks"] == len(classified)
     assert contig_row["viral_chunks"] == sum(viral(0, c["chunk"]) for c in classified)
     assert contig_row["viral_chunk_fraction"] == pytest.approx(contig_row["viral_chunks"] / len(classified))
+    # the score track of the longest sequence with regions: all its chunks, the viral ones marked
+    tracks = (tmp_path / "out" / "tracks.tsv").read_text().splitlines()
+    assert tracks[0] == "sequence_id\tsequence_length\tchunk\tstart\tend\tscore_virus\tviral"
+    track = [row.split("\t") for row in tracks[1:]]
+    assert {row[0] for row in track} == {"contig"} and len(track) == contig_chunks
+    assert sum(row[6] == "true" for row in track) == contig_row["viral_chunks"]
+    assert [int(row[3]) - 1 for row in track] == [place[(0, c)][0] for c in range(1, contig_chunks + 1)]
+
+
+def calls_of(table):
+    return dict(zip(table.column("read_id").to_pylist(), table.column("call").to_pylist()))
+
+
+def test_reads_of_one_chunk_keep_virnucpros_rule_and_a_cutoff_tightens_it(tmp_path):
+    reads = [("weak", 300, 0, 1), ("strong", 300, 0, 1), ("host", 300, 0, 1)]
+    chunks = [(0, 1, 2, None), (1, 1, 1, None), (2, 1, 1, None)]
+    frames = [(0, 1, "F1", 0.45, 0.55), (0, 1, "R1", 0.6, 0.4), (1, 1, "F2", 0.05, 0.95), (2, 1, "F1", 0.9, 0.1)]
+    default = run_stage_9(tmp_path / "default", reads, chunks, frames)
+    # VirNucPro: highest virus 0.55 against highest others 0.6 -> others; 0.95 -> virus
+    assert calls_of(default) == {"weak": "others", "strong": "virus", "host": "others"}
+    frames[1] = (0, 1, "R1", 0.5, 0.5)
+    assert calls_of(run_stage_9(tmp_path / "tie", reads, chunks, frames))["weak"] == "virus"
+    strict = run_stage_9(tmp_path / "strict", reads, chunks, frames, rule=CallRule("conservative", 0.8, 0.7, 5000))
+    assert calls_of(strict) == {"weak": "others", "strong": "virus", "host": "others"}
+    assert strict.column("is_virus").to_pylist() == [False, True, False]
+    # VirNucPro's own file is the same whatever the rule
+    assert (tmp_path / "strict" / "highest.csv").read_bytes() == (tmp_path / "tie" / "highest.csv").read_bytes()
+    rule = json.loads(pq.read_schema(tmp_path / "strict" / "reads.parquet").metadata[b"virnucpro.calls"])
+    assert rule == {"preset": "conservative", "min_score_virus": 0.8, "min_viral_chunk_fraction": 0.7,
+                    "min_provirus_length": 5000, "min_codons": 1}
+
+
+def test_a_sequence_of_several_chunks_is_called_by_its_share_of_viral_chunks(tmp_path):
+    """Four chunks each: three viral -> virus, one viral -> provirus (its region long enough),
+    none -> others; VirNucPro's read rule would call the first two virus."""
+    reads = [("phage", 1000, 0, 4), ("prophage", 1000, 0, 4), ("host", 1000, 0, 4)]
+    scores = {"phage": [0.8, 0.9, 0.7, 0.05], "prophage": [0.2, 0.95, 0.1, 0.1], "host": [0.1, 0.2, 0.3, 0.1]}
+    chunks, frames = [], []
+    for index, (name, virus) in enumerate(scores.items()):
+        for chunk, score in enumerate(virus, start=1):
+            chunks.append((index, chunk, 1, None))
+            frames.append((index, chunk, "F1", 1 - score, score))
+    places = [(250 * c, 300) for c in range(4)] * 3
+    table = run_stage_9(tmp_path / "default", reads, chunks, frames, chunk_places=places,
+                        rule=CallRule("default", 0.0, 0.5, 300))
+    assert calls_of(table) == {"phage": "virus", "prophage": "provirus", "host": "others"}
+    assert table.column("best_frame").to_pylist() == ["phage_chunk_2F1", "prophage_chunk_2F1", "host_chunk_1F1"]
+    # a region shorter than min_provirus_length does not make a provirus, but stays a region
+    table = run_stage_9(tmp_path / "long", reads, chunks, frames, chunk_places=places,
+                        rule=CallRule("default", 0.0, 0.5, 301))
+    assert calls_of(table)["prophage"] == "others" and table.column("viral_regions").to_pylist()[1] == 1
+    relaxed = run_stage_9(tmp_path / "relaxed", reads, chunks, frames, chunk_places=places,
+                          rule=CallRule("relaxed", 0.0, 0.25, 300))
+    assert calls_of(relaxed)["prophage"] == "virus"
+    strict = run_stage_9(tmp_path / "strict", reads, chunks, frames, chunk_places=places,
+                         rule=CallRule("conservative", 0.85, 0.5, 300))
+    # only chunks of 0.85 or more count: phage has one of four, a region; prophage one, a region
+    assert calls_of(strict) == {"phage": "provirus", "prophage": "provirus", "host": "others"}
+    assert (tmp_path / "strict" / "regions.tsv").read_text().count("\n") == 3
 
 
 def test_the_four_outputs_appear_together_or_not_at_all(tmp_path, monkeypatch):
@@ -276,7 +346,7 @@ def test_the_four_outputs_appear_together_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(consensus, "concatenate_files", dies_half_way)
     with pytest.raises(MemoryError):
         run_stage_9(tmp_path, reads, chunks, frames, shards=2)
-    for name in ("prediction_results.txt", "highest.csv", "regions.tsv", "reads.parquet"):
+    for name in ("prediction_results.txt", "highest.csv", "regions.tsv", "tracks.tsv", "reads.parquet"):
         assert not (tmp_path / name).exists(), name
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # nor temporaries, nor scratch
     monkeypatch.undo()
@@ -290,19 +360,34 @@ def test_a_read_shorter_than_the_minimum_gets_scores_but_no_call(tmp_path):
     reads = [("codon", 3, 0, 1), ("long", 150, 0, 1)]
     chunks = [(0, 1, 1, None), (1, 1, 1, None)]
     frames = [(0, 1, "F1", 0.0, 1.0), (1, 1, "F1", 0.1, 0.9)]
-    directory = tmp_path / "stage9"
-    run_stage_9(directory, reads, chunks, frames)
-    rows = {row["read_id"]: row for row in pq.read_table(directory / "reads.parquet").to_pylist()}
-    assert rows["codon"]["call"] == "virus"  # without a minimum (min_codons=1), as VirNucPro calls it
+    table = run_stage_9(tmp_path / "a", reads, chunks, frames)
+    assert calls_of(table)["codon"] == "virus"  # without a minimum (min_codons=1), as VirNucPro calls it
     # the same with the workflow's minimum
-    from virnucpro.stages.consensus import write_outputs
-    write_outputs("s", [directory / "reads.arrow"], [directory / "chunks.arrow"], [directory / "frames.arrow"],
-                  [directory / "0.parquet"], [directory / "0.txt"], 300, "model.pt", tmp_path / "results.txt",
-                  tmp_path / "highest.csv", tmp_path / "reads.parquet", tmp_path / "regions.tsv", min_codons=10)
-    rows = {row["read_id"]: row for row in pq.read_table(tmp_path / "reads.parquet").to_pylist()}
+    table = run_stage_9(tmp_path / "b", reads, chunks, frames,
+                        rule=CallRule("default", **CALL_PRESETS["default"], min_codons=10))
+    rows = {row["read_id"]: row for row in table.to_pylist()}
     assert rows["codon"]["call"] is None and rows["codon"]["reason"] == "below_min_codons"
     assert rows["codon"]["score_virus"] == 1.0 and rows["codon"]["viral_regions"] == 0
     assert rows["long"]["call"] == "virus" and rows["long"]["reason"] is None
-    assert (tmp_path / "results.txt").read_bytes() == (directory / "prediction_results.txt").read_bytes()
-    assert (tmp_path / "highest.csv").read_text() == "Modified_ID\tIs_Virus\ncodon_chunk_1\tTrue\nlong_chunk_1\tTrue\n"
-    assert (tmp_path / "regions.tsv").read_text().count("\n") == 2  # the header and the long read's region
+    for name in ("prediction_results.txt", "highest.csv"):  # VirNucPro's files are the original's
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (tmp_path / "b" / "highest.csv").read_text() == "Modified_ID\tIs_Virus\ncodon_chunk_1\tTrue\nlong_chunk_1\tTrue\n"
+    assert (tmp_path / "b" / "regions.tsv").read_text().count("\n") == 2  # the header and the long read's region
+
+
+def test_a_provirus_needs_viral_bases_not_a_long_span_of_unclassified_chunks(tmp_path):
+    """Ten chunks: viral, eight without frames, viral, then others: one region of 2,550 bases
+    spanning 600 viral bases. Not a provirus at 1,000 bases, one at 600."""
+    reads = [("host", 3000, 0, 11)]
+    chunks = [(0, c, 1 if c in (1, 10, 11) else 0, None if c in (1, 10, 11) else "no_stop_free_frame")
+              for c in range(1, 12)]
+    frames = [(0, 1, "F1", 0.1, 0.9), (0, 10, "F1", 0.1, 0.9), (0, 11, "F1", 0.9, 0.1)]
+    places = [(250 * (c - 1), 300) for c in range(1, 12)]
+    table = run_stage_9(tmp_path / "a", reads, chunks, frames, chunk_places=places,
+                        rule=CallRule("default", 0.0, 0.7, 1000))
+    regions = (tmp_path / "a" / "regions.tsv").read_text().splitlines()[1].split("\t")
+    assert (regions[3], regions[4], regions[8]) == ("1", "2550", "600")
+    assert calls_of(table) == {"host": "others"}  # 2 of 3 classified chunks viral: below 0.7
+    table = run_stage_9(tmp_path / "b", reads, chunks, frames, chunk_places=places,
+                        rule=CallRule("default", 0.0, 0.7, 600))
+    assert calls_of(table) == {"host": "provirus"}

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from report_screenshot import find_chromium, report_data, screenshot
+from report_screenshot import find_chromium, rendered_dom, report_data, screenshot
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 EDGE_CASES = {
@@ -99,7 +99,7 @@ def test_every_read_is_accounted_for(one_shard_run):
     assert rows["protein_in_iupac_letters"]["reason"] == "too_ambiguous"
     for row in table.to_pylist():
         assert (row["call"] is None) == (row["reason"] is not None)
-        assert row["call"] in (None, "virus", "others")
+        assert row["call"] in (None, "virus", "provirus", "others")
     assert rows["lowercase_multiline"]["call"] is not None  # its header: free-text origin=, Latin-1
 
 
@@ -136,7 +136,8 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     stages = {job["stage"] for job in jobs}
     assert stages == {"check_models", "partition_input", "chunk", "translate", "plan_shards", "check_read_ids",
                       "split_nucleotide", "split_protein", "embed_dnabert_s", "embed_esm2", "merge_features",
-                      "predict_frames", "consensus", "collect_fasta", "summarize_sample", "run_summary",
+                      "predict_frames", "consensus", "viral_fasta", "read_table_tsv", "collect_fasta",
+                      "summarize_sample", "run_summary",
                       "timing_report"}
     for job in jobs:
         assert job["status"] == "ok"
@@ -179,6 +180,24 @@ def test_the_summary_counts_what_the_read_table_holds(one_shard_run):
     assert ((regions["start"] >= 1) & (regions["end"] <= regions["sequence_length"])).all()
     run = (workdir / "results/run_summary.tsv").read_text().splitlines()
     assert run[0] == "measure\treads" and f"virus\t{summary['virus']}" in run
+    assert summary["calls_preset"] == "default" and summary["file_viral_sequences"] == "results/reads/viral_sequences.fna"
+    tsv = pl.read_csv(results / "read_predictions.tsv.gz", separator="\t")
+    assert tsv["read_id"].to_list() == reads["read_id"].to_list() and tsv["call"].to_list() == reads["call"].to_list()
+
+
+def test_viral_sequences_are_the_input_records_called_virus_byte_for_byte(one_shard_run):
+    from Bio import SeqIO
+
+    workdir, _ = one_shard_run
+    reads = pl.read_parquet(workdir / "results/reads/read_predictions.parquet")
+    with open(workdir / "reads.fa", encoding="latin-1") as handle:  # one header is Latin-1
+        given = {record.id: str(record.seq) for record in SeqIO.parse(handle, "fasta")}
+    written = list(SeqIO.parse(workdir / "results/reads/viral_sequences.fna", "fasta"))
+    assert [record.id for record in written] == reads.filter(pl.col("call") == "virus")["read_id"].to_list()
+    assert written and all(str(record.seq) == given[record.id] for record in written)
+    assert (workdir / "results/reads/viral_regions.fna").exists()
+    telemetry = json.loads((workdir / "results/telemetry/viral_fasta/reads.all.json").read_text())
+    assert telemetry["details"]["viral_sequences"] == len(written)
 
 
 def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run, tmp_path):
@@ -250,6 +269,7 @@ def html_report(one_shard_run):
 
 REPORT_ITEMS = {
     "results/reads/summary.tsv": "text/tab-separated-values", "results/reads/score_distribution.png": "image/png",
+    "results/reads/score_tracks.png": "image/png",
     "results/report/calls_per_sample.png": "image/png", "results/report/run_summary.html": "text/html",
     "results/report/timing_report.html": "text/html", "results/report/job_timeline.png": "image/png",
     "results/report/gpu_usage.png": "image/png", "results/report/stage_times.png": "image/png",
@@ -272,7 +292,12 @@ def test_the_report_holds_the_results_the_figures_and_a_description(html_report)
     run_summary = base64.b64decode(results["results/report/run_summary.html"]["data_uri"].split(",", 1)[1]).decode()
     assert "<td>virus</td>" in run_summary and "<td>unclassified no stop free frame</td>" in run_summary
     assert set(report_data(html_report, "categories")) == {"Results", "Run telemetry"}
-    assert "VirNucPro finds viral sequences" in report_data(html_report, "workflow_desc")
+    # the first page opens on the results: the counts of every sample, the note, the longest calls
+    first_page = report_data(html_report, "workflow_desc")
+    assert "VirNucPro finds viral sequences" in first_page
+    assert first_page.index("<h1>Results</h1>") < first_page.index("VirNucPro finds viral sequences")
+    assert "<td>virus</td>" in first_page and "Note:" in first_page
+    assert "reads: the longest sequences called virus or provirus" in first_page
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (apt-get install chromium)")
@@ -292,6 +317,15 @@ def test_the_report_renders_in_chromium_with_its_figures(html_report, tmp_path, 
     shown = timeline.crop(content).getcolors(maxcolors=1 << 20)
     figure_colours = {colour for _, colour in figure.getcolors(maxcolors=1 << 20)}
     assert sum(count for count, colour in shown if colour in figure_colours and colour != (255, 255, 255)) > 20_000
+    # The start page shows the results: the samples' counts and their longest calls.
+    dom = rendered_dom(html_report)
+    assert "<td>virus</td>" in dom and "reads: the longest sequences called virus or provirus" in dom
+    # The score tracks open as a figure, drawn in their own colours.
+    tracks = Image.open(screenshot(html_report, tmp_path / "tracks.png", result="results/reads/score_tracks.png"))
+    figure = Image.open(one_shard_run[0] / "results/reads/score_tracks.png").convert("RGB")
+    figure_colours = {colour for _, colour in figure.getcolors(maxcolors=1 << 20)} - {(255, 255, 255)}
+    shown = tracks.convert("RGB").crop(content).getcolors(maxcolors=1 << 20)
+    assert sum(count for count, colour in shown if colour in figure_colours) > 2_000
 
 
 def test_snakemake_n_shows_the_plan_up_to_the_shard_plan(tmp_path, data_dir):
@@ -468,7 +502,9 @@ def test_train_target_makes_a_classifier_that_the_prediction_run_accepts(tmp_pat
     assert {line.split("\t")[1] for line in held_out} == {"viral", "host"}
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["metrics"]["frames"]["n"] > 0 and metrics["inputs"][0]["frames"] > 0
-    assert "ROC AUC" in (trained / "report.md").read_text()
+    report = (trained / "report.md").read_text()
+    assert "ROC AUC" in report and "Held-out reads by length" in report
+    assert sum(row["n"] for row in metrics["metrics"]["reads_by_length"]) == metrics["metrics"]["reads"]["n"]
 
     settings["models"]["classifier"] = str(trained / "classifier.pt")
     config.write_text(yaml.safe_dump(settings))
@@ -491,6 +527,25 @@ def test_a_sample_sheet_gives_each_sample_its_expected_length_and_classifier(tmp
         assert set(table.column("classifier").to_pylist()) == {str(REPO / f"resources/models/classifier_{length}.pt")}
         models = json.loads(table.schema.metadata[b"virnucpro.models"])
         assert models["classifier"] == {"path": str(REPO / f"resources/models/classifier_{length}.pt")}
+
+
+def test_a_genome_as_one_contig_is_called_by_its_share_of_viral_chunks(tmp_path, data_dir):
+    """The lambda genome as one contig is a virus, a stretch of the Klebsiella chromosome is not
+    (with the built-in models at 500 bp); the lambda genome comes out whole in viral_sequences.fna."""
+    from Bio import SeqIO
+
+    from virnucpro.io.sequences import read_sequences
+
+    phage = next(read_sequences(data_dir / "lambda_virus.fa.gz"))
+    host = next(read_sequences(data_dir / "Klebs_HS11286.fna.xz"))
+    (tmp_path / "contigs.fa").write_text(f">{phage.id}\n{phage.sequence}\n>{host.id}\n{host.sequence[:40_000]}\n")
+    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "contigs.fa", expected_length=500))
+    rows = {row["read_id"]: row for row in pq.read_table(tmp_path / "results/reads/read_predictions.parquet")
+            .to_pylist()}
+    assert rows[phage.id]["call"] == "virus" and rows[phage.id]["viral_chunk_fraction"] >= 0.5
+    assert rows[host.id]["call"] != "virus" and rows[host.id]["viral_chunk_fraction"] < 0.5
+    written = list(SeqIO.parse(tmp_path / "results/reads/viral_sequences.fna", "fasta"))
+    assert [record.id for record in written] == [phage.id] and str(written[0].seq) == phage.sequence
 
 
 def test_a_bad_sample_sheet_row_is_named(tmp_path):

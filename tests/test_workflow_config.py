@@ -101,3 +101,13 @@ def test_a_replaced_input_or_model_makes_its_results_go(tmp_path, monkeypatch):
     os.utime(tmp_path / "model", ns=(10**17, 10**17))  # a model replaced by an older file
     assert record_identities(inputs, models) == ["a", "b"]
     assert record_identities(inputs, models) == []
+
+
+def test_calls_take_the_presets_values_unless_set():
+    from virnucpro.run.config import call_rule
+
+    assert call_rule({"preset": "default"}) == {"preset": "default", "min_score_virus": 0.0,
+                                                "min_viral_chunk_fraction": 0.5, "min_provirus_length": 5000}
+    rule = call_rule({"preset": "conservative", "min_score_virus": 0.9, "min_viral_chunk_fraction": None})
+    assert rule["min_score_virus"] == 0.9 and rule["min_viral_chunk_fraction"] == 0.7
+    assert rule["min_provirus_length"] == 10000 and isinstance(rule["min_provirus_length"], int)

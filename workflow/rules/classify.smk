@@ -81,6 +81,7 @@ rule consensus:
         highest_score="results/{sample}/prediction_results_highestscore.csv",
         reads="results/{sample}/read_predictions.parquet",
         regions="results/{sample}/viral_regions.tsv",
+        score_tracks="results/{sample}/score_tracks.tsv",
     log:
         log="results/logs/consensus/{sample}.all.log",
         telemetry="results/telemetry/consensus/{sample}.all.json",
@@ -95,5 +96,26 @@ rule consensus:
         models=run_models,
         note=MODELS_NOTE,
         min_codons=config["min_codons"],
+        calls=call_rule(config["calls"]),
+        score_tracks=config["report"]["score_tracks"],
     script:
         "../scripts/consensus.py"
+
+
+rule viral_fasta:
+    input:
+        sequences=sample_input,
+        reads="results/{sample}/read_predictions.parquet",
+        regions="results/{sample}/viral_regions.tsv",
+    output:
+        sequences="results/{sample}/viral_sequences.fna",
+        regions="results/{sample}/viral_regions.fna",
+    log:
+        log="results/logs/viral_fasta/{sample}.all.log",
+        telemetry="results/telemetry/viral_fasta/{sample}.all.json",
+    conda:
+        "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
+    script:
+        "../scripts/viral_fasta.py"

@@ -14,6 +14,7 @@ from virnucpro.stages.sharding import read_shard_plan, shard_part
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
 from virnucpro.run.config import (
     INPUT_RECORD,
+    call_rule,
     check_results_belong,
     models_note,
     package_requirement,

@@ -5,6 +5,10 @@
 rule summarize_sample:
     input:
         reads="results/{sample}/read_predictions.parquet",
+        regions="results/{sample}/viral_regions.tsv",
+        tracks="results/{sample}/score_tracks.tsv",
+        viral_sequences="results/{sample}/viral_sequences.fna",
+        viral_regions="results/{sample}/viral_regions.fna",
     output:
         summary=report(
             "results/{sample}/summary.tsv",
@@ -19,6 +23,13 @@ rule summarize_sample:
             category="Results",
             subcategory="{sample}",
             labels={"sample": "{sample}", "item": "score distributions"},
+        ),
+        tracks=report(
+            "results/{sample}/score_tracks.png",
+            caption="../report/score_tracks.rst",
+            category="Results",
+            subcategory="{sample}",
+            labels={"sample": "{sample}", "item": "score tracks"},
         ),
     log:
         log="results/logs/summarize_sample/{sample}.all.log",
@@ -39,7 +50,9 @@ rule summarize_sample:
 
 rule run_summary:
     input:
-        expand("results/{sample}/summary.tsv", sample=SAMPLES),
+        summaries=expand("results/{sample}/summary.tsv", sample=SAMPLES),
+        reads=expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
+        regions=expand("results/{sample}/viral_regions.tsv", sample=SAMPLES),
     output:
         table="results/run_summary.tsv",
         calls=report(
@@ -68,6 +81,7 @@ rule run_summary:
     params:
         samples=list(SAMPLES),
         note=MODELS_NOTE,
+        top=config["report"]["top_calls"],
     script:
         "../scripts/run_summary.py"
 
@@ -76,6 +90,7 @@ rule timing_report:
     input:
         # everything else of the run, so that its telemetry is complete
         expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
+        expand("results/{sample}/read_predictions.tsv.gz", sample=SAMPLES),
         expand("results/{sample}/score_distribution.png", sample=SAMPLES),
         "results/run_summary.tsv",
     output:
@@ -134,3 +149,19 @@ rule timing_report:
         note=MODELS_NOTE,
     script:
         "../scripts/timing_report.py"
+
+
+rule read_table_tsv:
+    input:
+        "results/{sample}/read_predictions.parquet",
+    output:
+        "results/{sample}/read_predictions.tsv.gz",
+    log:
+        log="results/logs/read_table_tsv/{sample}.all.log",
+        telemetry="results/telemetry/read_table_tsv/{sample}.all.json",
+    conda:
+        "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
+    script:
+        "../scripts/read_table_tsv.py"

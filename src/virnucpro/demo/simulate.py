@@ -2,7 +2,9 @@
 
 Reads start at uniform random positions of a randomly chosen genome record (weighted by length),
 come from either strand, and carry substitutions and N bases at the given rates. Each read is named
-`<source>_<number>` (source `lambda` or `kpneumoniae`) and its header records where it came from.
+`<source>_<number>` (source `lambda` or `kpneumoniae`) and its header records where it came from,
+also as `origin=<record>:<leftmost position>`, which the `train` target reads to hold out whole
+genome regions.
 
     python -m virnucpro.demo.simulate --data ../shared/data --reads 1000000 --min-length 150 \\
         --max-length 150 --seed 1 --out benchmarks/workload_1M_150bp.fa.gz
@@ -66,8 +68,9 @@ def simulate_reads(genomes: list[Genome], count: int, min_length: int, max_lengt
             read = reverse_complement(read)
         record_id = genomes[g].records[records[number]][0]
         strand = "-" if reverse[number] else "+"
-        yield (f"{genomes[g].source}_{number:07d}", f"{record_id}:{starts[number] + 1}-{starts[number] + n}({strand})",
-               read)
+        start = int(starts[number]) + 1
+        yield (f"{genomes[g].source}_{number:07d}", f"{record_id}:{start}-{start + n - 1}({strand}) "
+               f"origin={record_id}:{start}", read)
 
 
 def write_reads(reads, path: Path) -> int:

@@ -60,7 +60,8 @@ FRAME_PREDICTION_SCHEMA = pa.schema(
     [("row", pa.int64()), ("score_others", pa.float32()), ("score_virus", pa.float32())]
 )
 
-# Stage 9: one row per input read (`read_predictions.parquet`), and the columns of `viral_regions.tsv`.
+# Stage 9: one row per input read (`read_predictions.parquet`), and the columns of `viral_regions.tsv`
+# and of `score_tracks.tsv` (the chunks of the longest sequences with viral regions, for the report).
 READ_PREDICTION_SCHEMA = pa.schema(
     [
         ("sample", pa.string()),
@@ -85,7 +86,11 @@ READ_PREDICTION_SCHEMA = pa.schema(
     ]
 )
 REGION_COLUMNS = ("sequence_id", "sequence_length", "region", "start", "end", "first_chunk", "last_chunk",
-                  "viral_chunks", "mean_score_virus")
+                  "viral_chunks", "viral_bases", "mean_score_virus")
+
+SCORE_TRACK_COLUMNS = ("sequence_id", "sequence_length", "chunk", "start", "end", "score_virus", "viral")
+# The calls of the read table's `call` column (null: not classified, see `reason`).
+CALLS = ("virus", "provirus", "others")
 
 # Why a read or chunk has no call (the `reason` column).
 REASON_EMPTY_SEQUENCE = "empty_sequence"

@@ -201,3 +201,21 @@ class PartedTable:
         stop = self.num_rows if stop is None else stop
         for first in range(start, stop, rows):
             yield self.read(first, min(first + rows, stop))
+
+
+def parquet_to_tsv_gz(parquet_path: str | os.PathLike, tsv_path: str | os.PathLike, batch_rows: int = 65536) -> int:
+    """A Parquet table as gzip-compressed TSV with a header line (nulls empty), batch by batch;
+    returns the number of rows. For readers without a Parquet library."""
+    import gzip
+
+    import pyarrow.csv as csv
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(parquet_path)
+    rows = 0
+    with atomic_path(tsv_path) as temporary, gzip.open(temporary, "wb", compresslevel=6) as out, \
+            csv.CSVWriter(out, table.schema_arrow, write_options=csv.WriteOptions(delimiter="\t")) as writer:
+        for batch in table.iter_batches(batch_rows):
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows

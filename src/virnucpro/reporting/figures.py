@@ -155,8 +155,9 @@ def embedding_throughput(jobs: pl.DataFrame, batches: pl.DataFrame) -> Figure:
 
 def calls_per_sample(samples: list[str], counts: list[dict[str, int]]) -> Figure:
     """A bar per sample: its reads called virus, others, and not classified by reason."""
-    kinds = ["virus", "others"] + sorted({key for count in counts for key in count} - {"virus", "others"})
-    colours = {"virus": "C3", "others": "C0"}
+    calls = ["virus", "provirus", "others"]
+    kinds = calls + sorted({key for count in counts for key in count} - set(calls))
+    colours = {"virus": "C3", "provirus": "C1", "others": "C0"}
     figure = Figure(figsize=(WIDTH, 2.2 + 0.5 * len(samples)), layout="constrained")
     axis = figure.subplots()
     left = np.zeros(len(samples))
@@ -179,13 +180,13 @@ def score_distribution(sample: str, bins: np.ndarray, histograms: dict[tuple[str
     """Histograms of the reads' highest virus and highest others scores, by call.
 
     `histograms[(score, call)]` holds the counts over `bins` for score "score_virus" or
-    "score_others" and call "virus" or "others"."""
+    "score_others" and call "virus", "provirus" or "others"."""
     figure = Figure(figsize=(WIDTH, 3.8), layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
     for axis, score, title in zip(axes, ("score_virus", "score_others"),
                                   ("highest virus score of the read", "highest others score of the read")):
         bottom = np.zeros(len(bins) - 1)
-        for call, colour in (("virus", "C3"), ("others", "C0")):
+        for call, colour in (("virus", "C3"), ("provirus", "C1"), ("others", "C0")):
             counts = histograms[(score, call)]
             axis.bar(bins[:-1], counts, width=np.diff(bins), bottom=bottom, align="edge", color=colour,
                      label=f"called {call}")
@@ -196,4 +197,27 @@ def score_distribution(sample: str, bins: np.ndarray, histograms: dict[tuple[str
     axes[0].set_ylabel("reads")
     axes[0].legend(fontsize=8)
     figure.suptitle(f"{sample}: score distributions of the classified reads")
+    return figure
+
+
+def score_tracks(sample: str, tracks: dict[str, dict]) -> Figure:
+    """Per sequence, the highest virus score of each classified chunk along it, its viral regions
+    shaded. `tracks[sequence id]` has `length`, `chunks` [(start, end, score, viral)] and
+    `regions` [(start, end)], 1-based and inclusive. Viral chunks are red, the others blue."""
+    if not tracks:
+        return _no_data(f"{sample}: no sequence of several chunks with a viral region")
+    figure = Figure(figsize=(WIDTH, 0.6 + 1.5 * len(tracks)), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(len(tracks), 1, squeeze=False)[:, 0])
+    for axis, (sequence_id, track) in zip(axes, tracks.items()):
+        for start, end in track["regions"]:
+            axis.axvspan(start, end, color="C3", alpha=0.15, linewidth=0)
+        for start, end, score, viral in track["chunks"]:
+            axis.plot([start, end], [score, score], color="C3" if viral else "C0", linewidth=1.5)
+        axis.axhline(0.5, color="grey", linestyle=":", linewidth=0.8)
+        axis.set(xlim=(1, track["length"]), ylim=(0, 1.02), ylabel="virus score")
+        axis.set_title(f"{sequence_id} ({track['length']:,} bases, {len(track['regions'])} viral regions)",
+                       fontsize=9, loc="left")
+    axes[-1].set_xlabel("position on the sequence (each chunk a bar at its highest virus score, red if viral; "
+                        "viral regions shaded)")
+    figure.suptitle(f"{sample}: score tracks of the longest sequences with viral regions")
     return figure

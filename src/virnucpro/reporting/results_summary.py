@@ -15,17 +15,20 @@ The run summary (`results/run_summary.tsv`) puts the samples side by side, one c
 from __future__ import annotations
 
 import csv
+import heapq
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from virnucpro.io.atomic import save_figure
-from virnucpro.io.atomic import atomic_output
+from virnucpro.io.atomic import atomic_output, save_figure
+from virnucpro.io.schemas import CALLS
 from virnucpro.reporting import figures, html_pages
 
 SCORE_BINS = np.linspace(0.0, 1.0, 51)
@@ -48,13 +51,17 @@ class SampleSummary:
 
 
 def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: dict[str, str],
-                     expected_length: int, note: str | None = None) -> SampleSummary:
-    """The summary of one sample's `read_predictions.parquet`; `models` names the models used."""
+                     expected_length: int, note: str | None = None,
+                     files: dict[str, str] | None = None) -> SampleSummary:
+    """The summary of one sample's `read_predictions.parquet`; `models` names the models used,
+    `files` the sample's result files (name -> path) that the summary lists."""
     counts: Counter = Counter()
     reasons: Counter = Counter()
     histograms = {(score, call): np.zeros(len(SCORE_BINS) - 1, dtype=np.int64)
-                  for score in ("score_virus", "score_others") for call in ("virus", "others")}
-    for batch in pq.ParquetFile(read_table_path).iter_batches(batch_size=_BATCH_ROWS, columns=_COLUMNS):
+                  for score in ("score_virus", "score_others") for call in CALLS}
+    read_table = pq.ParquetFile(read_table_path)
+    call_rule = json.loads(read_table.schema_arrow.metadata[b"virnucpro.calls"])
+    for batch in read_table.iter_batches(batch_size=_BATCH_ROWS, columns=_COLUMNS):
         call = batch.column("call")
         counts["reads"] += batch.num_rows
         for name in ("length", "chunks", "frames", "classified_chunks", "viral_chunks"):
@@ -64,11 +71,13 @@ def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: di
         counts["multi_chunk_with_regions"] += int(pc.sum(pc.and_(several, pc.greater(batch.column("viral_regions"), 0)))
                                                   .as_py() or 0)
         counts["multi_chunk_regions"] += int(pc.sum(batch.column("viral_regions").filter(several)).as_py() or 0)
+        counts["provirus_regions"] += int(pc.sum(batch.column("viral_regions").filter(
+            pc.equal(call, "provirus").fill_null(False))).as_py() or 0)
         for value in pc.value_counts(call).to_pylist():
             counts[value["values"] or "unclassified"] += value["counts"]
         reasons.update({value["values"]: value["counts"]
                         for value in pc.value_counts(batch.column("reason").drop_null()).to_pylist()})
-        for label in ("virus", "others"):
+        for label in CALLS:
             chosen = pc.equal(call, label).fill_null(False)
             for score in ("score_virus", "score_others"):
                 values = batch.column(score).filter(chosen).to_numpy(zero_copy_only=False)
@@ -84,6 +93,7 @@ def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: di
     rows = [("sample", sample, None), ("reads", counts["reads"], None), ("bases", counts["length"], None),
             ("classified", classified, of_reads(classified)),
             ("virus", counts["virus"], of_reads(counts["virus"])),
+            ("provirus", counts["provirus"], of_reads(counts["provirus"])),
             ("others", counts["others"], of_reads(counts["others"])),
             ("unclassified", counts["unclassified"], of_reads(counts["unclassified"]))]
     for reason in list(REASONS) + sorted(set(reasons) - set(REASONS)):
@@ -96,8 +106,11 @@ def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: di
              ("of_which_with_viral_regions", counts["multi_chunk_with_regions"],
               of_reads(counts["multi_chunk_with_regions"])),
              ("their_viral_regions", counts["multi_chunk_regions"], None),
+             ("viral_regions_of_proviruses", counts["provirus_regions"], None),
              ("expected_length", expected_length, None)]
+    rows += [(f"calls_{name}", value, None) for name, value in call_rule.items()]
     rows += [(f"model_{name}", path, None) for name, path in models.items()]
+    rows += [(f"file_{name}", path, None) for name, path in (files or {}).items()]
     if note:
         rows.append(("note", note, None))
     return SampleSummary(sample, rows, histograms)
@@ -114,14 +127,72 @@ def write_sample_summary(summary: SampleSummary, table_path, figure_path) -> Non
     save_figure(figures.score_distribution(summary.sample, SCORE_BINS, summary.histograms), figure_path)
 
 
+def write_score_tracks(sample: str, tracks_path, regions_path, figure_path) -> int:
+    """The figure of the sample's score tracks (`score_tracks.tsv`, with their sequences' regions
+    from `viral_regions.tsv`, read line by line); returns the number of sequences drawn."""
+    tracks: dict[str, dict] = {}
+    with open(tracks_path, newline="") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            track = tracks.setdefault(row["sequence_id"], {"length": int(row["sequence_length"]), "chunks": [],
+                                                           "regions": []})
+            if row["score_virus"]:
+                track["chunks"].append((int(row["start"]), int(row["end"]), float(row["score_virus"]),
+                                        row["viral"] == "true"))
+    with open(regions_path, newline="") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            if row["sequence_id"] in tracks:
+                tracks[row["sequence_id"]]["regions"].append((int(row["start"]), int(row["end"])))
+    save_figure(figures.score_tracks(sample, tracks), figure_path)
+    return len(tracks)
+
+
 def read_sample_summary(path: str | os.PathLike) -> list[tuple[str, str, str]]:
     with open(path, newline="") as handle:
         return [(row["measure"], row["value"], row["share"]) for row in csv.DictReader(handle, delimiter="\t")]
 
 
+def top_calls(read_table_path: str | os.PathLike, count: int) -> list[dict]:
+    """The `count` longest sequences called virus or provirus (ties: the higher virus score first),
+    in one pass over the read table keeping `count` rows."""
+    columns = ["read_id", "length", "call", "score_virus", "viral_chunk_fraction", "viral_regions"]
+    kept = None
+    for batch in pq.ParquetFile(read_table_path).iter_batches(batch_size=_BATCH_ROWS, columns=columns):
+        viral = pa.Table.from_batches([batch]).filter(pc.is_in(batch.column("call"), pa.array(["virus", "provirus"])))
+        kept = viral if kept is None else pa.concat_tables([kept, viral])
+        kept = kept.sort_by([("length", "descending"), ("score_virus", "descending")]).slice(0, count)
+    return [] if kept is None else kept.to_pylist()
+
+
+def longest_regions(regions_path: str | os.PathLike, count: int) -> list[dict]:
+    """The `count` longest rows of a viral regions table (ties: the first), read line by line."""
+    with open(regions_path, newline="") as handle:
+        rows = ((int(row["end"]) - int(row["start"]) + 1, -number, row)
+                for number, row in enumerate(csv.DictReader(handle, delimiter="\t")))
+        return [row for _, _, row in heapq.nlargest(count, rows, key=lambda item: item[:2])]
+
+
+def _highlights(sample: str, calls: list[dict], regions: list[dict]) -> str:
+    body = html_pages.heading(f"{sample}: the longest sequences called virus or provirus")
+    body += html_pages.table(
+        ["sequence", "length", "call", "highest virus score", "viral chunks", "viral regions"],
+        [[row["read_id"], f"{row['length']:,}", row["call"], f"{row['score_virus']:.3f}",
+          "" if row["viral_chunk_fraction"] is None else f"{row['viral_chunk_fraction']:.0%}",
+          str(row["viral_regions"])] for row in calls]) if calls else html_pages.paragraph("None.")
+    body += html_pages.heading(f"{sample}: the longest viral regions")
+    body += html_pages.table(
+        ["sequence", "region", "start", "end", "length", "viral chunks", "mean virus score"],
+        [[row["sequence_id"], row["region"], row["start"], row["end"],
+          f"{int(row['end']) - int(row['start']) + 1:,}", row["viral_chunks"], f"{float(row['mean_score_virus']):.3f}"]
+         for row in regions]) if regions else html_pages.paragraph("None.")
+    return body
+
+
 def write_run_summary(samples: Sequence[str], summary_paths: Sequence[str | os.PathLike], table_path, figure_path,
-                      html_path, note: str | None = None) -> None:
-    """The samples side by side: a table, the calls per sample, and a page for the report."""
+                      html_path, note: str | None = None, read_tables: Sequence[str | os.PathLike] = (),
+                      regions: Sequence[str | os.PathLike] = (), top: int = 10) -> None:
+    """The samples side by side: a table, the calls per sample, and a page for the report, which
+    also lists per sample its `top` longest viral calls and regions (from its read table and
+    regions table, given in the order of `samples`)."""
     summaries = [read_sample_summary(path) for path in summary_paths]
     measures = list(dict.fromkeys(measure for summary in summaries for measure, _, _ in summary))
     values = [{measure: value for measure, value, _ in summary} for summary in summaries]
@@ -129,7 +200,7 @@ def write_run_summary(samples: Sequence[str], summary_paths: Sequence[str | os.P
     with atomic_output(table_path) as out:
         out.write("\t".join(["measure", *samples]) + "\n")
         out.writelines("\t".join([measure, *(row.get(measure, "") for row in values)]) + "\n" for measure in measures)
-    counts = [{measure: int(row[measure]) for measure in row if measure in ("virus", "others")
+    counts = [{measure: int(row[measure]) for measure in row if measure in CALLS
                or (measure.startswith("unclassified_") and int(row[measure]))} for row in values]
     save_figure(figures.calls_per_sample(list(samples), counts), figure_path)
 
@@ -142,5 +213,7 @@ def write_run_summary(samples: Sequence[str], summary_paths: Sequence[str | os.P
     rows = [[measure.replace("_", " "), *(cell(index, measure) for index in range(len(samples)))]
             for measure in measures if measure not in ("sample", "note")]
     body = (html_pages.paragraph(note, "Note:") if note else "") + html_pages.table(["", *samples], rows)
+    for sample, read_table, regions_path in zip(samples, read_tables, regions):
+        body += _highlights(sample, top_calls(read_table, top), longest_regions(regions_path, top))
     with atomic_output(html_path) as out:
-        out.write(html_pages.page("Run summary", body))
+        out.write(html_pages.page("Results", body))

@@ -48,9 +48,8 @@ from virnucpro.reporting import figures, html_pages
 log = logging.getLogger(__name__)
 
 STAGES = ("check_models", "partition_input", "chunk", "translate", "plan_shards", "check_read_ids", "split_nucleotide",
-          "split_protein",
-          "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus", "collect_fasta",
-          "summarize_sample")
+          "split_protein", "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus",
+          "viral_fasta", "read_table_tsv", "collect_fasta", "summarize_sample")
 EMBEDDING_STAGES = ("embed_dnabert_s", "embed_esm2")
 NOT_AVAILABLE = "not available"
 
@@ -69,7 +68,10 @@ DETAILS = pl.Struct({
     "device": pl.String, "leased_gpu": pl.String, "compute_dtype": pl.String, "compiled": pl.Boolean,
     "gpu_samples_start": UTC_TIME,
     "classifier": pl.String, "classifier_format": pl.String,  # predict_frames
-    "virus": pl.Int64, "others": pl.Int64, "unclassified": pl.Int64, "viral_regions": pl.Int64,  # consensus
+    "virus": pl.Int64, "provirus": pl.Int64, "others": pl.Int64, "unclassified": pl.Int64,  # consensus
+    "viral_regions": pl.Int64,  # consensus, viral_fasta
+    "viral_sequences": pl.Int64,  # viral_fasta
+    "score_tracks": pl.Int64,  # summarize_sample
     "bytes": pl.Int64,  # collect_fasta
 })
 GPU_SUMMARY = pl.Struct({"nvml_device": pl.String, "mean_gpu_util": pl.Float64, "max_gpu_util": pl.Float64,

@@ -231,6 +231,23 @@ def package_requirement() -> str:
     return f"virnucpro=={installed.version}"
 
 
+# The presets of the config's `calls` (see `virnucpro.stages.consensus.CallRule`): `default` keeps
+# VirNucPro's rule for reads of one chunk; `conservative` asks for a virus score of 0.8 as geNomad's
+# conservative preset does (VirSorter2 suggests 0.9 for high confidence: set min_score_virus).
+CALL_PRESETS = {
+    "relaxed": {"min_score_virus": 0.0, "min_viral_chunk_fraction": 0.3, "min_provirus_length": 2000},
+    "default": {"min_score_virus": 0.0, "min_viral_chunk_fraction": 0.5, "min_provirus_length": 5000},
+    "conservative": {"min_score_virus": 0.8, "min_viral_chunk_fraction": 0.7, "min_provirus_length": 10000},
+}
+
+
+def call_rule(calls: dict) -> dict:
+    """The config's `calls` as the call rule's settings: the preset's, replaced by those set."""
+    return {"preset": calls["preset"],
+            **{name: type(value)(value if calls.get(name) is None else calls[name])
+               for name, value in CALL_PRESETS[calls["preset"]].items()}}
+
+
 BUILTIN_MODELS_NOTE = ("These results come from the built-in demonstration models in resources/models: tiny "
                        "embedding models with random weights and a classifier trained only to tell phage lambda "
                        "from Klebsiella. They are not meaningful for real data; set models.* in the config to "

@@ -5,19 +5,26 @@
 - `prediction_results_highestscore.csv`: VirNucPro's consensus file. VirNucPro groups frames by
   their ID minus the two-character frame suffix, i.e. by chunk, and calls a chunk a virus when its
   highest virus score (score2) is at least its highest others score (score1); rows sorted by ID.
-- `read_predictions.parquet`: one row per input read, in input order, with the same rule applied
-  over all frames of all the read's chunks: `score_virus` and `score_others` are the highest virus
-  and others scores over all of them (they may come from different frames), the call is `virus`
-  when the first is at least the second, and `best_frame` is the frame that decided the call (the
-  one with the highest virus score for a virus read, the highest others score for an others read).
-  It also counts the read's classified and viral chunks and its viral regions. Reads that could
-  not be classified keep a row with a null call and the reason (empty_sequence, too_short,
-  too_ambiguous, no_stop_free_frame). A read shorter than `min_codons` codons gets no call either
-  (`below_min_codons`), although its frames have scores: a few amino acids say nothing about where
-  a sequence comes from, yet the classifier scores them as confidently as any (a 3-bp read scored
-  1.0). VirNucPro's own files keep every frame and chunk, as the original does.
+- `read_predictions.parquet`: one row per input read, in input order. `score_virus` and
+  `score_others` are the highest virus and others scores over all frames of all the read's chunks
+  (they may come from different frames). Its `call` follows the configured `CallRule`: a read of
+  one chunk is `virus` by VirNucPro's rule (highest virus score at least the highest others score)
+  and a minimum virus score (0 by default, i.e. VirNucPro's rule alone); a sequence of several
+  chunks is `virus` by its share of viral chunks, `provirus` when only a region of it is viral,
+  else `others`. `best_frame` is the frame that decided the call (the one with the highest virus
+  score for a virus or provirus, the highest others score for an others read). It also counts the
+  read's classified and viral chunks and its viral regions. Reads that could not be classified
+  keep a row with a null call and the reason (empty_sequence, too_short, too_ambiguous,
+  no_stop_free_frame). A read shorter than `min_codons` codons gets no call either
+  (`below_min_codons`) and no viral region, although its frames have scores: a few amino acids say
+  nothing about where a sequence comes from, yet the classifier scores them as confidently as any
+  (a 3-bp read scored 1.0). The rule applied is in the table's metadata (`virnucpro.calls`).
 - `viral_regions.tsv`: the runs of viral chunks of every sequence, with their coordinates and mean
-  score (see `virnucpro.stages.regions`).
+  score (see `virnucpro.stages.regions`), its chunks viral by the same rule as the reads.
+- `score_tracks.tsv`: every chunk of the few longest sequences with viral regions, with its
+  highest virus score, for the report's score tracks.
+
+VirNucPro's two files follow VirNucPro's rule whatever the call rule.
 
 Everything is streamed. Reads, chunks, frames and predictions are all stored in input order, so a
 block of reads covers a run of chunk rows and a run of frame rows that the chunk and frame counts
@@ -35,6 +42,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -42,12 +50,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from virnucpro.io.atomic import atomic_paths, concatenate_files, scratch_directory
-from virnucpro.io.ids import chunk_id
-from virnucpro.io.ids import frame_id
-from virnucpro.io.schemas import REGION_COLUMNS
-from virnucpro.io.schemas import READ_PREDICTION_SCHEMA, REASON_BELOW_MIN_CODONS, REASON_EMPTY_SEQUENCE
+from virnucpro.io.ids import chunk_id, frame_id
+from virnucpro.io.schemas import (READ_PREDICTION_SCHEMA, REASON_BELOW_MIN_CODONS, REASON_EMPTY_SEQUENCE, REGION_COLUMNS,
+                                   SCORE_TRACK_COLUMNS)
 from virnucpro.io.tables import PartedTable, TableReader, TableWriter
-from virnucpro.stages.regions import region_lines, viral_regions
+from virnucpro.stages.regions import Regions, region_lines, viral_regions
 
 log = logging.getLogger(__name__)
 
@@ -139,29 +146,80 @@ def _read_blocks(reads: PartedTable) -> Iterator[pa.Table]:
             start = stop
 
 
-def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths: list, prediction_paths: list,
-                  line_paths: list, expected_length: int, classifier: str, results_txt, highest_score_csv,
-                  read_table_path, regions_path, note: str | None = None, models: dict | None = None,
-                  min_codons: int = 1) -> dict[str, int]:
-    """All stage-9 outputs. The read table's metadata carries `models` (kind -> identity of the models
-    that made the calls, see `model_cache.model_identity`) and `note` (a warning about them).
+@dataclass(frozen=True)
+class CallRule:
+    """How the read table's `call` is made (the config's `calls`; `virnucpro.run.config.call_rule`).
 
-    Returns the number of reads per call ("virus", "others", "unclassified") and of viral regions
-    ("viral_regions")."""
-    reads = PartedTable(read_paths)
-    chunks = PartedTable(chunk_paths, columns=["read_index", "chunk", "start", "length", "frames", "reason"])
-    frames = PartedTable(frame_paths, columns=["read_index", "chunk", "frame"])
-    predictions = _Predictions(prediction_paths)
-    metadata = {**({"virnucpro.models": json.dumps(models)} if models else {}),
+    A chunk counts as viral when VirNucPro calls it so (highest virus score at least the highest
+    others score) and its highest virus score reaches `min_score_virus` (0: VirNucPro's rule).
+    A read of one chunk is called as its chunk. A sequence of several chunks is `virus` when its
+    viral chunks reach `min_viral_chunk_fraction` of its classified chunks, else `provirus` when it
+    has a viral region with at least `min_provirus_length` viral bases (in its viral chunks, not
+    counting the unclassified chunks it spans), else `others` (smaller regions stay in the regions
+    table: a few stray viral chunks do not make a host contig a provirus). A read shorter than
+    `min_codons` codons gets no call (1: VirNucPro's rule, any complete codon).
+    """
+
+    preset: str
+    min_score_virus: float
+    min_viral_chunk_fraction: float
+    min_provirus_length: int
+    min_codons: int = 1
+
+    def too_short(self, reads: pa.Table) -> np.ndarray:
+        """The block's reads too short for a call."""
+        return reads.column("length").to_numpy() < 3 * self.min_codons
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """The part files of stages 1-2 and the shard files of stage 8, in order."""
+
+    reads: Sequence[str | os.PathLike]
+    chunk_summary: Sequence[str | os.PathLike]
+    frames: Sequence[str | os.PathLike]
+    predictions: Sequence[str | os.PathLike]
+    lines: Sequence[str | os.PathLike]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    results_txt: str | os.PathLike
+    highest_score: str | os.PathLike
+    read_table: str | os.PathLike
+    regions: str | os.PathLike
+    score_tracks: str | os.PathLike
+
+
+def write_outputs(sample: str, inputs: StageInputs, outputs: Outputs, expected_length: int, classifier: str,
+                  rule: CallRule, score_tracks: int = 0, note: str | None = None,
+                  models: dict | None = None) -> dict[str, int]:
+    """All stage-9 outputs. The read table's metadata carries the call rule, `models` (kind ->
+    identity of the models that made the calls, see `model_cache.model_identity`) and `note` (a
+    warning about them). `score_tracks` is how many of the longest sequences with viral regions
+    get their chunk scores in the score-track table.
+
+    Returns the number of reads per call ("virus", "provirus", "others", "unclassified") and of
+    viral regions ("viral_regions")."""
+    reads = PartedTable(inputs.reads)
+    chunks = PartedTable(inputs.chunk_summary,
+                         columns=["read_index", "chunk", "start", "length", "frames", "reason"])
+    frames = PartedTable(inputs.frames, columns=["read_index", "chunk", "frame"])
+    predictions = _Predictions(inputs.predictions)
+    metadata = {"virnucpro.calls": json.dumps(asdict(rule)),
+                **({"virnucpro.models": json.dumps(models)} if models else {}),
                 **({"virnucpro.note": note} if note else {})}
-    schema = READ_PREDICTION_SCHEMA.with_metadata(metadata or None)
-    counts = {"virus": 0, "others": 0, "unclassified": 0, "viral_regions": 0}
-    # The four files appear together, the read table last, when all are written; or not at all.
-    with atomic_paths([results_txt, highest_score_csv, regions_path, read_table_path]) as (
-            results, highest, regions, table), scratch_directory(read_table_path) as scratch:
+    schema = READ_PREDICTION_SCHEMA.with_metadata(metadata)
+    counts = {"virus": 0, "provirus": 0, "others": 0, "unclassified": 0, "viral_regions": 0}
+    longest = _LongestWithRegions(score_tracks)
+    # The files appear together, the read table last, when all are written; or not at all.
+    with atomic_paths([outputs.results_txt, outputs.highest_score, outputs.regions, outputs.score_tracks,
+                       outputs.read_table]) as (results, highest, regions_path, tracks, table), \
+            scratch_directory(outputs.read_table) as scratch:
         chunk_calls = _SortedRuns(scratch)
         chunk_row = frame_row = 0
-        with pq.ParquetWriter(table, schema) as read_table, open(regions, "w", encoding="utf-8") as regions_table:
+        with pq.ParquetWriter(table, schema) as read_table, \
+                open(regions_path, "w", encoding="utf-8") as regions_table:
             regions_table.write("\t".join(REGION_COLUMNS) + "\n")
             for block in _read_blocks(reads):
                 chunk_count = int(pc.sum(block.column("chunks")).as_py() or 0)
@@ -169,10 +227,19 @@ def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths:
                 frame_count = int(pc.sum(chunk_block.column("frames")).as_py() or 0)
                 frame_block = frames.read(frame_row, frame_row + frame_count)
                 others, virus = predictions.take(frame_count)
-                calls, region_count = _read_calls(sample, block, chunk_block, frame_block, others, virus,
-                                                  expected_length, classifier, chunk_calls, regions_table, min_codons)
+                _check_frames_match_chunks(block, chunk_block, frame_block)
+
+                scores = chunk_scores(chunk_block, others, virus)
+                chunk_calls.add(*virnucpro_chunk_calls(block, chunk_block, scores))
+                regions = block_regions(block, chunk_block, scores, rule)
+                regions_table.write(region_lines(regions, block.column("read_id").to_pylist(),
+                                                 block.column("length").to_numpy()))
+                longest.add(block, chunk_block, scores, rule, regions)
+                calls = read_rows(sample, block, chunk_block, frame_block, others, virus, regions, rule,
+                                  expected_length, classifier)
                 read_table.write_table(calls.replace_schema_metadata(schema.metadata))
-                counts["viral_regions"] += region_count
+
+                counts["viral_regions"] += len(regions.number)
                 for call, number in zip(*np.unique(calls.column("call").fill_null("unclassified").to_numpy(
                         zero_copy_only=False), return_counts=True)):
                     counts[call] += int(number)
@@ -187,74 +254,128 @@ def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths:
                 out.write(f"{key}\t{is_virus}\n")
         with open(results, "wb") as out:
             out.write(RESULTS_HEADER)
-            concatenate_files(line_paths, out)
+            concatenate_files(inputs.lines, out)
+        longest.write(tracks)
     if note:
         log.warning("%s", note)
     return counts
 
 
-def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table, others: np.ndarray,
-                virus: np.ndarray, expected_length: int, classifier: str, chunk_calls: _SortedRuns,
-                regions_table, min_codons: int) -> tuple[pa.Table, int]:
-    """The read table's rows for a block of reads; its chunks' consensus calls go into
-    `chunk_calls`, its viral regions to `regions_table`, whose number is returned."""
+def _check_frames_match_chunks(reads: pa.Table, chunks: pa.Table, frames: pa.Table) -> None:
+    """Each chunk's frame count covers exactly its run of frame rows."""
     first_read = reads.column("read_index")[0].as_py()
-    read_ids = reads.column("read_id").to_pylist()
-    frame_read = frames.column("read_index").to_numpy() - first_read
-    frame_chunk = frames.column("chunk").to_numpy()
     chunk_frames = chunks.column("frames").to_numpy().astype(np.int64)
-    chunk_read = chunks.column("read_index").to_numpy() - first_read
-    if not (np.array_equal(np.repeat(chunk_read, chunk_frames), frame_read)
-            and np.array_equal(np.repeat(chunks.column("chunk").to_numpy(), chunk_frames), frame_chunk)):
-        raise ValueError(f"the frames of reads {first_read}-{first_read + len(read_ids)} do not match their chunks")
+    if not (np.array_equal(np.repeat(chunks.column("read_index").to_numpy(), chunk_frames),
+                           frames.column("read_index").to_numpy())
+            and np.array_equal(np.repeat(chunks.column("chunk").to_numpy(), chunk_frames),
+                               frames.column("chunk").to_numpy())):
+        raise ValueError(f"the frames of reads {first_read}-{first_read + reads.num_rows} do not match their chunks")
 
-    # Per chunk with frames: its highest scores, VirNucPro's consensus, under its ID.
+
+@dataclass(frozen=True)
+class ChunkScores:
+    """Per chunk of a block: whether it has frames, and its highest virus and others scores (0 without)."""
+
+    classified: np.ndarray
+    virus: np.ndarray
+    others: np.ndarray
+
+    @property
+    def virnucpro_virus(self) -> np.ndarray:
+        """VirNucPro's consensus: a tie counts as virus."""
+        return self.classified & (self.virus >= self.others)
+
+
+def chunk_scores(chunks: pa.Table, others: np.ndarray, virus: np.ndarray) -> ChunkScores:
+    chunk_frames = chunks.column("frames").to_numpy().astype(np.int64)
     with_frames = np.flatnonzero(chunk_frames > 0)
     frame_starts = (np.cumsum(chunk_frames) - chunk_frames)[with_frames]
-    chunk_number = chunks.column("chunk").to_numpy()
-    chunk_virus = np.zeros(len(chunk_frames), dtype=np.float32)
-    chunk_is_virus = np.zeros(len(chunk_frames), dtype=bool)
+    best_virus = np.zeros(len(chunk_frames), dtype=np.float32)
+    best_others = np.zeros(len(chunk_frames), dtype=np.float32)
     if len(with_frames):
-        chunk_virus[with_frames] = np.maximum.reduceat(virus, frame_starts)
-        chunk_is_virus[with_frames] = chunk_virus[with_frames] >= np.maximum.reduceat(others, frame_starts)
-        names = [chunk_id(read_ids[r], c) for r, c in zip(chunk_read[with_frames].tolist(),
-                                                          chunk_number[with_frames].tolist())]
-        chunk_calls.add(pa.array(names, pa.string()), chunk_is_virus[with_frames])
-    lengths = reads.column("length").to_numpy()
-    frame_counts = np.bincount(frame_read, minlength=len(read_ids))
-    classified = frame_counts > 0
-    too_short = classified & (lengths < 3 * min_codons)
-    called = classified & ~too_short
-    # a read without a call has no viral region either
-    regions = viral_regions(len(read_ids), chunk_read, chunk_number, chunks.column("start").to_numpy(),
-                            chunks.column("length").to_numpy(), (chunk_frames > 0) & ~too_short[chunk_read],
-                            chunk_is_virus, chunk_virus)
-    regions_table.write(region_lines(regions, read_ids, lengths))
+        best_virus[with_frames] = np.maximum.reduceat(virus, frame_starts)
+        best_others[with_frames] = np.maximum.reduceat(others, frame_starts)
+    return ChunkScores(chunk_frames > 0, best_virus, best_others)
 
-    # Per read: the same rule over all frames of all its chunks.
-    starts = (np.cumsum(frame_counts) - frame_counts)[classified]
-    max_virus = np.zeros(len(read_ids), dtype=np.float32)
-    max_others = np.zeros(len(read_ids), dtype=np.float32)
+
+def virnucpro_chunk_calls(reads: pa.Table, chunks: pa.Table, scores: ChunkScores) -> tuple[pa.Array, np.ndarray]:
+    """The rows of VirNucPro's consensus file for the block's classified chunks: IDs and calls."""
+    read_ids = reads.column("read_id").to_pylist()
+    rows = (chunks.column("read_index").to_numpy() - reads.column("read_index")[0].as_py())[scores.classified]
+    names = [chunk_id(read_ids[r], c) for r, c in zip(rows.tolist(),
+                                                      chunks.column("chunk").to_numpy()[scores.classified].tolist())]
+    return pa.array(names, pa.string()), scores.virnucpro_virus[scores.classified]
+
+
+def block_regions(reads: pa.Table, chunks: pa.Table, scores: ChunkScores, rule: CallRule) -> Regions:
+    """Viral regions and chunk counts of the block's sequences, under the call rule (a read too
+    short for a call has none)."""
+    viral = scores.virnucpro_virus & (scores.virus >= rule.min_score_virus)
+    chunk_read = chunks.column("read_index").to_numpy() - reads.column("read_index")[0].as_py()
+    return viral_regions(reads.num_rows, chunk_read, chunks.column("chunk").to_numpy(),
+                         chunks.column("start").to_numpy(), chunks.column("length").to_numpy(),
+                         scores.classified & ~rule.too_short(reads)[chunk_read], viral, scores.virus)
+
+
+def call_reads(rule: CallRule, chunks: np.ndarray, max_virus: np.ndarray, max_others: np.ndarray,
+               regions: Regions) -> np.ndarray:
+    """The call of each classified read (see `CallRule`)."""
+    one_chunk = (max_virus >= max_others) & (max_virus >= rule.min_score_virus)
+    fraction = regions.viral_chunks / np.maximum(regions.classified_chunks, 1)
+    has_provirus = np.zeros(len(chunks), dtype=bool)
+    has_provirus[regions.sequence[regions.viral_bases >= rule.min_provirus_length]] = True
+    several = np.where(fraction >= rule.min_viral_chunk_fraction, "virus",
+                       np.where(has_provirus, "provirus", "others"))
+    return np.where(chunks > 1, several, np.where(one_chunk, "virus", "others")).astype(object)
+
+
+def deciding_frames(read_ids: list[str], frames: pa.Table, frame_read: np.ndarray, starts: np.ndarray,
+                    virus_like: np.ndarray, others: np.ndarray, virus: np.ndarray) -> list[str | None]:
+    """Per read, the frame with the highest score of its called class (virus for a virus or
+    provirus read, others for an others read; the first such frame), or None without frames."""
     best_frame: list[str | None] = [None] * len(read_ids)
     if len(starts):
-        max_virus[classified] = np.maximum.reduceat(virus, starts)
-        max_others[classified] = np.maximum.reduceat(others, starts)
-    is_virus = max_virus >= max_others
-    if len(starts):
-        # The frame that decided the call: the highest score of the called class (the first such frame).
-        deciding = np.where(is_virus[frame_read], virus, others)
-        best = np.lexsort((-deciding, frame_read))[starts]
-        frame_numbers = frames.column("frame").to_numpy()
-        for index in best.tolist():
-            best_frame[frame_read[index]] = frame_id(read_ids[frame_read[index]], int(frame_chunk[index]),
-                                                     int(frame_numbers[index]))
+        deciding = np.where(virus_like[frame_read], virus, others)
+        frame_chunk, frame_number = frames.column("chunk").to_numpy(), frames.column("frame").to_numpy()
+        for index in np.lexsort((-deciding, frame_read))[starts].tolist():
+            read = frame_read[index]
+            best_frame[read] = frame_id(read_ids[read], int(frame_chunk[index]), int(frame_number[index]))
+    return best_frame
 
-    reasons: list[set[str]] = [set() for _ in read_ids]
+
+def unclassified_reasons(reads: pa.Table, chunks: pa.Table, classified: np.ndarray,
+                         too_short: np.ndarray) -> list[str | None]:
+    """Why each read without a call has none: an empty sequence, too few codons, or its chunks'
+    reasons."""
+    chunk_read = chunks.column("read_index").to_numpy() - reads.column("read_index")[0].as_py()
+    reasons: list[set[str]] = [set() for _ in range(reads.num_rows)]
     for row, reason in zip(chunk_read.tolist(), chunks.column("reason").to_pylist()):
         if reason is not None:
             reasons[row].add(reason)
-    reason = [None if called[i] else REASON_EMPTY_SEQUENCE if lengths[i] == 0 else
-              REASON_BELOW_MIN_CODONS if too_short[i] else ",".join(sorted(reasons[i])) for i in range(len(read_ids))]
+    lengths = reads.column("length").to_numpy()
+    return [None if classified[i] and not too_short[i] else REASON_EMPTY_SEQUENCE if lengths[i] == 0 else
+            REASON_BELOW_MIN_CODONS if too_short[i] else ",".join(sorted(reasons[i])) for i in range(reads.num_rows)]
+
+
+def read_rows(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table, others: np.ndarray,
+              virus: np.ndarray, regions: Regions, rule: CallRule, expected_length: int,
+              classifier: str) -> pa.Table:
+    """The read table's rows for a block of reads: the highest scores over all frames of all the
+    read's chunks, its call, the frame that decided it, and why it has none."""
+    read_ids = reads.column("read_id").to_pylist()
+    frame_read = frames.column("read_index").to_numpy() - reads.column("read_index")[0].as_py()
+    frame_counts = np.bincount(frame_read, minlength=len(read_ids))
+    classified = frame_counts > 0
+    starts = (np.cumsum(frame_counts) - frame_counts)[classified]
+    max_virus = np.zeros(len(read_ids), dtype=np.float32)
+    max_others = np.zeros(len(read_ids), dtype=np.float32)
+    if len(starts):
+        max_virus[classified] = np.maximum.reduceat(virus, starts)
+        max_others[classified] = np.maximum.reduceat(others, starts)
+    call = call_reads(rule, reads.column("chunks").to_numpy(), max_virus, max_others, regions)
+    too_short = classified & rule.too_short(reads)
+    called = classified & ~too_short
+    call[~called] = None
     return pa.table({
         "sample": pa.array([sample] * len(read_ids), pa.string()),
         "read_index": reads.column("read_index"),
@@ -263,12 +384,13 @@ def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table
         "ambiguous_bases": reads.column("ambiguous_bases"),
         "chunks": reads.column("chunks"),
         "frames": pa.array(frame_counts.astype(np.int32)),
-        "call": pa.array(np.where(is_virus, "virus", "others").tolist(), pa.string(), mask=~called),
-        "is_virus": pa.array(is_virus, pa.bool_(), mask=~called),
+        "call": pa.array(call.tolist(), pa.string()),
+        "is_virus": pa.array(call == "virus", pa.bool_(), mask=~called),
         "score_virus": pa.array(max_virus, pa.float32(), mask=~classified),
         "score_others": pa.array(max_others, pa.float32(), mask=~classified),
-        "best_frame": pa.array(best_frame, pa.string()),
-        "reason": pa.array(reason, pa.string()),
+        "best_frame": pa.array(deciding_frames(read_ids, frames, frame_read, starts, call != "others", others, virus),
+                               pa.string()),
+        "reason": pa.array(unclassified_reasons(reads, chunks, classified, too_short), pa.string()),
         "classified_chunks": pa.array(regions.classified_chunks.astype(np.int32)),
         "viral_chunks": pa.array(regions.viral_chunks.astype(np.int32)),
         "viral_chunk_fraction": pa.array(regions.viral_chunks / np.maximum(regions.classified_chunks, 1),
@@ -276,4 +398,46 @@ def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table
         "viral_regions": pa.array(regions.regions.astype(np.int32)),
         "expected_length": pa.array([expected_length] * len(read_ids), pa.int32()),
         "classifier": pa.array([classifier] * len(read_ids), pa.string()),
-    }, schema=READ_PREDICTION_SCHEMA), len(regions.number)
+    }, schema=READ_PREDICTION_SCHEMA)
+
+
+class _LongestWithRegions:
+    """The chunk scores of the `keep` longest sequences with viral regions seen so far (ties: the
+    first in the input), for the report's score tracks; memory: those sequences' chunks."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.heap: list[tuple[int, int, str]] = []  # (length, -read index, its table rows as text)
+
+    def add(self, reads: pa.Table, chunks: pa.Table, scores: ChunkScores, rule: CallRule, regions: Regions) -> None:
+        if not self.keep or not len(regions.number):
+            return
+        lengths = reads.column("length").to_numpy()
+        with_regions = np.flatnonzero(regions.regions > 0)
+        candidates = with_regions[np.argsort(-lengths[with_regions], kind="stable")[: self.keep]]
+        chunk_read = chunks.column("read_index").to_numpy() - reads.column("read_index")[0].as_py()
+        read_ids = reads.column("read_id").to_pylist()
+        first_index = reads.column("read_index")[0].as_py()
+        viral = scores.virnucpro_virus & (scores.virus >= rule.min_score_virus)
+        for row in candidates.tolist():
+            entry = (int(lengths[row]), -(first_index + row))
+            if len(self.heap) == self.keep and entry <= self.heap[0][:2]:
+                continue
+            mine = np.flatnonzero(chunk_read == row)
+            starts, sizes = chunks.column("start").to_numpy()[mine], chunks.column("length").to_numpy()[mine]
+            text = "".join(
+                f"{read_ids[row]}\t{lengths[row]}\t{number}\t{start + 1}\t{start + size}\t"
+                f"{f'{score:.6f}' if is_classified else ''}\t{str(bool(is_viral)).lower()}\n"
+                for number, start, size, score, is_classified, is_viral in zip(
+                    chunks.column("chunk").to_numpy()[mine].tolist(), starts.tolist(), sizes.tolist(),
+                    scores.virus[mine].tolist(), scores.classified[mine].tolist(), viral[mine].tolist()))
+            if len(self.heap) == self.keep:
+                heapq.heapreplace(self.heap, (*entry, text))
+            else:
+                heapq.heappush(self.heap, (*entry, text))
+
+    def write(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write("\t".join(SCORE_TRACK_COLUMNS) + "\n")
+            for _, _, text in sorted(self.heap, reverse=True):
+                out.write(text)

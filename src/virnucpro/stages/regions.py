@@ -12,7 +12,9 @@ least its highest others score, as in `prediction_results_highestscore.csv`).
 - Coordinates are 1-based and inclusive, like GFF and geNomad's: a region runs from the first base
   of its first viral chunk to the last base of its last viral chunk (chunks overlap, see
   `virnucpro.stages.chunking`, so a region's length is not the sum of its chunks').
-- Its score is the mean, over its viral chunks, of their highest virus score.
+- Its score is the mean, over its viral chunks, of their highest virus score; its viral bases are
+  the summed lengths of its viral chunks (the evidence for it, whatever unclassified chunks it
+  spans).
 
 Everything works on the chunks of a block of whole sequences at a time, vectorised with NumPy, so
 the memory is that of the block whatever the number of sequences.
@@ -39,6 +41,7 @@ class Regions:
     first_chunk: np.ndarray  # per region: chunk number (from 1, as in the chunk IDs)
     last_chunk: np.ndarray
     region_viral_chunks: np.ndarray
+    viral_bases: np.ndarray
     mean_score: np.ndarray
 
 
@@ -76,6 +79,7 @@ def viral_regions(sequences: int, chunk_sequence: np.ndarray, chunk_number: np.n
         first_chunk=chunk_number[chunks[first]],
         last_chunk=chunk_number[chunks[first + count - 1]],
         region_viral_chunks=count,
+        viral_bases=np.add.reduceat(chunk_length[chunks], first) if len(first) else chunk_length[chunks],
         mean_score=np.add.reduceat(scores, first) / count if len(first) else scores,
     )
 
@@ -83,8 +87,9 @@ def viral_regions(sequences: int, chunk_sequence: np.ndarray, chunk_number: np.n
 def region_lines(regions: Regions, sequence_ids: list[str], sequence_lengths: np.ndarray) -> str:
     """The regions as rows of the regions table (REGION_COLUMNS, tab-separated)."""
     return "".join(
-        f"{sequence_ids[s]}\t{sequence_lengths[s]}\t{n}\t{start}\t{end}\t{first}\t{last}\t{viral}\t{score:.6f}\n"
-        for s, n, start, end, first, last, viral, score in zip(
+        f"{sequence_ids[s]}\t{sequence_lengths[s]}\t{n}\t{start}\t{end}\t{first}\t{last}\t{viral}\t{bases}\t"
+        f"{score:.6f}\n"
+        for s, n, start, end, first, last, viral, bases, score in zip(
             regions.sequence.tolist(), regions.number.tolist(), regions.start.tolist(), regions.end.tolist(),
             regions.first_chunk.tolist(), regions.last_chunk.tolist(), regions.region_viral_chunks.tolist(),
-            regions.mean_score.tolist()))
+            regions.viral_bases.tolist(), regions.mean_score.tolist()))

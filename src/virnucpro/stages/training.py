@@ -56,6 +56,8 @@ class Hyperparameters:
 @dataclass
 class LabelledFrames:
     chunks: np.ndarray  # [frames] the chunk of each frame, numbered over the whole training set
+    reads: np.ndarray  # [frames] the read of each frame, numbered over the whole training set
+    read_lengths: np.ndarray  # [frames] the length of each frame's read
     features: np.ndarray  # [frames, dim] float32
     labels: np.ndarray  # [frames] 0 host, 1 viral
     groups: list[str]  # source region of each frame
@@ -87,8 +89,8 @@ def frame_regions(reads: pa.Table, read_index: np.ndarray, chunk: np.ndarray, ex
 def load_labelled_frames(inputs: list[dict], expected_length: int, region_length: int) -> LabelledFrames:
     """`inputs`: dicts with name, label and the part files of its reads and frames and the
     merged-feature views of its shards (stages 1-7)."""
-    chunks, features, labels, groups, names, models = [], [], [], [], [], None
-    chunks_before = 0
+    chunks, read_numbers, read_lengths, features, labels, groups, names, models = [], [], [], [], [], [], [], None
+    chunks_before = reads_before = 0
     for entry in inputs:
         reads = PartedTable(entry["reads"])
         frames = PartedTable(entry["frames"], columns=["read_index", "chunk"])
@@ -105,12 +107,17 @@ def load_labelled_frames(inputs: list[dict], expected_length: int, region_length
             new_chunk = np.r_[True, (np.diff(read_index) != 0) | (np.diff(chunk) != 0)]
             chunks.append(chunks_before + np.cumsum(new_chunk) - 1)
             chunks_before = int(chunks[-1][-1]) + 1
-            groups += frame_regions(reads.read(0, reads.num_rows), read_index, chunk, expected_length, region_length)
+            read_numbers.append(reads_before + read_index)
+            reads_before += reads.num_rows
+            read_table = reads.read(0, reads.num_rows)
+            read_lengths.append(read_table.column("length").to_numpy()[read_index - read_table.column("read_index")[0].as_py()])
+            groups += frame_regions(read_table, read_index, chunk, expected_length, region_length)
         labels += [TRAINING_LABELS[entry["label"]]] * len(read_index)
         names += [entry["name"]] * len(read_index)
     if not features:
         raise ValueError("the training inputs have no stop-free frames")
-    return LabelledFrames(np.concatenate(chunks), np.concatenate(features), np.array(labels, dtype=np.int64), groups,
+    return LabelledFrames(np.concatenate(chunks), np.concatenate(read_numbers), np.concatenate(read_lengths),
+                          np.concatenate(features), np.array(labels, dtype=np.int64), groups,
                           names, models)
 
 
@@ -222,18 +229,41 @@ def binary_metrics(labels: np.ndarray, predicted: np.ndarray, scores: np.ndarray
             "roc_auc": float(np.trapezoid(tpr, fpr))}
 
 
-def evaluate(model: MLPClassifier, frames: LabelledFrames, rows: np.ndarray) -> tuple[dict, dict]:
-    """Metrics per frame and per chunk (VirNucPro's consensus: virus iff max score2 >= max score1)."""
-    scores = class_probabilities(model, frames.features[rows])
-    labels = frames.labels[rows]
-    per_frame = binary_metrics(labels, (scores[:, 1] > scores[:, 0]).astype(np.int64), scores[:, 1])
-    _, first_row, chunk_of_row = np.unique(frames.chunks[rows], return_index=True, return_inverse=True)
+# Read lengths of the metrics by length: a classifier that had learnt length instead of its classes
+# would show it here (the built-in ones once did).
+LENGTH_BINS = (0, 150, 300, 500, 750, 1_000_000_000)
+
+
+def consensus_metrics(units: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Metrics over groups of frames (chunks or reads) by VirNucPro's consensus (virus iff the
+    highest virus score is at least the highest others score), and each group's first row."""
+    _, first_row, unit_of_row = np.unique(units, return_index=True, return_inverse=True)
     best = np.full((len(first_row), 2), -np.inf, dtype=np.float32)
-    np.maximum.at(best, chunk_of_row, scores)
-    chunk_calls = (best[:, 1] >= best[:, 0]).astype(np.int64)
-    per_chunk = binary_metrics(labels[first_row], chunk_calls, best[:, 1])
+    np.maximum.at(best, unit_of_row, scores)
+    calls = (best[:, 1] >= best[:, 0]).astype(np.int64)
+    return binary_metrics(labels[first_row], calls, best[:, 1]), first_row
+
+
+def evaluate(model: MLPClassifier, frames: LabelledFrames, balanced_rows: np.ndarray,
+             rows: np.ndarray) -> tuple[dict, dict]:
+    """Metrics per frame (on `balanced_rows`, the classes balanced), and per chunk and per read
+    (VirNucPro's consensus over all their frames in `rows`), also by read length."""
+    scores = class_probabilities(model, frames.features[balanced_rows])
+    labels = frames.labels[balanced_rows]
+    per_frame = binary_metrics(labels, (scores[:, 1] > scores[:, 0]).astype(np.int64), scores[:, 1])
     fpr, tpr = roc_curve(labels, scores[:, 1])
-    return {"frames": per_frame, "chunks": per_chunk}, {"fpr": fpr, "tpr": tpr}
+    scores, labels = class_probabilities(model, frames.features[rows]), frames.labels[rows]
+    per_chunk, _ = consensus_metrics(frames.chunks[rows], labels, scores)
+    per_read, _ = consensus_metrics(frames.reads[rows], labels, scores)
+    lengths = frames.read_lengths[rows]
+    by_length = []
+    for low, high in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]):
+        chosen = (lengths >= low) & (lengths < high)
+        if chosen.any():
+            metrics, _ = consensus_metrics(frames.reads[rows][chosen], labels[chosen], scores[chosen])
+            by_length.append({"min_length": low, "max_length": high - 1, **metrics})
+    return ({"frames": per_frame, "chunks": per_chunk, "reads": per_read, "reads_by_length": by_length},
+            {"fpr": fpr, "tpr": tpr})
 
 
 def write_report(path: Path, roc_png: Path, curve_png: Path, metrics: dict, history: list[dict], roc: dict,
@@ -259,10 +289,16 @@ def write_report(path: Path, roc_png: Path, curve_png: Path, metrics: dict, hist
     save_figure(figure, curve_png, dpi=120)
 
     rows = ["| level | n | viral | accuracy | precision | recall | F1 | ROC AUC |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for level in ("frames", "chunks"):
+    for level in ("frames", "chunks", "reads"):
         m = metrics[level]
         rows.append(f"| {level} | {m['n']} | {m['viral']} | {m['accuracy']:.4f} | {m['precision']:.4f} | "
                     f"{m['recall']:.4f} | {m['f1']:.4f} | {m['roc_auc']:.4f} |")
+    by_length = ["| read length | reads | viral | accuracy | precision | recall | F1 | ROC AUC |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in metrics["reads_by_length"]:
+        span = f"{m['min_length']}+" if m["max_length"] >= LENGTH_BINS[-1] - 1 else f"{m['min_length']}-{m['max_length']}"
+        by_length.append(f"| {span} | {m['n']} | {m['viral']} | {m['accuracy']:.4f} | {m['precision']:.4f} | "
+                         f"{m['recall']:.4f} | {m['f1']:.4f} | {m['roc_auc']:.4f} |")
     lines = [
         f"# Classifier training report (expected length {summary['expected_length']})", "",
         f"Trained {summary['trained_at']} on {summary['frames']['train']} frames, early stopping on "
@@ -271,8 +307,9 @@ def write_report(path: Path, roc_png: Path, curve_png: Path, metrics: dict, hist
         f"(classes balanced in each part; seed {summary['seed']}). Best epoch {summary['best_epoch']} of "
         f"{len(history)}.", "",
         "## Held-out metrics", "", *rows, "",
-        "Per chunk: VirNucPro's consensus over the chunk's frames (virus iff its highest virus score is at "
-        "least its highest others score).", "",
+        "Per chunk and per read: VirNucPro's consensus over the chunk's or the read's frames (virus iff its "
+        "highest virus score is at least its highest others score).", "",
+        "## Held-out reads by length", "", *by_length, "",
         f"![ROC curve]({roc_png.name})", "", f"![Training curve]({curve_png.name})", "",
         "## Inputs", "", "| name | label | path | frames |", "|---|---|---|---:|",
         *[f"| {i['name']} | {i['label']} | {i['path']} | {i['frames']} |" for i in summary["inputs"]], "",
@@ -301,7 +338,7 @@ def run_training(inputs: list[dict], expected_length: int, region_length: int, h
              for name, mask in (("train", ~held_out & ~validation), ("validation", validation), ("held_out", held_out))}
     model, history = train_mlp(frames.features[parts["train"]], frames.labels[parts["train"]],
                                frames.features[parts["validation"]], frames.labels[parts["validation"]], hyper, seed)
-    metrics, roc = evaluate(model, frames, parts["held_out"])
+    metrics, roc = evaluate(model, frames, parts["held_out"], np.flatnonzero(held_out))
     best_epoch = min(history, key=lambda h: h["validation_loss"])["epoch"]
 
     models = [{key: value for key, value in m.items() if key != "source"} for m in frames.models]
