@@ -1,35 +1,25 @@
-# Stages 7-9: merge the two embeddings of each frame, classify the frames, call each read and find
-# the viral regions of each sequence.
+# Stages 7-9: the two embeddings of each frame merged, the frames classified, a call for each read
+# and the viral regions of each sequence.
 
 
+# Stage 7's merged vectors, kept only when outputs.merged_features asks for them: prediction and
+# training read the two embeddings of a frame side by side from their feature files.
 rule merge_features:
     input:
         nucleotide="results/{sample}/features/dnabert_s/{shard}.arrow",
         protein="results/{sample}/features/esm2/{shard}.arrow",
     output:
-        **(
-            {"merged": "results/{sample}/features/merged/{shard}.arrow"}
-            if config["outputs"]["merged_features"]
-            else {}
-        ),
-        view="results/{sample}/features/merged/{shard}.json",
+        merged="results/{sample}/features/merged/{shard}.arrow",
     log:
-        log="results/logs/merge_features/{sample}.{shard}.log",
-        telemetry="results/telemetry/merge_features/{sample}.{shard}.json",
-    benchmark:
-        "results/benchmarks/merge_features/{sample}.{shard}.tsv"
+        **job_logs("merge_features", "{sample}", "{shard}"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     script:
         "../scripts/merge_features.py"
 
 
 rule predict_frames:
     input:
-        view="results/{sample}/features/merged/{shard}.json",
-        # read through the view; named so that Snakemake keeps them until this job is done
         nucleotide="results/{sample}/features/dnabert_s/{shard}.arrow",
         protein="results/{sample}/features/esm2/{shard}.arrow",
         frames=part_files("results/{sample}/frames/{part}.arrow"),
@@ -39,15 +29,10 @@ rule predict_frames:
         predictions="results/{sample}/frame_predictions/{shard}.parquet",
         lines=temp("results/{sample}/frame_predictions/{shard}.txt"),
     log:
-        log="results/logs/predict_frames/{sample}.{shard}.log",
-        telemetry="results/telemetry/predict_frames/{sample}.{shard}.json",
-    benchmark:
-        "results/benchmarks/predict_frames/{sample}.{shard}.tsv"
+        **job_logs("predict_frames", "{sample}", "{shard}"),
     conda:
         "../../envs/virnucpro.yaml"
     threads: 8
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
         expected_length=expected_length,
         classifier_expected_length=config["models"]["classifier_expected_length"],
@@ -68,14 +53,9 @@ rule consensus:
         reads="results/{sample}/read_predictions.parquet",
         regions="results/{sample}/viral_regions.tsv",
     log:
-        log="results/logs/consensus/{sample}.all.log",
-        telemetry="results/telemetry/consensus/{sample}.all.json",
-    benchmark:
-        "results/benchmarks/consensus/{sample}.all.tsv"
+        **job_logs("consensus", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
         expected_length=expected_length,
         models=run_models,

@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+from snakemake.io import strip_wildcard_constraints
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -10,7 +11,15 @@ from virnucpro.model_store.cache import ModelNotFound, locate_model, model_name
 from virnucpro.stages.partition import part_count
 from virnucpro.stages.sharding import read_shard_plan
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
-from virnucpro.run.config import (INPUT_RECORD, check_results_belong, models_note, package_requirement, read_training_inputs, resolve_samples)
+from virnucpro.run.config import (
+    INPUT_RECORD,
+    SAMPLE_NAME,
+    check_results_belong,
+    models_note,
+    package_requirement,
+    read_training_inputs,
+    resolve_samples,
+)
 from virnucpro.io.ids import unit_names
 
 validate(config, "../schemas/config.schema.yaml")
@@ -74,6 +83,16 @@ MODEL_SETTINGS = {
         for length in sorted({sample.expected_length for sample in SAMPLES.values()})
     },
 }
+# The model checks, by purpose: training (the embedding models), or predicting at an expected
+# length (the embedding models and that length's classifier): the expected length each checks for
+# and its classifier, if any.
+MODEL_CHECKS = {
+    "train": (EXPECTED_LENGTH, None),
+    **{
+        f"predict_{length}": (length, f"classifier_{length}")
+        for length in sorted({sample.expected_length for sample in SAMPLES.values()})
+    },
+}
 # Name -> path of each model that was found. One that was not is an error only when a job needs
 # it (`model_path`), so that targets that need none, as download_models, run before they exist.
 MODEL_PATHS = {}
@@ -93,8 +112,9 @@ DOWNLOADS = {
 # Set when the run uses the built-in demonstration models: the outputs then say so.
 MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY)
 # Memory of a job in MB (the `mem_mb` resource; SLURM's --mem): a constant, since every job streams
-# its data in blocks of a fixed size (README, "Scale"). The embedding jobs hold a model as well.
-# Telemetry records each job's peak RSS against it.
+# its data in blocks of a fixed size (README, "Scale"), given to every rule by the Snakefile. The
+# embedding jobs hold a model as well and ask for more. Telemetry records each job's peak RSS
+# against it.
 JOB_MEM_MB = 4000
 DNABERT_S_JOB_MEM_MB = 16000
 ESM2_JOB_MEM_MB = 32000
@@ -111,10 +131,24 @@ if workflow.is_main_process and workflow.local_exec and not workflow.dryrun:
 
 
 wildcard_constraints:
-    sample="[A-Za-z0-9][A-Za-z0-9_-]*",
+    sample=SAMPLE_NAME,
     part="[0-9]+",
     shard="[0-9]+",
-    purpose="train|predict_300|predict_500",
+    purpose="|".join(MODEL_CHECKS),
+
+
+# The sample name of a job that serves the whole run (run_summary, timing_report, download_models).
+RUN_WIDE = "all"
+
+
+def job_logs(rule, sample=RUN_WIDE, unit="all"):
+    """A job's log and telemetry (see virnucpro.run.telemetry), as a rule's `log:` entries:
+    results/logs/<rule>/<sample>.<unit>.log and results/telemetry/<rule>/<sample>.<unit>.json,
+    the unit being the job's part or shard, or "all"."""
+    return {
+        "log": f"results/logs/{rule}/{sample}.{unit}.log",
+        "telemetry": f"results/telemetry/{rule}/{sample}.{unit}.json",
+    }
 
 
 def model_path(name):
@@ -165,8 +199,13 @@ def sample_shards(sample):
     return [shard.name for shard in read_shard_plan(plan)]
 
 
-def parts(wildcards):
-    return sample_parts(wildcards.sample)
+def input_part(directory, part):
+    """The file of one part of the input in `partition_input`'s folder of parts."""
+    return f"{directory}/{part}.arrow"
+
+
+def input_part_files(wildcards, output):
+    return [input_part(output.parts, part) for part in sample_parts(wildcards.sample)]
 
 
 def part_files(pattern):
@@ -183,9 +222,8 @@ def shard_files(pattern):
     )
 
 
-# What a model check is for: training (the embedding models), or predicting at an expected length
-# (the embedding models and that length's classifier).
 def check_purpose(sample):
+    """The model check that a sample's (or training input's) GPU work waits for."""
     return (
         "train"
         if sample not in SAMPLES
@@ -195,18 +233,15 @@ def check_purpose(sample):
 
 def checked_length(wildcards):
     """The expected length that `check_models` checks the run's models for."""
-    return (
-        EXPECTED_LENGTH
-        if wildcards.purpose == "train"
-        else int(wildcards.purpose.removeprefix("predict_"))
-    )
+    return MODEL_CHECKS[wildcards.purpose][0]
 
 
 def models_to_check(wildcards):
     """The model files that `check_models` reads: the classifier only when predicting."""
     models = {"dnabert_s": model_path("dnabert_s"), "esm2": model_path("esm2")}
-    if wildcards.purpose != "train":
-        models["classifier"] = model_path(f"classifier_{checked_length(wildcards)}")
+    classifier = MODEL_CHECKS[wildcards.purpose][1]
+    if classifier:
+        models["classifier"] = model_path(classifier)
     return models
 
 
@@ -226,27 +261,75 @@ TRAINING_DIR = f"results/training/expected_length_{EXPECTED_LENGTH}"
 
 
 def training_inputs(wildcards):
-    """Per training input, the files of its stages 1-7 (named `<input>__<kind>`)."""
+    """The training inputs, each with the files of its stages 1-6 (reads, frames, and the feature
+    files of its shards, dnabert_s and esm2): the `train_classifier` job's inputs and its params.
+    """
     if not TRAINING_INPUTS:
         raise ValueError(
             f"config: training.inputs '{TRAINING_TABLE}' does not exist "
             "(a tab-separated table with columns name, path, label)"
         )
-    files = {}
+    inputs = []
     for row in TRAINING_INPUTS:
         name = row["name"]
         check_results_belong(name, row["path"])
-        for kind in ("reads", "frames"):
-            files[f"{name}__{kind}"] = expand(
+        files = {
+            kind: expand(
                 f"results/{name}/{kind}/{{part}}.arrow", part=sample_parts(name)
             )
-        for kind, suffix in (
-            ("merged", "json"),
-            ("dnabert_s", "arrow"),
-            ("esm2", "arrow"),
-        ):
-            files[f"{name}__{kind}"] = expand(
-                f"results/{name}/features/{kind}/{{shard}}.{suffix}",
+            for kind in ("reads", "frames")
+        }
+        for kind in ("dnabert_s", "esm2"):
+            files[kind] = expand(
+                f"results/{name}/features/{kind}/{{shard}}.arrow",
                 shard=sample_shards(name),
             )
+        inputs.append({**row, **files})
+    return inputs
+
+
+def training_files(wildcards):
+    return [
+        path
+        for entry in training_inputs(wildcards)
+        for kind in ("reads", "frames", "dnabert_s", "esm2")
+        for path in entry[kind]
+    ]
+
+
+def merged_features(wildcards):
+    """The merged vectors of every shard of the samples, when outputs.merged_features asks for them."""
+    if not config["outputs"]["merged_features"]:
+        return []
+    return [
+        path
+        for sample in SAMPLES
+        for path in expand(
+            "results/{sample}/features/merged/{shard}.arrow",
+            sample=sample,
+            shard=sample_shards(sample),
+        )
+    ]
+
+
+def reported_telemetry(wildcards):
+    """The telemetry files of the samples' jobs (see job_logs), rule by rule in workflow order, less
+    those of outputs that this run does not make: what the timing report covers, and waits for.
+    """
+    made = {
+        "collect_fasta": WRITE_FASTA,
+        "merge_features": config["outputs"]["merged_features"],
+    }
+    files = []
+    for defined in workflow.rules:
+        if "sample" not in defined.wildcard_names or not made.get(defined.name, True):
+            continue
+        for sample in SAMPLES:
+            units = {
+                unit: names(sample)
+                for unit, names in (("part", sample_parts), ("shard", sample_shards))
+                if unit in defined.wildcard_names
+            }
+            pattern = strip_wildcard_constraints(defined.log.telemetry)
+            files += expand(pattern, sample=sample, **units)
     return files

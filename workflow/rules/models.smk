@@ -11,14 +11,9 @@ rule download_models:
             for manifest in manifest_paths(kind, name)
         ],
     log:
-        log="results/logs/download_models/all.all.log",
-        telemetry="results/telemetry/download_models/all.all.json",
-    benchmark:
-        "results/benchmarks/download_models/all.all.tsv"
+        **job_logs("download_models"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
         models=DOWNLOADS,
     script:

@@ -9,16 +9,11 @@ rule partition_input:
         parts=temp(directory("results/{sample}/input")),
         record=f"results/{{sample}}/{INPUT_RECORD}",
     log:
-        log="results/logs/partition_input/{sample}.all.log",
-        telemetry="results/telemetry/partition_input/{sample}.all.json",
-    benchmark:
-        "results/benchmarks/partition_input/{sample}.all.tsv"
+        **job_logs("partition_input", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
-        parts=parts,
+        parts=input_part_files,
     script:
         "../scripts/partition_input.py"
 
@@ -36,15 +31,11 @@ rule chunk:
         chunks=temp("results/{sample}/chunks/{part}.arrow"),
         read_ids=temp("results/{sample}/read_ids/{part}.arrow"),
     log:
-        log="results/logs/chunk/{sample}.{part}.log",
-        telemetry="results/telemetry/chunk/{sample}.{part}.json",
-    benchmark:
-        "results/benchmarks/chunk/{sample}.{part}.tsv"
+        **job_logs("chunk", "{sample}", "{part}"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
+        part=lambda wildcards, input: input_part(input.parts, wildcards.part),
         expected_length=expected_length,
         # origin=<sequence>:<position> places the reads of a training input; elsewhere it is free text
         read_origins=lambda wildcards: wildcards.sample not in SAMPLES,
@@ -72,14 +63,9 @@ rule translate:
         frames="results/{sample}/frames/{part}.arrow",
         chunk_summary="results/{sample}/chunk_summary/{part}.arrow",
     log:
-        log="results/logs/translate/{sample}.{part}.log",
-        telemetry="results/telemetry/translate/{sample}.{part}.json",
-    benchmark:
-        "results/benchmarks/translate/{sample}.{part}.tsv"
+        **job_logs("translate", "{sample}", "{part}"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
         max_ambiguous_fraction=config["max_ambiguous_fraction"],
     script:
@@ -97,14 +83,9 @@ checkpoint plan_shards:
     output:
         plan="results/{sample}/shards.tsv",
     log:
-        log="results/logs/plan_shards/{sample}.all.log",
-        telemetry="results/telemetry/plan_shards/{sample}.all.json",
-    benchmark:
-        "results/benchmarks/plan_shards/{sample}.all.tsv"
+        **job_logs("plan_shards", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
         source=sample_input,
         shard_tokens=config["shard_tokens"],
@@ -112,7 +93,7 @@ checkpoint plan_shards:
         "../scripts/plan_shards.py"
 
 
-rule split_nucleotide:
+rule tokenize_nucleotide:
     input:
         plan="results/{sample}/shards.tsv",
         frames=part_files("results/{sample}/frames/{part}.arrow"),
@@ -120,22 +101,17 @@ rule split_nucleotide:
     output:
         tokens=temp("results/{sample}/tokens/dnabert_s/{shard}.arrow"),
     log:
-        log="results/logs/split_nucleotide/{sample}.{shard}.log",
-        telemetry="results/telemetry/split_nucleotide/{sample}.{shard}.json",
-    benchmark:
-        "results/benchmarks/split_nucleotide/{sample}.{shard}.tsv"
+        **job_logs("tokenize_nucleotide", "{sample}", "{shard}"),
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
         kind="dnabert_s",
     script:
-        "../scripts/split.py"
+        "../scripts/tokenize.py"
 
 
-rule split_protein:
+rule tokenize_protein:
     input:
         plan="results/{sample}/shards.tsv",
         frames=part_files("results/{sample}/frames/{part}.arrow"),
@@ -143,18 +119,13 @@ rule split_protein:
     output:
         tokens=temp("results/{sample}/tokens/esm2/{shard}.arrow"),
     log:
-        log="results/logs/split_protein/{sample}.{shard}.log",
-        telemetry="results/telemetry/split_protein/{sample}.{shard}.json",
-    benchmark:
-        "results/benchmarks/split_protein/{sample}.{shard}.tsv"
+        **job_logs("tokenize_protein", "{sample}", "{shard}"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
         kind="esm2",
     script:
-        "../scripts/split.py"
+        "../scripts/tokenize.py"
 
 
 # VirNucPro's FASTA files, for people: the parts' shares, concatenated.
@@ -168,13 +139,8 @@ rule collect_fasta:
         nucleotide="results/{sample}/identified_nucleotide.fa",
         protein="results/{sample}/identified_protein.faa",
     log:
-        log="results/logs/collect_fasta/{sample}.all.log",
-        telemetry="results/telemetry/collect_fasta/{sample}.all.json",
-    benchmark:
-        "results/benchmarks/collect_fasta/{sample}.all.tsv"
+        **job_logs("collect_fasta", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     script:
         "../scripts/collect_fasta.py"

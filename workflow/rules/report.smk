@@ -21,14 +21,9 @@ rule summarize_sample:
             labels={"sample": "{sample}", "item": "score distributions"},
         ),
     log:
-        log="results/logs/summarize_sample/{sample}.all.log",
-        telemetry="results/telemetry/summarize_sample/{sample}.all.json",
-    benchmark:
-        "results/benchmarks/summarize_sample/{sample}.all.tsv"
+        **job_logs("summarize_sample", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
         expected_length=expected_length,
         models=run_models,
@@ -57,14 +52,9 @@ rule run_summary:
             labels={"sample": "all", "item": "run summary"},
         ),
     log:
-        log="results/logs/run_summary/all.all.log",
-        telemetry="results/telemetry/run_summary/all.all.json",
-    benchmark:
-        "results/benchmarks/run_summary/all.all.tsv"
+        **job_logs("run_summary"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
         samples=list(SAMPLES),
         note=MODELS_NOTE,
@@ -74,10 +64,8 @@ rule run_summary:
 
 rule timing_report:
     input:
-        # everything else of the run, so that its telemetry is complete
-        expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
-        expand("results/{sample}/score_distribution.png", sample=SAMPLES),
-        "results/run_summary.tsv",
+        # the telemetry of every job of the samples, rule by rule in workflow order
+        reported_telemetry,
     output:
         table="results/telemetry.parquet",
         gpu_samples="results/telemetry_gpu_samples.parquet",
@@ -120,16 +108,10 @@ rule timing_report:
             labels={"item": "embedding throughput"},
         ),
     log:
-        log="results/logs/timing_report/all.all.log",
-        telemetry="results/telemetry/timing_report/all.all.json",
-    benchmark:
-        "results/benchmarks/timing_report/all.all.tsv"
+        **job_logs("timing_report"),
     conda:
         "../../envs/virnucpro.yaml"
-    resources:
-        mem_mb=JOB_MEM_MB,
     params:
-        samples=list(SAMPLES),
         note=MODELS_NOTE,
     script:
         "../scripts/timing_report.py"

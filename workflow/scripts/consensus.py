@@ -3,7 +3,7 @@ from virnucpro.model_store.cache import model_identity
 from virnucpro.run.telemetry import JobTelemetry
 from virnucpro.stages.consensus import write_outputs
 
-with JobTelemetry.from_snakemake(snakemake, "consensus") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     models = {kind: model_identity(path) for kind, path in snakemake.params.models.items()}
     counts = write_outputs(snakemake.wildcards.sample, snakemake.input.reads, snakemake.input.chunk_summary,
                            snakemake.input.frames, snakemake.input.predictions, snakemake.input.lines,

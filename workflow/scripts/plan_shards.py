@@ -4,7 +4,7 @@ from virnucpro.io.read_ids import check_unique_ids
 from virnucpro.run.telemetry import JobTelemetry
 from virnucpro.stages.sharding import plan_shards, write_shard_plan
 
-with JobTelemetry.from_snakemake(snakemake, "plan_shards") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     with scratch_directory(snakemake.output.plan) as scratch:
         check_unique_ids(snakemake.params.source, snakemake.input.reads, snakemake.input.read_ids, scratch)
     shards = plan_shards(snakemake.input.frames, snakemake.params.shard_tokens)

@@ -2,7 +2,7 @@
 from virnucpro.reporting.results_summary import write_run_summary
 from virnucpro.run.telemetry import JobTelemetry
 
-with JobTelemetry.from_snakemake(snakemake, "run_summary") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     write_run_summary(snakemake.params.samples, list(snakemake.input), snakemake.output.table,
                       snakemake.output.calls, snakemake.output.page, snakemake.params.note)
     telemetry.records_in = len(snakemake.input)
