@@ -97,6 +97,9 @@ def test_the_profile_gives_each_embedding_job_a_gpu_and_no_other_job(tmp_path):
             assert "gpu=1" in resources.split(", ") and f"slurm_partition={partition}" in resources, resources
         else:
             assert not re.search(r"\bgpu=[1-9]", resources), resources
+        if rule != "default":  # the target, no job of work: every job's memory bound is its rule's
+            memory = {"embed_dnabert_s": 16000, "embed_esm2": 32000}.get(rule, 4000)
+            assert f"mem_mb={memory}" in resources.split(", "), (rule, resources)
 
 
 @pytest.mark.slurm

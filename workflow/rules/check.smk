@@ -13,6 +13,8 @@ rule check_models:
     priority: 100
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=checked_length,
         classifier_expected_length=config["models"]["classifier_expected_length"],

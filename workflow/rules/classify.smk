@@ -14,6 +14,8 @@ rule merge_features:
         **job_logs("merge_features", "{sample}", "{shard}"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     script:
         "../scripts/merge_features.py"
 
@@ -33,6 +35,8 @@ rule predict_frames:
     conda:
         "../../envs/virnucpro.yaml"
     threads: 8
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=expected_length,
         classifier_expected_length=config["models"]["classifier_expected_length"],
@@ -56,6 +60,8 @@ rule consensus:
         **job_logs("consensus", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=expected_length,
         models=run_models,

@@ -112,9 +112,8 @@ DOWNLOADS = {
 # Set when the run uses the built-in demonstration models: the outputs then say so.
 MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY)
 # Memory of a job in MB (the `mem_mb` resource; SLURM's --mem): a constant, since every job streams
-# its data in blocks of a fixed size (README, "Scale"), given to every rule by the Snakefile. The
-# embedding jobs hold a model as well and ask for more. Telemetry records each job's peak RSS
-# against it.
+# its data in blocks of a fixed size (README, "Scale"). The embedding jobs hold a model as well.
+# Telemetry records each job's peak RSS against it.
 JOB_MEM_MB = 4000
 DNABERT_S_JOB_MEM_MB = 16000
 ESM2_JOB_MEM_MB = 32000

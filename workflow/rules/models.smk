@@ -14,6 +14,8 @@ rule download_models:
         **job_logs("download_models"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         models=DOWNLOADS,
     script:

@@ -12,6 +12,8 @@ rule partition_input:
         **job_logs("partition_input", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         parts=input_part_files,
     script:
@@ -34,6 +36,8 @@ rule chunk:
         **job_logs("chunk", "{sample}", "{part}"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         part=lambda wildcards, input: input_part(input.parts, wildcards.part),
         expected_length=expected_length,
@@ -66,6 +70,8 @@ rule translate:
         **job_logs("translate", "{sample}", "{part}"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         max_ambiguous_fraction=config["max_ambiguous_fraction"],
     script:
@@ -86,6 +92,8 @@ checkpoint plan_shards:
         **job_logs("plan_shards", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         source=sample_input,
         shard_tokens=config["shard_tokens"],
@@ -105,6 +113,8 @@ rule tokenize_nucleotide:
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         kind="dnabert_s",
     script:
@@ -122,6 +132,8 @@ rule tokenize_protein:
         **job_logs("tokenize_protein", "{sample}", "{shard}"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         kind="esm2",
     script:
@@ -142,5 +154,7 @@ rule collect_fasta:
         **job_logs("collect_fasta", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     script:
         "../scripts/collect_fasta.py"

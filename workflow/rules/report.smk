@@ -24,6 +24,8 @@ rule summarize_sample:
         **job_logs("summarize_sample", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         expected_length=expected_length,
         models=run_models,
@@ -55,6 +57,8 @@ rule run_summary:
         **job_logs("run_summary"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         samples=list(SAMPLES),
         note=MODELS_NOTE,
@@ -111,6 +115,8 @@ rule timing_report:
         **job_logs("timing_report"),
     conda:
         "../../envs/virnucpro.yaml"
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         note=MODELS_NOTE,
     script:

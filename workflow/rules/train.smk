@@ -1,4 +1,4 @@
-# The `train` target: a classifier from labelled sequences (stages 1-6 as for prediction).
+# The `train` target: a classifier from labelled sequences (stages 1-7 as for prediction).
 
 
 rule train_classifier:
@@ -16,6 +16,8 @@ rule train_classifier:
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4
+    resources:
+        mem_mb=JOB_MEM_MB,
     params:
         inputs=training_inputs,
         expected_length=EXPECTED_LENGTH,
