@@ -55,7 +55,7 @@ def test_the_environment_installs_the_package_that_snakemake_imports(tmp_path):
                             env={**os.environ, "VIRNUCPRO_PACKAGE": str(checkout)}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     installed = tmp_path / "site" / "virnucpro"
-    assert (installed / "download.py").read_text() == (REPO / "src/virnucpro/model_store/download.py").read_text()
+    assert (installed / "model_store/download.py").read_text() == (REPO / "src/virnucpro/model_store/download.py").read_text()
     assert not list((tmp_path / "site").glob("__editable__*"))  # a copy, not a link to the checkout
 
 

@@ -183,7 +183,7 @@ config = yaml.safe_load(open(f"{repo}/config/config.yaml"))
 absolute(config)
 config["samples"] = {"reads": f"{work}/reads.fq.gz"}
 config["embedding"]["gpu_lock_dir"] = f"{work}/gpu-locks"
-config.update(shard_tokens=800, part_mb=0.001)  # several parts and shards from a small input
+config.update(shard_tokens=1600, part_mb=0.002)  # several parts (3) and shards (2) from a small input
 yaml.safe_dump(config, open(f"{work}/config.yaml", "w"), sort_keys=False)
 
 profile = yaml.safe_load(open(f"{repo}/profiles/slurm/config.yaml"))
