@@ -359,7 +359,7 @@ def test_train_target_makes_a_classifier_that_the_prediction_run_accepts(tmp_pat
 
     settings["models"]["classifier"] = str(trained / "classifier.pt")
     config.write_text(yaml.safe_dump(settings))
-    run_workflow(tmp_path, config)
+    run_workflow(tmp_path, config, "results/reads/read_predictions.parquet")  # the calls, not the reports
     table = pq.read_table(tmp_path / "results/reads/read_predictions.parquet")
     assert table.column("read_id").to_pylist() == reads
     assert set(table.column("classifier").to_pylist()) == {str(trained / "classifier.pt")}
@@ -371,7 +371,8 @@ def test_a_sample_sheet_gives_each_sample_its_expected_length_and_classifier(tmp
     (tmp_path / "samples.tsv").write_text("sample\tpath\texpected_length\n"
                                           f"short\t{tmp_path / 'short.fa'}\t\n"
                                           f"long\t{tmp_path / 'long.fa'}\t500\n")
-    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "unused.fa", samples=str(tmp_path / "samples.tsv")))
+    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "unused.fa", samples=str(tmp_path / "samples.tsv")),
+                 "results/short/read_predictions.parquet", "results/long/read_predictions.parquet")
     for sample, length in (("short", 300), ("long", 500)):
         table = pq.read_table(tmp_path / f"results/{sample}/read_predictions.parquet")
         assert set(table.column("expected_length").to_pylist()) == {length}
@@ -429,7 +430,7 @@ def test_models_named_in_the_config_are_downloaded_then_found(tmp_path, data_dir
         assert result.returncode != 0
         assert "models.dnabert_s 'zhihan1996/DNABERT-S' was not found. Looked for" in result.stdout + result.stderr
         run_workflow(tmp_path, config, "download_models")
-        run_workflow(tmp_path, config)
+        run_workflow(tmp_path, config, "results/reads/read_predictions.parquet")
     finally:
         server.http.shutdown()
         server.http.server_close()
