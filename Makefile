@@ -1,7 +1,7 @@
 # Set up a local environment, run the demo, run the tests.
 #   make demo   create .venv (first time), run the whole pipeline on the built-in demo input and
 #               make its report, results/report.html
-#   make test   create .venv (first time) and run the test suite
+#   make test   create .venv (first time), add the test extras and run the test suite
 # TORCH selects the PyTorch build; the default is the CPU build on this project's machines.
 
 VENV ?= .venv
@@ -10,10 +10,16 @@ PYTHON := $(VENV)/bin/python
 
 .PHONY: setup demo test builtin-models report-screenshot
 
+# The pipeline and its runtime dependencies: all that the demo needs.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet "$(TORCH)"
+	$(PYTHON) -m pip install --quiet -e .
+	touch $@
+
+# The test extras besides (fair-esm, Triton, ...: a few GB).
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -29,7 +35,7 @@ report-screenshot: demo
 	  --result results/report/job_timeline.png --size 1400x660
 
 # The slowest tests are listed at the end, so that a new slow one is seen.
-test: setup
+test: $(VENV)/.installed-test
 	$(PYTHON) -m pytest --durations=15
 
 # Rebuild the built-in models and the demo input from ../shared/data (see README): the two small

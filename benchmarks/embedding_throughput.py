@@ -2,15 +2,22 @@
 
 ESM-2 3B (36 layers, 2560 wide, 40 heads) on protein frames of 40-170 residues, side by side in
 one run on the same proteins and weights:
-  1. fair-esm fp32, 2,048-token batches (VirNucPro's setting),
+  1. fair-esm fp32, 2,048-token batches (VirNucPro's setting), on the first --reference-proteins
+     proteins: the reference of every cosine,
   2. fair-esm fp16, length-sorted padded 16,384-token batches,
-  3. this project: packed bf16 batches, varlen FlashAttention (eager, then torch.compile).
+  3. this project: packed bf16 batches, varlen FlashAttention, the Triton kernels between the
+     matrix multiplies, with each option (residual stream float32 or bf16; exact GELU or cuBLASLt's
+     tanh-GELU epilogue), then torch.compile on top of the default.
 DNABERT-S (12 layers, 768 wide) on nucleotide frames of 150-500 nt: this project's packed bf16
-path, and the straightforward fp32 forward (one sequence at a time, as VirNucPro runs it) on a
-subset, for the ratio and the equivalence check.
+path with each option (hidden states float32 or bf16; eager or torch.compile), and the
+straightforward fp32 forward (one sequence at a time, as VirNucPro runs it) on a subset, for the
+ratio and the equivalence check. Each variant's label names the attention path that ran.
 
-Throughput does not depend on weight values, so the weights are seeded random numbers. Pooled
-embeddings are compared with the fp32 reference by cosine similarity per sequence.
+The sequences are tokenized before the timing starts (in the pipeline, stages 3 and 4 do it, not
+the embedding jobs), and each of this project's variants is timed twice over all sequences after a
+warm-up. Throughput does not depend on weight values, so the weights are seeded random numbers.
+Pooled embeddings are compared with the fp32 reference by cosine similarity per sequence. Last, a
+torch.profiler trace of the default ESM-2 variant gives each kernel's share of the GPU time.
 
     python benchmarks/embedding_throughput.py --data ../shared/data --out benchmarks/results
 """
@@ -29,10 +36,9 @@ import torch
 
 from virnucpro.io.sequences import read_sequences
 from virnucpro.model_store.builtin import perturb_layer_norms
+from virnucpro.model_store.loading import load_embedder
 from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, save_dnabert_s
-from virnucpro.models.embedder import load_embedder
 from virnucpro.models.esm2 import ESM2, ESM2Config, save_fair_esm_checkpoint
-from virnucpro.stages.embedding import embed_sequences
 from virnucpro.stages.translation import translate_chunks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,18 +105,66 @@ def fair_esm_embed(model, alphabet, proteins: list[str], toks_per_batch: int) ->
 def variant(results: dict, name: str, save):
     """Run one measured variant; a failure is recorded and the other variants still run."""
     def decorate(function):
+        started = time.perf_counter()
         try:
             results["variants"][name] = function()
         except Exception as error:  # recorded in the results, which say what failed and why
             results["variants"][name] = {"error": f"{type(error).__name__}: {error}"}
+        results["variants"][name]["wall_seconds_of_variant"] = time.perf_counter() - started
+        print(f"{name}: {json.dumps({k: v for k, v in results['variants'][name].items() if not isinstance(v, list)})}",
+              flush=True)
         torch.cuda.empty_cache()
         save()
         return function
     return decorate
 
 
-def esm_benchmark(work: Path, proteins: list[str], results: dict, save) -> None:
+def time_ours(embedder, tokens: pa.ListArray, warm_up: pa.ListArray, device, repeats: int = 2) -> dict:
+    """Embed the pre-tokenized sequences `repeats` times after a warm-up (as a job embeds its shard's
+    token file, tokenized by an earlier stage): throughput of each repeat and of the best."""
+    from virnucpro.stages.embedding import embed_token_blocks
+
+    output = np.empty((len(tokens), embedder.dim), dtype=np.float32)
+
+    def write(first_row: int, vectors: np.ndarray) -> None:
+        output[first_row : first_row + len(vectors)] = vectors
+
+    _, warm_seconds, _ = timed(lambda: embed_token_blocks(embedder, [warm_up], device, lambda *_: None))
+    runs = []
+    for _ in range(repeats):
+        stats, seconds, peak = timed(lambda: embed_token_blocks(embedder, [tokens], device, write))
+        runs.append({"seconds": seconds, "compute_seconds": stats.compute_seconds, "peak_allocated_gib": peak,
+                     "tokens": stats.tokens, "batches": stats.batches, "token_budget": stats.token_budget,
+                     "packing_efficiency": stats.as_dict()["packing_efficiency"]})
+    best = min(runs, key=lambda run: run["seconds"])
+    return {"embeddings": output, "warm_up_seconds": warm_seconds, "runs": runs, **best}
+
+
+def cosines(ours: np.ndarray, reference: np.ndarray) -> dict:
+    similarity = cosine(ours[: len(reference)], reference)
+    return {"cosine_vs_fp32_min": float(similarity.min()), "cosine_vs_fp32_mean": float(similarity.mean()),
+            "cosine_sequences": len(reference)}
+
+
+ESM2_OPTIONS = (  # (label, residual stream dtype, cuBLASLt tanh-GELU epilogue in fc1)
+    ("float32 residual stream, exact GELU", torch.float32, False),
+    ("bf16 residual stream, exact GELU", torch.bfloat16, False),
+    ("float32 residual stream, tanh-GELU epilogue", torch.float32, True),
+    ("bf16 residual stream, tanh-GELU epilogue", torch.bfloat16, True),
+)
+
+
+def set_esm2_options(model, residual_dtype: torch.dtype, tanh_epilogue: bool) -> None:
+    model.gpu_residual_dtype = residual_dtype
+    for layer in model.layers:
+        layer.gelu_tanh_epilogue = tanh_epilogue
+
+
+def esm_benchmark(work: Path, proteins: list[str], reference_count: int, results: dict, save,
+                  compile_variant: bool) -> None:
     import esm
+
+    from virnucpro.models.tokens import load_tokenizer
 
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -121,7 +175,7 @@ def esm_benchmark(work: Path, proteins: list[str], results: dict, save) -> None:
     del model
     residues = sum(map(len, proteins))
     results.update({"proteins": len(proteins), "residues": residues, "mean_length": residues / len(proteins),
-                    "variants": {}})
+                    "checkpoint": str(checkpoint), "variants": {}})
 
     data = torch.load(checkpoint, map_location="cpu", weights_only=False)
     with torch.device("cuda"):
@@ -129,44 +183,92 @@ def esm_benchmark(work: Path, proteins: list[str], results: dict, save) -> None:
     del data
     reference = reference.eval()
     fp32 = {}
+    subset = proteins[:reference_count]
+    subset_residues = sum(map(len, subset))
 
-    @variant(results, "fair-esm fp32, 2,048-token batches", save)
+    @variant(results, f"fair-esm fp32, 2,048-token batches (first {reference_count} proteins)", save)
     def _():
         fair_esm_embed(reference, alphabet, proteins[:50], 2048)  # warm-up
-        fp32["embeddings"], seconds, peak = timed(lambda: fair_esm_embed(reference, alphabet, proteins, 2048))
-        return {"seconds": seconds, "residues_per_second": residues / seconds, "peak_allocated_gib": peak}
+        fp32["embeddings"], seconds, peak = timed(lambda: fair_esm_embed(reference, alphabet, subset, 2048))
+        return {"seconds": seconds, "residues_per_second": subset_residues / seconds, "peak_allocated_gib": peak}
 
     @variant(results, "fair-esm fp16, sorted padded 16,384-token batches", save)
     def _():
         model = reference.half()
-        fair_esm_embed(model, alphabet, proteins[:50], 16384)
+        fair_esm_embed(model, alphabet, proteins[:200], 16384)
         fp16, seconds, peak = timed(lambda: fair_esm_embed(model, alphabet, proteins, 16384))
-        similarity = cosine(fp16, fp32["embeddings"])
         return {"seconds": seconds, "residues_per_second": residues / seconds, "peak_allocated_gib": peak,
-                "cosine_vs_fp32_min": float(similarity.min()), "cosine_vs_fp32_mean": float(similarity.mean())}
+                **cosines(fp16, fp32["embeddings"])}
 
     del reference
+    torch.cuda.empty_cache()
     device = torch.device("cuda")
-    for compile_model, token_budget in ((False, None), (True, None), (True, 32768), (True, 16384)):
-        name = (f"this project: packed bf16, varlen attention{', torch.compile' if compile_model else ' (eager)'}"
-                f"{f', {token_budget}-token batches' if token_budget else ''}")
-
-        @variant(results, name, save)
+    tokenizer = load_tokenizer("esm2", checkpoint)
+    tokens, warm_up = tokenizer.encode(pa.array(proteins)), tokenizer.encode(pa.array(proteins[:300]))
+    embedder = load_embedder("esm2", checkpoint, device, prepared=False)
+    path = embedder.model.attention_path(device)
+    results["attention_path"] = path
+    for label, residual_dtype, tanh_epilogue in ESM2_OPTIONS:
+        @variant(results, f"this project: packed bf16, {path}, Triton kernels, {label}", save)
         def _():
-            embedder = load_embedder("esm2", checkpoint, device, compile_model)
-            _, warm_seconds, _ = timed(lambda: embed_sequences(embedder, proteins[:1000], device, token_budget))
-            (ours, stats), seconds, peak = timed(lambda: embed_sequences(embedder, proteins, device, token_budget))
-            similarity = cosine(ours, fp32["embeddings"])
-            return {"seconds": seconds, "residues_per_second": residues / seconds, "peak_allocated_gib": peak,
-                    "warm_up_seconds": warm_seconds, "tokens": stats.tokens, "batches": stats.batches,
-                    "token_budget": stats.token_budget, "packing_efficiency": stats.as_dict()["packing_efficiency"],
-                    "data_wait_seconds": stats.wait_seconds, "compute_seconds": stats.compute_seconds,
-                    "cosine_vs_fp32_min": float(similarity.min()), "cosine_vs_fp32_mean": float(similarity.mean())}
+            set_esm2_options(embedder.model, residual_dtype, tanh_epilogue)
+            measured = time_ours(embedder, tokens, warm_up, device)
+            return {"residues_per_second": residues / measured["seconds"],
+                    **{k: v for k, v in measured.items() if k != "embeddings"},
+                    **cosines(measured["embeddings"], fp32["embeddings"])}
+
+    set_esm2_options(embedder.model, torch.bfloat16, True)  # the default
+    profile_variant(embedder, tokens, warm_up, device, results)
+    save()
+    if compile_variant:
+        @variant(results, f"this project: packed bf16, {path}, Triton kernels, bf16 residual stream, "
+                          "tanh-GELU epilogue, torch.compile (default mode)", save)
+        def _():
+            embedder.model.compile_layers()
+            measured = time_ours(embedder, tokens, warm_up, device)
+            return {"residues_per_second": residues / measured["seconds"],
+                    **{k: v for k, v in measured.items() if k != "embeddings"},
+                    **cosines(measured["embeddings"], fp32["embeddings"])}
+
+
+def profile_variant(embedder, tokens: pa.ListArray, warm_up: pa.ListArray, device, results: dict) -> None:
+    """Each kernel's share of the GPU time over the first sequences' batches (torch.profiler)."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from virnucpro.stages.embedding import embed_token_blocks
+
+    embed_token_blocks(embedder, [warm_up], device, lambda *_: None)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        stats = embed_token_blocks(embedder, [tokens[:2000]], device, lambda *_: None)
+        torch.cuda.synchronize()
+    by_kernel = defaultdict(float)
+    for event in trace.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            by_kernel[event.name] += event.device_time
+    total = sum(by_kernel.values())
+    parameters = sum(p.numel() for name, p in embedder.model.named_parameters() if p.dim() == 2 and "embed" not in name)
+    matmul = sum(v for k, v in by_kernel.items() if any(m in k.lower() for m in ("nvjet", "gemm", "cublas", "sm90_xmma"))
+                 and "flash" not in k.lower())
+    results["profile"] = {
+        "sequences": 2000, "tokens": stats.tokens, "gpu_kernel_seconds": total / 1e6,
+        "compute_seconds_events": stats.compute_seconds, "tokens_per_gpu_second": stats.tokens / (total / 1e6),
+        "matrix_multiply_share": matmul / total,
+        "matrix_multiply_tflops": 2 * parameters * stats.tokens / (matmul / 1e6) / 1e12 if matmul else None,
+        "top_kernels": [{"kernel": k[:140], "share": v / total}
+                        for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:20]],
+    }
+    print("profile:", json.dumps({k: v for k, v in results["profile"].items() if k != "top_kernels"}), flush=True)
+    for row in results["profile"]["top_kernels"]:
+        print(f"  {row['share']:6.1%}  {row['kernel']}", flush=True)
 
 
 def dnabert_benchmark(work: Path, frames: list[str], reference_count: int, results: dict, save) -> None:
     from virnucpro.models.dnabert_s import load_dnabert_s
     from virnucpro.models.packing import PackedSequences
+    from virnucpro.models.tokens import load_tokenizer
 
     torch.manual_seed(1)
     with torch.device("cuda"):
@@ -176,44 +278,50 @@ def dnabert_benchmark(work: Path, frames: list[str], reference_count: int, resul
     save_dnabert_s(model, REPO / "resources/models/dnabert_s_mini/tokenizer.json", directory)
     del model
     device = torch.device("cuda")
+    tokenizer = load_tokenizer("dnabert_s", directory)
+    started = time.perf_counter()
+    tokens = tokenizer.encode(pa.array(frames))
+    tokenize_seconds = time.perf_counter() - started
+    warm_up = tokenizer.encode(pa.array(frames[:5000]))
+    total_tokens = len(tokens.values)
     results.update({"frames": len(frames), "mean_length_nt": float(np.mean([len(f) for f in frames])),
-                    "variants": {}})
-    packed = {}
+                    "tokens": total_tokens, "tokenize_seconds_not_timed": tokenize_seconds, "variants": {}})
 
-    for compile_model in (False, True):
-        name = f"this project: packed bf16, attention per exact-length group{', torch.compile' if compile_model else ''}"
-
-        @variant(results, name, save)
-        def _():
-            embedder = load_embedder("dnabert_s", directory, device, compile_model)
-            _, warm_seconds, _ = timed(lambda: embed_sequences(embedder, frames[:5000], device))
-            (packed[compile_model], stats), seconds, peak = timed(lambda: embed_sequences(embedder, frames, device))
-            return {"tokens": stats.tokens, "seconds": seconds, "tokens_per_second": stats.tokens / seconds,
-                    "warm_up_seconds": warm_seconds, "peak_allocated_gib": peak, "token_budget": stats.token_budget,
-                    "batches": stats.batches, "packing_efficiency": stats.as_dict()["packing_efficiency"],
-                    "data_wait_seconds": stats.wait_seconds, "compute_seconds": stats.compute_seconds}
+    model32, _ = load_dnabert_s(directory, device, torch.float32)
+    subset = frames[:reference_count]
+    fp32 = {}
 
     @variant(results, f"reference: fp32, one sequence at a time (as VirNucPro), first {reference_count} frames", save)
     def _():
-        model32, tokenizer = load_dnabert_s(directory, device, torch.float32)
-        subset = frames[:reference_count]
-
         def one_at_a_time():
             with torch.inference_mode():
                 return np.stack([model32.embed(PackedSequences.from_flat(*flat_tokens(tokenizer, [s])).to(device))[0]
                                  .cpu().numpy() for s in subset])
 
         one_at_a_time()
-        fp32, seconds, peak = timed(one_at_a_time)
-        tokens = len(tokenizer.encode(pa.array(subset)).values)
-        comparison = {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
-                      "peak_allocated_gib": peak}
-        for compiled, embeddings in packed.items():
-            similarity = cosine(embeddings[:reference_count], fp32)
-            label = "compiled" if compiled else "eager"
-            comparison[f"packed_bf16_{label}_cosine_vs_this_min"] = float(similarity.min())
-            comparison[f"packed_bf16_{label}_cosine_vs_this_mean"] = float(similarity.mean())
-        return comparison
+        fp32["embeddings"], seconds, peak = timed(one_at_a_time)
+        count = len(tokenizer.encode(pa.array(subset)).values)
+        return {"tokens": count, "seconds": seconds, "tokens_per_second": count / seconds, "peak_allocated_gib": peak,
+                "attention_path": model32.attention_path(device)}
+
+    del model32
+    embedder = load_embedder("dnabert_s", directory, device, prepared=False)
+    path = embedder.model.attention_path(device)
+    results["attention_path"] = path
+    for residual_dtype, compile_model in ((torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)):
+        label = (f"this project: packed bf16, {path}, Triton kernels, "
+                 f"{'bf16' if residual_dtype == torch.bfloat16 else 'float32'} hidden states"
+                 f"{', torch.compile (default mode)' if compile_model else ''}")
+
+        @variant(results, label, save)
+        def _():
+            embedder.model.gpu_residual_dtype = residual_dtype
+            if compile_model:
+                embedder.model.compile_layers()
+            measured = time_ours(embedder, tokens, warm_up, device)
+            return {"tokens_per_second": measured["tokens"] / measured["seconds"],
+                    **{k: v for k, v in measured.items() if k != "embeddings"},
+                    **cosines(measured["embeddings"], fp32["embeddings"])}
 
 
 def main() -> None:
@@ -222,8 +330,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for embedding_throughput.json")
     parser.add_argument("--work", type=Path, default=Path("/tmp/virnucpro-bench"), help="scratch for the models")
     parser.add_argument("--proteins", type=int, default=4000)
+    parser.add_argument("--reference-proteins", type=int, default=1000)
     parser.add_argument("--frames", type=int, default=60000)
     parser.add_argument("--reference-frames", type=int, default=1000)
+    parser.add_argument("--no-esm2-compile", action="store_true", help="leave out the torch.compile ESM-2 variant")
+    parser.add_argument("--name", default="embedding_throughput.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -234,16 +345,16 @@ def main() -> None:
         "command": "python benchmarks/embedding_throughput.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "host": platform.node(),
-        "esm2_3b": {}, "dnabert_s": {},
+        "dnabert_s": {}, "esm2_3b": {},
     }
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save():
-        (args.out / "embedding_throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / args.name).write_text(json.dumps(results, indent=2) + "\n")
 
     dnabert_benchmark(args.work, nucleotides, args.reference_frames, results["dnabert_s"], save)
-    esm_benchmark(args.work, proteins, results["esm2_3b"], save)
-    print(json.dumps(results, indent=2))
+    esm_benchmark(args.work, proteins, args.reference_proteins, results["esm2_3b"], save, not args.no_esm2_compile)
+    save()
 
 
 if __name__ == "__main__":

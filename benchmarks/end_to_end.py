@@ -26,9 +26,9 @@ import torch
 
 from runs import REPO, jobs, run_workflow, same_outputs, stage_rows, unit, workload
 from virnucpro.model_store.builtin import perturb_layer_norms
+from virnucpro.model_store.loading import load_embedder
 from virnucpro.models.classifier import MLPClassifier, save_classifier
 from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, save_dnabert_s
-from virnucpro.models.embedder import load_embedder
 from virnucpro.models.esm2 import ESM2, ESM2Config, save_fair_esm_checkpoint
 
 PREPARE_STAGES = ("partition_input", "chunk", "translate", "plan_shards", "tokenize_nucleotide", "tokenize_protein")

@@ -1,7 +1,8 @@
 """Where a GPU job's fixed costs go: process start-up and imports, CUDA, model load, compile and
 first batch, and exit, for ESM-2 3B and DNABERT-S (random weights of the real sizes), each job
-run several times in a row as a fresh process the way Snakemake runs them (the first fills the
-compile cache; later ones show a node that has run the job before).
+run several times in a row as a fresh process the way Snakemake runs them (the first writes the
+prepared copy of the model and fills the Triton and compile caches; later ones show a node that
+has run the job before). The child does what `run_embedding_job` does, in the same order.
 
     python benchmarks/job_overhead.py --data ../shared/data --out benchmarks/results
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,15 +25,16 @@ start = time.perf_counter()
 def mark(name):
     marks[name] = time.perf_counter() - start
 import torch
-from virnucpro.models.embedder import load_embedder
+from virnucpro.model_store.loading import load_embedder
 from virnucpro.stages.embedding import embed_shard
 mark("imports")
-torch.zeros(1, device="cuda")
-mark("cuda")
+mark("cuda")  # CUDA starts inside load_embedder (with the prepared copy, while the weights are read)
 if sys.argv[6]:
     import cProfile, io, pstats
     profiler = cProfile.Profile()
     profiler.enable()
+from virnucpro.model_store.prepared import prepared_dir
+marks["prepared_before"] = (prepared_dir(sys.argv[1], sys.argv[2], torch.bfloat16) / "manifest.json").exists()
 embedder = load_embedder(sys.argv[1], sys.argv[2], torch.device("cuda"), compile_model=False)
 torch.cuda.synchronize()
 mark("model_load")
@@ -75,17 +78,25 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kinds", nargs="+", default=["dnabert_s", "esm2"])
-    parser.add_argument("--variants", nargs="+", default=["compile", "eager"])
+    parser.add_argument("--variants", nargs="+", default=["eager", "compile"])
+    parser.add_argument("--name", default="job_overhead.json")
+    parser.add_argument("--esm2", type=Path, help="ESM-2 3B checkpoint (default: end_to_end.make_models')")
+    parser.add_argument("--dnabert-s", type=Path, help="DNABERT-S directory (default: end_to_end.make_models')")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
     from embedding_throughput import realistic_frames
-    from end_to_end import make_models
 
-    models = make_models(args.work)
+    if args.esm2 and args.dnabert_s:
+        models = {"esm2": args.esm2, "dnabert_s": args.dnabert_s}
+    else:
+        from end_to_end import make_models
+
+        models = make_models(args.work)
     frames = realistic_frames(args.data, args.frames, seed=3)[: args.frames]
     sequences = {"esm2": [p for p, _ in frames], "dnabert_s": [n for _, n in frames]}
-    results = {"command": "python benchmarks/job_overhead.py " + " ".join(sys.argv[1:]), "runs": []}
+    results = {"command": "python benchmarks/job_overhead.py " + " ".join(sys.argv[1:]), "runs": [],
+               "PYTHONPYCACHEPREFIX": os.environ.get("PYTHONPYCACHEPREFIX")}
     for variant in args.variants:
         for kind in args.kinds:
             tokens = args.work / f"overhead_{kind}.arrow"
@@ -105,7 +116,10 @@ def main() -> None:
                 run = {"variant": variant, "kind": kind, "repeat": repeat, "process_wall": wall, **marks,
                        "exit_after_done": wall - marks["imports_started_after"] - marks["done"]}
                 results["runs"].append(run)
-                print(f"{variant:26s} {kind:9s} #{repeat}: process {wall:5.1f} s | to imports "
+                run["process_start_to_first_batch"] = marks["imports_started_after"] + marks["first_batch"]
+                print(f"{variant:8s} {kind:9s} #{repeat}: prepared copy {'yes' if marks['prepared_before'] else 'no '}"
+                      f" | start to first batch {run['process_start_to_first_batch']:4.1f} s"
+                      f" | process {wall:5.1f} s | to imports "
                       f"{marks['imports_started_after']:.1f} + imports {marks['imports']:.1f} | cuda "
                       f"{marks['cuda'] - marks['imports']:.1f} | load {marks['model_load'] - marks['cuda']:.1f} | "
                       f"compile setup {marks['compile_setup'] - marks['model_load']:.1f} | first batch "
@@ -113,8 +127,8 @@ def main() -> None:
                       f" (compute {marks['compute_seconds']:.1f}) | exit {run['exit_after_done']:.1f} | after the first batch "
                       f"{marks['tokens'] * (1 - 1 / max(1, marks['batches'])) / max(1e-9, marks['done'] - marks['first_batch']):,.0f}"
                       " tokens/s", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "job_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / args.name).write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / args.name).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

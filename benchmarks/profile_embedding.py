@@ -20,7 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from embedding_throughput import realistic_frames
-from virnucpro.models.embedder import load_embedder
+from virnucpro.model_store.loading import load_embedder
 from virnucpro.stages.embedding import embed_sequences
 
 CATEGORIES = (  # first match wins (attention kernels have "cutlass" in their names too)

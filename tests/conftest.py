@@ -149,6 +149,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 EDGE_CASES = {
     "empty_read": "",
     "two_bases": "AC",
+    "one_codon": "ATG",  # scored by the classifier, but too short for a call
     "all_n": "N" * 200,
     "stop_in_every_frame": "TTAA" * 50,  # its own reverse complement, TAA in every frame
     "protein_in_iupac_letters": "MKKSWRDVHACGTTRKSDYVMHW",  # valid IUPAC, but a protein: warned about

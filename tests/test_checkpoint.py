@@ -138,3 +138,13 @@ def test_weights_fingerprint_identifies_the_values():
     changed = table.clone()
     changed[3, 4] += 1e-3
     assert weights_fingerprint(changed) != weights_fingerprint(table)
+
+
+@pytest.mark.parametrize("kept", [10, 100_000])
+def test_a_truncated_checkpoint_is_named_as_truncated(esm2_checkpoint, tmp_path, kept):
+    from virnucpro.io.errors import VirnucproError
+
+    truncated = tmp_path / "esm2.pt"
+    truncated.write_bytes(esm2_checkpoint.read_bytes()[:kept])
+    with pytest.raises(VirnucproError, match=rf"^{truncated}: truncated or corrupt \({kept} bytes\)"):
+        load_checkpoint(truncated)

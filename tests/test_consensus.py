@@ -282,3 +282,27 @@ def test_the_four_outputs_appear_together_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     run_stage_9(tmp_path, reads, chunks, frames, shards=2)
     assert all((tmp_path / name).exists() for name in ("prediction_results.txt", "highest.csv", "regions.tsv", "reads.parquet"))
+
+
+def test_a_read_shorter_than_the_minimum_gets_scores_but_no_call(tmp_path):
+    """A 3-bp read was called virus with score 1.0: the classifier scores a peptide of one amino acid
+    as confidently as any."""
+    reads = [("codon", 3, 0, 1), ("long", 150, 0, 1)]
+    chunks = [(0, 1, 1, None), (1, 1, 1, None)]
+    frames = [(0, 1, "F1", 0.0, 1.0), (1, 1, "F1", 0.1, 0.9)]
+    directory = tmp_path / "stage9"
+    run_stage_9(directory, reads, chunks, frames)
+    rows = {row["read_id"]: row for row in pq.read_table(directory / "reads.parquet").to_pylist()}
+    assert rows["codon"]["call"] == "virus"  # without a minimum (min_codons=1), as VirNucPro calls it
+    # the same with the workflow's minimum
+    from virnucpro.stages.consensus import write_outputs
+    write_outputs("s", [directory / "reads.arrow"], [directory / "chunks.arrow"], [directory / "frames.arrow"],
+                  [directory / "0.parquet"], [directory / "0.txt"], 300, "model.pt", tmp_path / "results.txt",
+                  tmp_path / "highest.csv", tmp_path / "reads.parquet", tmp_path / "regions.tsv", min_codons=10)
+    rows = {row["read_id"]: row for row in pq.read_table(tmp_path / "reads.parquet").to_pylist()}
+    assert rows["codon"]["call"] is None and rows["codon"]["reason"] == "below_min_codons"
+    assert rows["codon"]["score_virus"] == 1.0 and rows["codon"]["viral_regions"] == 0
+    assert rows["long"]["call"] == "virus" and rows["long"]["reason"] is None
+    assert (tmp_path / "results.txt").read_bytes() == (directory / "prediction_results.txt").read_bytes()
+    assert (tmp_path / "highest.csv").read_text() == "Modified_ID\tIs_Virus\ncodon_chunk_1\tTrue\nlong_chunk_1\tTrue\n"
+    assert (tmp_path / "regions.tsv").read_text().count("\n") == 2  # the header and the long read's region

@@ -55,7 +55,7 @@ def test_the_environment_installs_the_package_that_snakemake_imports(tmp_path):
                             env={**os.environ, "VIRNUCPRO_PACKAGE": str(checkout)}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     installed = tmp_path / "site" / "virnucpro"
-    assert (installed / "model_store/download.py").read_text() == (REPO / "src/virnucpro/model_store/download.py").read_text()
+    assert (installed / "model_store" / "download.py").read_text() == (REPO / "src/virnucpro/model_store/download.py").read_text()
     assert not list((tmp_path / "site").glob("__editable__*"))  # a copy, not a link to the checkout
 
 
@@ -86,3 +86,26 @@ def test_what_the_workflow_catalog_and_snakedeploy_look_for():
     settings = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())
     assert settings["usage"]["software-stack-deployment"] == {"conda": True}
     assert "--resources gpu=" in settings["usage"]["mandatory-flags"]["flags"]
+
+
+def test_make_demo_installs_the_runtime_dependencies_only(tmp_path):
+    """The test extras (fair-esm, Triton, ...) are a few GB that the demo does not need."""
+    def pip_installs(target: str) -> list[str]:
+        plan = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout
+        return [line for line in plan.splitlines() if "pip install" in line and "-e" in line.split()]
+
+    assert [line.split()[-1] for line in pip_installs("demo")] == ["."]
+    assert [line.split()[-1] for line in pip_installs("test")] == [".", "'.[test]'"]
+
+
+def test_config_readme_gives_the_defaults_of_config_yaml():
+    """Each key's default in config/README.md is its value in config/config.yaml."""
+    readme = (REPO / "config" / "README.md").read_text()
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, default in re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", readme, re.MULTILINE):
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        assert default in (str(value), shown), (key, default, value)

@@ -148,7 +148,7 @@ def test_the_real_tokenizer_neither_pads_nor_truncates(dnabert_s_reference, data
 def test_a_model_with_the_real_config_json_loads(dnabert_s_reference, tmp_path):
     """DNABERT-S's config.json (12 layers, width 768, 12 heads, with keys of its own such as
     auto_map) gives the model of the real checkpoint; weights of its shapes load into it."""
-    from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig
+    from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, rename_weight
 
     config = DnabertSConfig.from_json(dnabert_s_reference / "config.json")
     assert config == DnabertSConfig(vocab_size=4096, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -156,8 +156,8 @@ def test_a_model_with_the_real_config_json_loads(dnabert_s_reference, tmp_path):
     with torch.device("meta"):
         shapes = DnabertS(config).state_dict()
     generator = torch.Generator().manual_seed(5)
-    state = {key: (0.02 * torch.randn(value.shape, generator=generator)).to(torch.bfloat16)
-             for key, value in shapes.items()}
+    state = {rename_weight(key, to_checkpoint=True): (0.02 * torch.randn(value.shape, generator=generator))
+             .to(torch.bfloat16) for key, value in shapes.items()}
     directory = tmp_path / "DNABERT-S"
     directory.mkdir()
     for name in ("config.json", "tokenizer.json"):

@@ -168,8 +168,8 @@ def serve_classifiers(server: ModelServer, tmp_path: Path, monkeypatch) -> dict[
 
 def test_a_fresh_machine_gets_every_model_and_finds_it_by_name(caches, server, esm2_checkpoint, dnabert_s_dir,
                                                                 tmp_path, monkeypatch):
+    from virnucpro.model_store.loading import load_embedder
     from virnucpro.models.classifier import load_classifier
-    from virnucpro.models.embedder import load_embedder
 
     served = {**serve_esm2(server, esm2_checkpoint, tmp_path), **serve_dnabert_s(server, dnabert_s_dir),
               **serve_classifiers(server, tmp_path, monkeypatch)}
@@ -204,8 +204,8 @@ def test_a_fresh_machine_gets_every_model_and_finds_it_by_name(caches, server, e
     assert model_identity(classifier)["files"][0]["sha256"] == hashlib.sha256(served["500_model.pth"]).hexdigest()
     # the identity of the loaded models, which their feature files carry, includes the records
     cpu = torch.device("cpu")
-    assert load_embedder("esm2", checkpoint, cpu, files=model_files(checkpoint)).identity()["files"] == model_files(checkpoint)
-    assert load_embedder("dnabert_s", snapshot, cpu, files=model_files(snapshot)).identity()["files"] == model_files(snapshot)
+    assert load_embedder("esm2", checkpoint, cpu).identity()["files"] == model_files(checkpoint)
+    assert load_embedder("dnabert_s", snapshot, cpu).identity()["files"] == model_files(snapshot)
 
     # a second run checks what is there and fetches no file again
     def file_gets():

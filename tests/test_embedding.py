@@ -14,7 +14,7 @@ import torch
 from virnucpro.io.features import FeatureFile
 from virnucpro.io.sequences import read_sequences
 from virnucpro.io.tables import TableWriter
-from virnucpro.models.embedder import load_embedder
+from virnucpro.model_store.loading import load_embedder
 from virnucpro.models.packing import PackedSequences
 from virnucpro.models.tokens import load_tokenizer
 from virnucpro.stages.embedding import BatchTimeline, embed_sequences, embed_shard

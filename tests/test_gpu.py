@@ -14,6 +14,13 @@ import torch
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture(autouse=True)
+def prepared_copies_in_tmp(tmp_path, monkeypatch):
+    """GPU loads write prepared copies of the models (virnucpro.model_store.prepared): not into the
+    user's cache during tests."""
+    monkeypatch.setenv("VIRNUCPRO_PREPARED_DIR", str(tmp_path / "prepared"))
+
+
 @pytest.fixture(scope="module")
 def frames(data_dir):
     """(protein, nucleotide) of each stop-free frame."""
@@ -63,7 +70,7 @@ def esm2_150m_shaped(tmp_path_factory):
 def test_esm2_packed_bf16_matches_fair_esm_fp32(esm2_150m_shaped, frames, compile_model):
     import esm
 
-    from virnucpro.models.embedder import load_embedder
+    from virnucpro.model_store.loading import load_embedder
     from virnucpro.stages.embedding import embed_sequences
 
     proteins = [protein for protein, _ in frames if 40 <= len(protein) <= 170][:600]
@@ -88,8 +95,8 @@ def test_esm2_packed_bf16_matches_fair_esm_fp32(esm2_150m_shaped, frames, compil
 
 def test_dnabert_s_packed_bf16_matches_fp32_one_sequence_at_a_time(tmp_path, frames):
     from virnucpro.model_store.builtin import perturb_layer_norms
+    from virnucpro.model_store.loading import load_embedder
     from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, load_dnabert_s, save_dnabert_s
-    from virnucpro.models.embedder import load_embedder
     from virnucpro.models.packing import PackedSequences
     from virnucpro.stages.embedding import embed_sequences
 

@@ -11,10 +11,9 @@ import torch
 
 from conftest import BUILTIN_MODELS
 from test_dnabert_s import copy_model_directory, load_state
-from virnucpro.model_store.cache import model_files
 from virnucpro.model_store.check import check_models, describe_embedding_model
+from virnucpro.model_store.loading import load_embedder
 from virnucpro.models.classifier import MLPClassifier, save_classifier
-from virnucpro.models.embedder import load_embedder
 
 BUILTIN = {"dnabert_s": BUILTIN_MODELS / "dnabert_s_mini", "esm2": BUILTIN_MODELS / "esm2_mini.pt"}
 
@@ -22,7 +21,7 @@ BUILTIN = {"dnabert_s": BUILTIN_MODELS / "dnabert_s_mini", "esm2": BUILTIN_MODEL
 @pytest.mark.parametrize("kind", ["dnabert_s", "esm2"])
 def test_the_identity_from_the_headers_is_the_one_the_job_records(kind, dnabert_s_dir, esm2_checkpoint):
     for path in (BUILTIN[kind], {"dnabert_s": dnabert_s_dir, "esm2": esm2_checkpoint}[kind]):
-        assert describe_embedding_model(kind, path) == load_embedder(kind, path, torch.device("cpu"), files=model_files(path)).identity()
+        assert describe_embedding_model(kind, path) == load_embedder(kind, path, torch.device("cpu")).identity()
 
 
 def test_only_the_token_embedding_table_is_read(monkeypatch):

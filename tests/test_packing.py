@@ -60,6 +60,16 @@ def test_split_gives_two_consistent_halves(count):
         assert part.max_len == expected.max_len
 
 
+def test_split_keeps_the_dummy_sequence_last_and_its_padding():
+    token_lists = [np.full(length, 5 + i) for i, length in enumerate([30, 20, 25, 10, 7])]
+    packed = PackedSequences.from_token_lists(token_lists, pad_id=0)
+    assert packed.padding_tokens == 128 - 92
+    first, second = packed.split()
+    assert first.lengths.tolist() == [30, 20] and first.padding_tokens == 0
+    assert second.lengths.tolist() == [25, 10, 7, 36] and second.padding_tokens == 36
+    assert torch.cat((first.tokens, second.tokens)).tolist() == packed.tokens.tolist()
+
+
 def test_split_halves_embed_like_the_whole_batch_esm2(esm2_checkpoint):
     model = load_esm2(esm2_checkpoint)
     packed = PackedSequences.from_token_lists(token_lists(ProteinTokenizer, PROTEINS))

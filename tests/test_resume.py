@@ -25,12 +25,13 @@ from conftest import REPO, SNAKEMAKE, run_workflow, write_config, write_input
 pytestmark = pytest.mark.workflow
 
 # What differs between two runs whatever happens: the record of when and how long, and the path
-# of each run's own input (results/<sample>/input_path.txt).
+# and modification time of each run's own input (results/<sample>/input_path.txt, the identity records).
 RUN_SPECIFIC_FILES = ("results/logs/", "results/telemetry/", "results/telemetry.parquet",
                 "results/telemetry_gpu_samples.parquet", "results/telemetry_batches.parquet",
                 "results/timing_report.md", "results/timing_report.tsv", "results/report/timing_report.html",
                 "results/report/job_timeline.png", "results/report/gpu_usage.png", "results/report/stage_times.png",
-                "results/report/embedding_throughput.png", "results/reads/input_path.txt")
+                "results/report/embedding_throughput.png", "results/reads/input_path.txt",
+                "results/checks/identity/")
 
 
 def results(workdir: Path) -> dict[str, bytes | None]:
@@ -117,3 +118,53 @@ def test_only_the_lock_of_a_run_that_is_gone_is_removed(tmp_path):
 
     assert remove_stale_lock(locks) == [ended_record]
     assert not locks.exists()
+
+
+def test_a_second_run_is_told_which_run_uses_the_folder(tmp_path):
+    """Snakemake's own advice, --unlock, would harm the run that holds the lock."""
+    (tmp_path / "reads.fa").write_text(">r1\nACGTTGCAAT\n")
+    config = write_config(tmp_path, tmp_path / "reads.fa")
+    with open(tmp_path / "first_run.log", "w") as log:
+        first = subprocess.Popen(SNAKEMAKE + ["--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                                              "--configfile", str(config), "--cores", "2"],
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        locks = tmp_path / ".snakemake" / "locks"
+        wait_for(lambda: any(locks.glob("virnucpro-owner-*.json")) and any(locks.glob("*.output.lock")), first,
+                 "lock of the first run")
+        second = run_workflow(tmp_path, config, check=False)
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait()
+    assert second.returncode != 0
+    last = second.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"Error: another run of this workflow is using {tmp_path} (PID {first.pid}, started 20")
+    assert "do not use --unlock" in last
+
+
+def test_a_lock_folder_that_is_a_symbolic_link_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "virnucpro-owner-1.json").write_text(json.dumps({"host": "x", "pid": 1}) + "\n")
+    (tmp_path / ".snakemake").mkdir()
+    (tmp_path / ".snakemake" / "locks").symlink_to(elsewhere)
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n")
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa"), check=False)
+    assert result.returncode != 0
+    assert result.stderr.rstrip().splitlines()[-1] == (
+        f"Error: .snakemake/locks is a symbolic link (to {elsewhere}): refused, the run's lock would be written and "
+        "removed there; remove the link")
+    assert sorted(path.name for path in elsewhere.iterdir()) == ["virnucpro-owner-1.json"]
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_owner_record_replaces_a_link_planted_at_its_name(tmp_path):
+    from virnucpro.run.resume import record_owner, running_owners
+
+    locks, target = tmp_path / "locks", tmp_path / "target"
+    locks.mkdir()
+    target.write_text("untouched")
+    (locks / f"virnucpro-owner-{os.getpid()}.json").symlink_to(target)
+    record_owner(locks)
+    assert target.read_text() == "untouched"
+    assert [owner["pid"] for owner in running_owners(locks)] == [os.getpid()]

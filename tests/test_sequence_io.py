@@ -5,6 +5,11 @@ import lzma
 import pyarrow as pa
 import pytest
 
+try:  # as virnucpro.io.sequences reads it
+    from compression import zstd
+except ImportError:
+    from backports import zstd
+
 from virnucpro.io.atomic import atomic_output, atomic_path
 from virnucpro.io.sequences import (InputError, SequenceRecord, fasta_text, protein_like, read_sequences)
 
@@ -47,7 +52,8 @@ def test_plain_fasta_ids_are_first_word_and_case_is_kept(tmp_path):
     assert read_all(path) == FASTA_RECORDS
 
 
-@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, bz2.compress], ids=["gzip", "xz", "bzip2"])
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, bz2.compress, zstd.compress],
+                         ids=["gzip", "xz", "bzip2", "zstd"])
 def test_compressed_fasta_reads_like_the_plain_file(tmp_path, compress):
     # The name says plain FASTA: compression is found from the magic bytes, not the extension.
     path = write_bytes(tmp_path / "reads.fa", compress(FASTA_TEXT.encode()))
@@ -131,8 +137,9 @@ def test_binary_file_is_an_input_error(tmp_path):
     assert str(path) in message and "not a text" in message
 
 
-def test_truncated_gzip_is_an_input_error(tmp_path):
-    whole = gzip.compress(FASTA_TEXT.encode() * 50)
+@pytest.mark.parametrize("compress", [gzip.compress, zstd.compress], ids=["gzip", "zstd"])
+def test_a_truncated_compressed_file_is_an_input_error(tmp_path, compress):
+    whole = compress(FASTA_TEXT.encode() * 50)
     path = write_bytes(tmp_path / "cut.fa.gz", whole[: len(whole) // 2])
     message = read_error(path)
     assert str(path) in message and "cannot be read" in message
@@ -323,3 +330,18 @@ def test_a_byte_order_mark_is_skipped(tmp_path):
     path = tmp_path / "bom.fa"
     path.write_bytes(b"\xef\xbb\xbf>r1 x\nACGT\n")
     assert list(read_sequences(path)) == [SequenceRecord("r1", "ACGT")]
+
+
+# b"caf\xe9" (Latin-1) in a first header sends the file to the line parser, which must agree with dnaio
+@pytest.mark.parametrize("first", [b">r1\n", b">caf\xe9\n"], ids=["dnaio", "line parser"])
+def test_the_id_is_the_first_word_after_leading_whitespace_as_biopython_reads_it(tmp_path, first):
+    path = write_bytes(tmp_path / "reads.fa", first + b"ACGT\n>\tID2 second read\nACGT\n> ID3\nGG\n")
+    records = list(read_sequences(path))
+    assert [record.id for record in records[1:]] == ["ID2", "ID3"]
+    assert records[1].description == "second read"
+
+
+@pytest.mark.parametrize("first", [b">r1\n", b">caf\xe9\n"], ids=["dnaio", "line parser"])
+def test_a_nul_byte_in_a_header_is_refused(tmp_path, first):
+    path = write_bytes(tmp_path / "reads.fa", first + b"ACGT\n>a\x00b c\nACGT\n")
+    assert read_error(path) == f"{path}, line 3: a NUL byte (0x00) in the header"

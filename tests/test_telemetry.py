@@ -130,3 +130,54 @@ def test_a_job_over_its_memory_bound_says_so_in_its_telemetry(tmp_path):
     report = json.loads((tmp_path / "job.json").read_text())
     assert report["memory_bound_mb"] == 1 and report["peak_rss_mb"] > 1
     assert report["warnings"] == [f"peak memory {report['peak_rss_mb']:.0f} MB is over the job's bound of 1 MB (mem_mb)"]
+
+
+def test_an_error_raised_on_purpose_ends_the_job_with_its_message_alone(tmp_path, capsys):
+    from virnucpro.io.errors import VirnucproError
+    from virnucpro.run.failures import failed_job_messages
+    from virnucpro.run.telemetry import RUN_ID_VARIABLE, configure_logging
+
+    configure_logging(tmp_path / "job.log")
+    with pytest.raises(SystemExit) as stopped:
+        with JobTelemetry(tmp_path / "telemetry/chunk/reads.000.json", "chunk", "reads"):
+            raise VirnucproError("reads.fa, record 'r2': character 'Z' at position 3 is not a nucleotide")
+    assert stopped.value.code == 1
+    assert "Traceback" not in (tmp_path / "job.log").read_text()
+    assert "character 'Z'" in (tmp_path / "job.log").read_text()
+    assert "character 'Z'" not in capsys.readouterr().err  # printed by the run, last, once
+    report = json.loads((tmp_path / "telemetry/chunk/reads.000.json").read_text())
+    assert report["message"] == "reads.fa, record 'r2': character 'Z' at position 3 is not a nucleotide"
+    import os
+    assert failed_job_messages(tmp_path / "telemetry", os.environ.get(RUN_ID_VARIABLE)) == [report["message"]]
+    assert failed_job_messages(tmp_path / "telemetry", "another run") == []
+
+
+def test_a_full_disk_names_the_folder_and_what_the_job_needs(tmp_path):
+    import errno
+    import os
+
+    (tmp_path / "in.arrow").write_bytes(b"x" * 3 * 2**20)
+    with pytest.raises(SystemExit):
+        with JobTelemetry(tmp_path / "job.json", "chunk", "reads", inputs=[tmp_path / "in.arrow"],
+                          outputs=[tmp_path / "results/reads/chunks/000.arrow", tmp_path / "results/reads/x.arrow"]):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    message = json.loads((tmp_path / "job.json").read_text())["message"]
+    assert message.startswith(f"{tmp_path}: no space left on device (")
+    assert "this chunk job reads 3.0 MB" in message
+
+
+def test_the_error_behind_snakemakes_wrappers_is_found():
+    from snakemake.exceptions import WorkflowError
+
+    from virnucpro.io.errors import VirnucproError
+    from virnucpro.run.failures import project_error
+
+    error = VirnucproError("models.esm2 'x': not found")
+    try:
+        try:
+            raise error
+        except VirnucproError:
+            raise WorkflowError("while building the DAG")  # as Snakemake wraps an input function's error
+    except WorkflowError as wrapped:
+        assert project_error(wrapped) is error
+    assert project_error(WorkflowError("a bug")) is None

@@ -31,6 +31,8 @@ def test_every_read_is_accounted_for(one_shard_run):
     rows = {row["read_id"]: row for row in table.to_pylist()}
     assert rows["empty_read"]["reason"] == "empty_sequence"
     assert rows["two_bases"]["reason"] == "too_short"
+    assert rows["one_codon"]["reason"] == "below_min_codons" and rows["one_codon"]["score_virus"] is not None
+    assert "one_codon_chunk_1F1\t" in (workdir / "results/reads/prediction_results.txt").read_text()  # VirNucPro's
     assert rows["all_n"]["reason"] == "too_ambiguous"
     assert rows["stop_in_every_frame"]["reason"] == "no_stop_free_frame"
     assert rows["protein_in_iupac_letters"]["reason"] == "too_ambiguous"
@@ -44,7 +46,7 @@ def test_an_input_that_looks_like_protein_is_warned_about(one_shard_run):
     workdir, _ = one_shard_run
     telemetry = json.loads((workdir / "results/telemetry/chunk/reads.000.json").read_text())
     assert len(telemetry["warnings"]) == 1
-    assert "1 of 46 reads of this part look like protein" in telemetry["warnings"][0]
+    assert "1 of 47 reads of this part look like protein" in telemetry["warnings"][0]
     assert "'protein_in_iupac_letters'" in telemetry["warnings"][0]
     assert telemetry["warnings"][0] in (workdir / "results/logs/chunk/reads.000.log").read_text()
 
@@ -87,10 +89,11 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     assert 0 < embedding["details"]["packing_efficiency"] <= 1
     assert sum(embedding["details"]["batch_timeline"]["tokens"]) == embedding["details"]["tokens"]
     report = (workdir / "results/timing_report.md").read_text()
-    for stage in stages - {"timing_report", "run_summary", "check_models"}:  # the report covers the samples' jobs
+    for stage in stages - {"timing_report", "run_summary"}:  # the report covers the samples' jobs and model check
         assert f"| {stage} |" in report
+    assert "check_models predict_300.all ok" in (workdir / "results/logs/check_models/predict_300.all.log").read_text()
     table = pl.read_parquet(workdir / "results/telemetry.parquet")
-    assert table.height == len(jobs) - 3 and table["run_id"].unique().to_list() == [jobs[0]["run_id"]]
+    assert table.height == len(jobs) - 2 and table["run_id"].unique().to_list() == [jobs[0]["run_id"]]
     batches = pl.read_parquet(workdir / "results/telemetry_batches.parquet")
     assert batches["tokens"].sum() == sum(job["details"]["tokens"] for job in jobs if job["stage"].startswith("embed"))
     assert pl.read_parquet(workdir / "results/telemetry_gpu_samples.parquet").height == 0  # no GPU here
@@ -104,11 +107,12 @@ def test_the_summary_counts_what_the_read_table_holds(one_shard_run):
     assert summary["reads"] == str(len(read_ids))
     for call in ("virus", "others"):
         assert summary[call] == str(reads.filter(pl.col("call") == call).height)
-    for reason in ("empty_sequence", "too_short", "too_ambiguous", "no_stop_free_frame"):
+    for reason in ("empty_sequence", "too_short", "below_min_codons", "too_ambiguous", "no_stop_free_frame"):
         assert summary[f"unclassified_{reason}"] == str(reads.filter(pl.col("reason") == reason).height)
     assert summary["chunks"] == str(reads["chunks"].sum()) and summary["frames"] == str(reads["frames"].sum())
     regions = pl.read_csv(results / "viral_regions.tsv", separator="\t")
-    assert regions.height == reads["viral_regions"].sum() == int(summary["viral_regions"])
+    assert regions.height == reads["viral_regions"].sum()
+    assert int(summary["their_viral_regions"]) == reads.filter(pl.col("chunks") > 1)["viral_regions"].sum()
     assert regions.join(reads, left_on="sequence_id", right_on="read_id")["call"].is_not_null().all()
     assert ((regions["start"] >= 1) & (regions["end"] <= regions["sequence_length"])).all()
     run = (workdir / "results/run_summary.tsv").read_text().splitlines()
@@ -124,9 +128,17 @@ def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run,
     assert f"**Note:** {BUILTIN_MODELS_NOTE}" in (workdir / "results/timing_report.md").read_text()
     assert f"note\t{BUILTIN_MODELS_NOTE}\t" in (workdir / "results/reads/summary.tsv").read_text()
     assert BUILTIN_MODELS_NOTE in (workdir / "results/report/run_summary.html").read_text()
+    builtin = REPO / "resources/models"
     real = [tmp_path / "DNABERT-S", tmp_path / "esm2_t36_3B_UR50D.pt", tmp_path / "300_model.pth"]
-    assert models_note(real, REPO) is None
-    assert models_note([*real, REPO / "resources/models/classifier_500.pt"], REPO) == BUILTIN_MODELS_NOTE
+    real[0].mkdir()
+    (real[0] / "config.json").write_text("{}")
+    real[1].write_bytes(b"other weights")
+    real[2].write_bytes(b"other classifier")
+    assert models_note(real, builtin) is None
+    assert models_note([*real, builtin / "classifier_500.pt"], builtin) == BUILTIN_MODELS_NOTE
+    # decided by what the models are, not where they lie: the built-in models copied elsewhere
+    copies = shutil.copytree(builtin, tmp_path / "copies")
+    assert models_note([copies / "dnabert_s_mini", *real[1:]], builtin) == BUILTIN_MODELS_NOTE
 
 
 def test_results_do_not_depend_on_parts_shards_or_gpu_jobs_at_once(one_shard_run, tmp_path):
@@ -158,7 +170,8 @@ def test_a_second_run_reports_its_own_jobs_and_lists_the_first(one_shard_run, tm
     workdir, _ = one_shard_run
     shutil.copytree(workdir, tmp_path / "run", symlinks=True)  # with the same config: the same input file
     run_workflow(tmp_path / "run", tmp_path / "run" / "config.yaml", "--forcerun", "consensus")
-    jobs = [json.loads(p.read_text()) for p in (tmp_path / "run/results/telemetry").glob("*/reads.*.json")]
+    jobs = [json.loads(p.read_text()) for pattern in ("*/reads.*.json", "check_models/*.json")
+            for p in (tmp_path / "run/results/telemetry").glob(pattern)]
     first, second = sorted({job["run_id"] for job in jobs})
     # consensus and what needs its deleted temporary inputs ran again; the stages before come from the first run
     pipeline = pl.read_parquet(tmp_path / "run/results/telemetry.parquet")["stage"].unique(maintain_order=True)
@@ -243,6 +256,12 @@ def test_bad_input_fails_with_a_clear_error_and_keeps_its_telemetry(tmp_path):
     assert "reads.fa, record 'r1': duplicate sequence ID in records 1 and 3" in telemetry["error"]
     assert not (tmp_path / "results/reads/shards.tsv").exists()
     assert not (tmp_path / "results/telemetry/embed_esm2").exists()  # refused before any GPU work
+    assert not list((tmp_path / "results/reads").glob("*.fa*"))  # no FASTA of a refused input
+    # the message alone, last, once: no traceback
+    assert result.stderr.rstrip().splitlines()[-1] == f"Error: {tmp_path / 'reads.fa'}, record 'r1': duplicate " \
+        "sequence ID in records 1 and 3 (IDs must be unique)"
+    assert "Traceback" not in result.stdout + result.stderr
+    assert (result.stdout + result.stderr).count("duplicate sequence ID") == 1
     assert not list((tmp_path / "results/reads").rglob(".*tmp*"))
 
 
@@ -257,8 +276,24 @@ def test_a_classifier_for_another_length_is_refused_before_any_gpu_work(tmp_path
     telemetry = json.loads((tmp_path / "results/telemetry/check_models/predict_500.all.json").read_text())
     assert "classifier_300.pt: classifier was trained for expected length 300, but this run chunks to 500" in \
         telemetry["error"]
-    for later in ("plan_shards", "tokenize_protein", "embed_dnabert_s", "embed_esm2"):
+    for later in ("partition_input", "chunk", "plan_shards", "tokenize_protein", "embed_dnabert_s", "embed_esm2"):
         assert not (tmp_path / "results/telemetry" / later).exists(), later
+
+
+def test_a_truncated_classifier_is_named_before_anything_runs(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGTACGTAC\n")
+    classifier = tmp_path / "classifier.pt"
+    classifier.write_bytes((REPO / "resources/models/classifier_300.pt").read_bytes()[:300_000])  # a cut-off copy
+    config = write_config(tmp_path, tmp_path / "reads.fa")
+    settings = yaml.safe_load(config.read_text())
+    settings["models"]["classifier"] = str(classifier)
+    config.write_text(yaml.safe_dump(settings))
+    result = run_workflow(tmp_path, config, check=False)
+    assert result.returncode != 0
+    assert result.stderr.rstrip().splitlines()[-1].startswith(
+        f"Error: {classifier}: truncated or corrupt (300000 bytes): not a complete PyTorch checkpoint")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "results/reads").exists()  # no stage ran: nothing that looks complete
 
 
 def test_a_device_setting_this_machine_cannot_meet_is_refused_at_once(tmp_path):
@@ -282,10 +317,36 @@ def test_a_bad_config_value_is_named(tmp_path):
     result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", expected_length=400), "-n",
                           check=False)
     assert result.returncode != 0
-    assert "expected_length" in result.stderr + result.stdout
+    # in a dry run (-n) Snakemake prints to stdout
+    assert result.stdout.rstrip().splitlines()[-1] == "Error: config: expected_length: 400 is not one of [300, 500]"
     result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shard_count=2), "-n",
                           check=False)
     assert "shard_count" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("given, problem", [("folder", "the input is a directory, not a FASTA or FASTQ file"),
+                                            ("/dev/null", "the input is not a regular file but a device")])
+def test_an_input_that_is_no_file_is_named_for_what_it_is(tmp_path, given, problem):
+    given = str(tmp_path) if given == "folder" else given
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "unused.fa"), "-n", "--config",
+                          f"input={given}", check=False)
+    assert result.returncode != 0
+    assert result.stdout.rstrip().splitlines()[-1].startswith(f"Error: {given}: {problem}")
+    assert "Traceback" not in result.stdout and 'File "' not in result.stdout
+
+
+def test_an_input_whose_name_is_not_utf8_is_refused_before_snakemake_starts(tmp_path):
+    import os
+
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.fa")
+    with open(os.fsencode(name), "w") as out:
+        out.write(">r1\nACGT\n")
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "unused.fa"), "--config", f"input={name}",
+                          check=False)
+    assert result.returncode != 0
+    assert result.stderr.rstrip().splitlines()[-1] == f"Error: {tmp_path}/caf\\xe9.fa: the file name has a byte " \
+        "that is not UTF-8, which Snakemake cannot record; rename the file (or link to it under a UTF-8 name)"
+    assert not (tmp_path / "results").exists()
 
 
 def test_input_on_the_command_line_names_the_sample(tmp_path):
@@ -297,13 +358,13 @@ def test_input_on_the_command_line_names_the_sample(tmp_path):
 
 
 def test_the_timing_report_waits_for_every_job_it_reports(one_shard_run):
-    """Its inputs are the telemetry files it reads, so every rule of the samples' jobs comes before it,
-    collect_fasta too (which no other job of the report needs)."""
+    """Its inputs are the telemetry files it reads, so every rule of the samples' jobs and their model
+    check comes before it, collect_fasta too (which no other job of the report needs)."""
     workdir, _ = one_shard_run
     graph = run_workflow(workdir, workdir / "config.yaml", "--rulegraph").stdout
     rules = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', graph, re.MULTILINE))
     before = {rules[a] for a, b in re.findall(r"^\s*(\d+) -> (\d+)$", graph, re.MULTILINE) if rules[b] == "timing_report"}
-    assert before == set(rules.values()) - {"default", "check_models", "run_summary", "timing_report"}
+    assert before == set(rules.values()) - {"default", "run_summary", "timing_report"}
 
 
 def test_a_sample_named_like_a_folder_of_the_run_is_refused(tmp_path):
@@ -389,6 +450,34 @@ def test_a_bad_sample_sheet_row_is_named(tmp_path):
     assert "samples.tsv, line 3: expected_length: '250' is not one of ['300', '500']" in result.stdout + result.stderr
 
 
+def test_a_sample_sheet_saved_with_a_byte_order_mark_is_read(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n")
+    (tmp_path / "samples.tsv").write_bytes(b"\xef\xbb\xbfsample\tpath\nmine\treads.fa\n")  # as a spreadsheet saves it
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", samples=str(tmp_path / "samples.tsv")),
+                          "-n")
+    assert "results/mine/read_predictions.parquet" in result.stdout
+
+
+def test_a_whole_number_written_as_a_float_is_taken_as_the_integer(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n")
+    result = run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa"), "-n", "--config",
+                          "expected_length=500.0")
+    assert "results/checks/models.predict_500.json" in result.stdout
+
+
+def test_a_classifier_path_takes_only_the_expected_length_field(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n")
+    config = write_config(tmp_path, tmp_path / "reads.fa")
+    for setting, shown in (("models/{sample}.pt", "{sample}"), ("{expected_length.__class__}", "{expected_length.__class__}")):
+        settings = yaml.safe_load(config.read_text())
+        settings["models"]["classifier"] = setting
+        config.write_text(yaml.safe_dump(settings))
+        result = run_workflow(tmp_path, config, "-n", check=False)
+        assert result.returncode != 0
+        assert result.stdout.rstrip().splitlines()[-1] == f"Error: models.classifier '{setting}': {shown} is not " \
+            "filled in; the only field of a classifier's path is {expected_length}"
+
+
 def test_two_inputs_of_the_same_name_do_not_share_results(one_shard_run, tmp_path):
     """--config input=x/reads.fa, then y/reads.fa: both would be sample 'reads'."""
     workdir, _ = one_shard_run
@@ -441,3 +530,36 @@ def test_models_named_in_the_config_are_downloaded_then_found(tmp_path, data_dir
         name: hashlib.sha256(data).hexdigest() for name, data in served.items()}
     features = json.loads((tmp_path / "results/telemetry/embed_esm2/reads.000.json").read_text())
     assert features["details"]["model"]["files"] == models["esm2"]["files"]
+
+
+def test_an_input_or_model_replaced_by_an_older_file_reruns_from_stage_1(tmp_path):
+    """Snakemake alone reruns only for newer files: a replacement with an older modification time
+    (a copy that keeps its time) must still rerun, and the results of the content before must not
+    stay when the rerun fails."""
+    import os
+
+    reads = tmp_path / "reads.fa"
+    reads.write_text("".join(f">r{i}\n{'ACGTTGCAAT' * 20}\n" for i in range(5)))
+    classifier = tmp_path / "classifier.pt"
+    shutil.copy(REPO / "resources/models/classifier_300.pt", classifier)
+    config = write_config(tmp_path, reads)
+    settings = yaml.safe_load(config.read_text())
+    settings["models"]["classifier"] = str(classifier)
+    config.write_text(yaml.safe_dump(settings))
+    run_workflow(tmp_path, config)
+    old_time = reads.stat().st_mtime_ns - 10**12
+    replacement = tmp_path / "new.fa"
+    replacement.write_text(">n1\nGGCATTACGT\n>n2\nTTGCATGCAA\n")
+    os.utime(replacement, ns=(old_time, old_time))
+    replacement.replace(reads)
+    run_workflow(tmp_path, config)
+    table = pq.read_table(tmp_path / "results/reads/read_predictions.parquet")
+    assert table.column("read_id").to_pylist() == ["n1", "n2"]
+    # a classifier replaced in place by one for another length: checked again, refused, no results left
+    classifier.write_bytes((REPO / "resources/models/classifier_500.pt").read_bytes())
+    os.utime(classifier, ns=(old_time, old_time))
+    result = run_workflow(tmp_path, config, check=False)
+    assert result.returncode != 0
+    telemetry = json.loads((tmp_path / "results/telemetry/check_models/predict_300.all.json").read_text())
+    assert "classifier was trained for expected length 500" in telemetry["error"]
+    assert not [path.name for path in (tmp_path / "results/reads").iterdir() if path.is_file()]

@@ -87,3 +87,32 @@ def test_a_training_input_name_follows_the_sample_name_pattern(tmp_path):
     table.write_text("name\tpath\tlabel\nlambda\tx.fa\tviral\n_host\ty.fa\thost\n")
     with pytest.raises(ValueError, match=r"training.tsv, line 3: name: '_host' does not match"):
         read_training_inputs(str(table), str(REPO / "workflow/schemas/training_inputs.schema.yaml"))
+
+
+def test_a_replaced_input_or_model_makes_its_results_go(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from virnucpro.run.config import record_identities
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b", "model"):
+        (tmp_path / name).write_text(name)
+        os.utime(tmp_path / name, ns=(10**18, 10**18))
+    inputs, models = {"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}, {"esm2": str(tmp_path / "model")}
+
+    def results():
+        for name in inputs:
+            Path("results", name).mkdir(parents=True, exist_ok=True)
+            Path("results", name, "read_predictions.parquet").write_text("made")
+        return sorted(str(path) for path in Path("results").glob("[ab]/*"))
+
+    assert record_identities(inputs, models) == [] and results()
+    assert record_identities(inputs, models) == [] and len(results()) == 2  # nothing changed
+    (tmp_path / "a").write_text("A")  # same size, same time: its first bytes differ
+    os.utime(tmp_path / "a", ns=(10**18, 10**18))
+    assert record_identities(inputs, models) == ["a"] and not Path("results/a/read_predictions.parquet").exists()
+    results()
+    os.utime(tmp_path / "model", ns=(10**17, 10**17))  # a model replaced by an older file
+    assert record_identities(inputs, models) == ["a", "b"]
+    assert record_identities(inputs, models) == []

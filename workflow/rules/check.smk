@@ -1,10 +1,11 @@
-# Before any GPU work: the run's models, checked from their headers in seconds (see
-# virnucpro.model_store.check). A sample's shard plan, and so all its GPU work, waits for it.
+# First: the run's models, checked from their headers in seconds (see virnucpro.model_store.check).
+# A sample's first job, and so all its work, waits for it.
 
 
 rule check_models:
     input:
         unpack(models_to_check),
+        identities=identity_records,
     output:
         report="results/checks/models.{purpose}.json",
     log:

@@ -66,5 +66,6 @@ rule consensus:
         expected_length=expected_length,
         models=run_models,
         note=MODELS_NOTE,
+        min_codons=config["min_codons"],
     script:
         "../scripts/consensus.py"

@@ -1,6 +1,8 @@
 import os
 from pathlib import Path
 
+import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.io import strip_wildcard_constraints
 from snakemake.logging import logger
 from snakemake.utils import validate
@@ -18,11 +20,21 @@ from virnucpro.run.config import (
     models_note,
     package_requirement,
     read_training_inputs,
+    record_identities,
+    identity_record,
     resolve_samples,
+    schema_error,
+    whole_numbers,
 )
+from virnucpro.io.errors import VirnucproError
 from virnucpro.io.ids import unit_names
 
-validate(config, "../schemas/config.schema.yaml")
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as error:
+    raise VirnucproError(f"config: {schema_error(error)}") from None
+with open(workflow.source_path("../schemas/config.schema.yaml")) as schema:
+    whole_numbers(config, yaml.safe_load(schema))
 
 # One identifier per Snakemake invocation, recorded in every job's telemetry so that the report
 # tells this run's jobs from those of earlier runs. Set here in the main process; a job's own
@@ -58,7 +70,7 @@ TRAINING_INPUTS = (
 )
 clashes = set(SAMPLES) & {row["name"] for row in TRAINING_INPUTS}
 if clashes:
-    raise ValueError(
+    raise VirnucproError(
         f"config: samples and training inputs share names {sorted(clashes)}"
     )
 # Every sequence file the stages 1-7 may process, prediction samples and training inputs alike.
@@ -109,8 +121,18 @@ DOWNLOADS = {
     for kind in DEFAULT_MODELS
     if model_name(kind, config["models"][kind])
 } or DEFAULT_MODELS
-# Set when the run uses the built-in demonstration models: the outputs then say so.
-MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY)
+# Set when the run uses the built-in demonstration models (the same files, wherever they lie): the
+# outputs then say so.
+MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY / "resources" / "models")
+# A file replaced by another, even an older one, reruns everything from stage 1: the first jobs take
+# the identity records of their input and models as inputs (see virnucpro.run.config.record_identities).
+if workflow.is_main_process and not workflow.dryrun:
+    for name in record_identities(INPUTS, MODEL_PATHS):
+        logger.info(
+            f"Removed the results in results/{name}/: its input or a model changed."
+        )
+
+
 # Memory of a job in MB (the `mem_mb` resource; SLURM's --mem): a constant, since every job streams
 # its data in blocks of a fixed size (README, "Scale"). The embedding jobs hold a model as well.
 # Telemetry records each job's peak RSS against it.
@@ -235,20 +257,41 @@ def checked_length(wildcards):
     return MODEL_CHECKS[wildcards.purpose][0]
 
 
-def models_to_check(wildcards):
-    """The model files that `check_models` reads: the classifier only when predicting."""
-    models = {"dnabert_s": model_path("dnabert_s"), "esm2": model_path("esm2")}
-    classifier = MODEL_CHECKS[wildcards.purpose][1]
+def checked_models(purpose):
+    """Kind -> name (in MODEL_SETTINGS) of the models that a check for `purpose` reads: the
+    classifier only when predicting."""
+    names = {"dnabert_s": "dnabert_s", "esm2": "esm2"}
+    classifier = MODEL_CHECKS[purpose][1]
     if classifier:
-        models["classifier"] = model_path(classifier)
-    return models
+        names["classifier"] = classifier
+    return names
+
+
+def models_to_check(wildcards):
+    """The model files that `check_models` reads."""
+    return {
+        kind: model_path(name)
+        for kind, name in checked_models(wildcards.purpose).items()
+    }
 
 
 def models_checked(wildcards):
-    """The model check that a sample's shard plan, and so its GPU work, waits for. Ancient: a
-    check that reruns (a model changed) reruns no job by itself; the jobs that use the changed
-    model rerun because it is their input."""
+    """The model check that a sample's first job, and so all its work, waits for. Ancient: a check
+    that reruns (its code changed) reruns no job by itself; a changed model reruns the sample's jobs
+    through its identity record (`identity_records`)."""
     return ancient(f"results/checks/models.{check_purpose(wildcards.sample)}.json")
+
+
+def identity_records(wildcards):
+    """The identity records of a model check's models, and for a sample's first job of
+    its input too; those not yet written (in a dry run) are left out."""
+    purpose = getattr(wildcards, "purpose", None) or check_purpose(wildcards.sample)
+    records = [
+        identity_record("model", name) for name in checked_models(purpose).values()
+    ]
+    if purpose != getattr(wildcards, "purpose", None):
+        records.append(identity_record("input", wildcards.sample))
+    return [record for record in records if Path(record).is_file()]
 
 
 def token_budget(kind):
@@ -264,7 +307,7 @@ def training_inputs(wildcards):
     files of its shards, dnabert_s and esm2): the `train_classifier` job's inputs and its params.
     """
     if not TRAINING_INPUTS:
-        raise ValueError(
+        raise VirnucproError(
             f"config: training.inputs '{TRAINING_TABLE}' does not exist "
             "(a tab-separated table with columns name, path, label)"
         )
@@ -312,23 +355,31 @@ def merged_features(wildcards):
 
 
 def reported_telemetry(wildcards):
-    """The telemetry files of the samples' jobs (see job_logs), rule by rule in workflow order, less
-    those of outputs that this run does not make: what the timing report covers, and waits for.
-    """
+    """The telemetry files of the samples' jobs and of the model checks they wait for (see
+    job_logs), in the order of the rules in the workflow, less those of outputs that this run
+    does not make: what the timing report covers, and waits for."""
     made = {
         "collect_fasta": WRITE_FASTA,
         "merge_features": config["outputs"]["merged_features"],
     }
+    purposes = sorted({check_purpose(sample) for sample in SAMPLES})
     files = []
     for defined in workflow.rules:
-        if "sample" not in defined.wildcard_names or not made.get(defined.name, True):
+        reported = {"purpose", "sample"} & set(defined.wildcard_names)
+        if not reported or not made.get(defined.name, True):
             continue
-        for sample in SAMPLES:
-            units = {
-                unit: names(sample)
-                for unit, names in (("part", sample_parts), ("shard", sample_shards))
-                if unit in defined.wildcard_names
-            }
-            pattern = strip_wildcard_constraints(defined.log.telemetry)
-            files += expand(pattern, sample=sample, **units)
+        pattern = strip_wildcard_constraints(defined.log.telemetry)
+        if "purpose" in defined.wildcard_names:
+            files += expand(pattern, purpose=purposes)
+        if "sample" in defined.wildcard_names:
+            for sample in SAMPLES:
+                units = {
+                    unit: names(sample)
+                    for unit, names in (
+                        ("part", sample_parts),
+                        ("shard", sample_shards),
+                    )
+                    if unit in defined.wildcard_names
+                }
+                files += expand(pattern, sample=sample, **units)
     return files

@@ -2,9 +2,12 @@
 # shards and tokenize each shard for the two embedding models.
 
 
+# It waits for the model check: a run that cannot succeed stops in seconds, before any work.
 rule partition_input:
     input:
         reads=sample_input,
+        identities=identity_records,
+        models_checked=models_checked,
     output:
         parts=temp(directory("results/{sample}/input")),
         record=f"results/{{sample}}/{INPUT_RECORD}",
@@ -79,13 +82,12 @@ rule translate:
 
 
 # The number of shards follows from the frames' work, known once stage 2 has run: a checkpoint.
-# The last job before the GPU work: it waits for the model check and refuses duplicate read IDs.
+# The last job before the GPU work: it refuses duplicate read IDs.
 checkpoint plan_shards:
     input:
         reads=part_files("results/{sample}/reads/{part}.arrow"),
         read_ids=part_files("results/{sample}/read_ids/{part}.arrow"),
         frames=part_files("results/{sample}/frames/{part}.arrow"),
-        models_checked=models_checked,
     output:
         plan="results/{sample}/shards.tsv",
     log:
@@ -140,9 +142,11 @@ rule tokenize_protein:
         "../scripts/tokenize.py"
 
 
-# VirNucPro's FASTA files, for people: the parts' shares, concatenated.
+# VirNucPro's FASTA files, for people: the parts' shares, concatenated once the shard plan has
+# accepted the input (no duplicate IDs), so that a refused input leaves no FASTA that looks complete.
 rule collect_fasta:
     input:
+        plan="results/{sample}/shards.tsv",
         chunked=part_files("results/{sample}/fasta/{part}.chunked.fa"),
         nucleotide=part_files("results/{sample}/fasta/{part}.identified_nucleotide.fa"),
         protein=part_files("results/{sample}/fasta/{part}.identified_protein.faa"),

@@ -9,6 +9,6 @@ with JobTelemetry.from_snakemake(snakemake) as telemetry:
                            snakemake.input.frames, snakemake.input.predictions, snakemake.input.lines,
                            snakemake.params.expected_length, snakemake.params.models["classifier"],
                            snakemake.output.results_txt, snakemake.output.highest_score, snakemake.output.reads,
-                           snakemake.output.regions, snakemake.params.note, models)
+                           snakemake.output.regions, snakemake.params.note, models, snakemake.params.min_codons)
     telemetry.records_in = telemetry.records_out = counts["virus"] + counts["others"] + counts["unclassified"]
     telemetry.details = counts

@@ -7,8 +7,7 @@ import time
 
 import torch
 
-from virnucpro.model_store.cache import model_files
-from virnucpro.models.embedder import load_embedder
+from virnucpro.model_store.loading import load_embedder
 from virnucpro.run.devices import lease_device
 from virnucpro.run.telemetry import GpuMonitor, JobTelemetry
 from virnucpro.stages.embedding import embed_shard
@@ -21,8 +20,7 @@ with JobTelemetry.from_snakemake(snakemake) as telemetry, \
     torch.set_num_threads(snakemake.threads)
     device = torch.device(lease.device)
     loaded = time.perf_counter()
-    model_path = snakemake.input.model
-    embedder = load_embedder(params.kind, model_path, device, params.compile, model_files(model_path))
+    embedder = load_embedder(params.kind, snakemake.input.model, device, params.compile)
     load_seconds = time.perf_counter() - loaded
     monitor = GpuMonitor(lease.uuid) if device.type == "cuda" else None
     samples_start = time.time()  # the NVML samples' times count from here

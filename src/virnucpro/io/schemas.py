@@ -92,3 +92,4 @@ REASON_EMPTY_SEQUENCE = "empty_sequence"
 REASON_TOO_SHORT = "too_short"
 REASON_TOO_AMBIGUOUS = "too_ambiguous"
 REASON_NO_STOP_FREE_FRAME = "no_stop_free_frame"
+REASON_BELOW_MIN_CODONS = "below_min_codons"  # a read (not a chunk): fewer codons than `min_codons`

@@ -26,23 +26,29 @@ import dnaio
 import numpy as np
 import pyarrow as pa
 
+from virnucpro.io.errors import VirnucproError
 from virnucpro.io.tables import string_bytes
 
 try:  # ISA-L's gzip, several times faster than zlib's; installed with dnaio on x86-64 and ARM
     from isal.igzip import IGzipFile as _GzipFile
 except ImportError:  # pragma: no cover - other platforms
     from gzip import GzipFile as _GzipFile
+try:  # Zstandard: in the standard library from Python 3.14, its backport (a dependency) before
+    from compression import zstd
+except ImportError:
+    from backports import zstd
 
 _COMPRESSION_MAGIC = (
     (b"\x1f\x8b", lambda raw: _GzipFile(fileobj=raw, mode="rb")),
     (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw)),
     (b"BZh", lambda raw: bz2.BZ2File(raw)),
+    (b"\x28\xb5\x2f\xfd", lambda raw: zstd.ZstdFile(raw)),
 )
 _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
-_READ_ERRORS = (EOFError, OSError, lzma.LZMAError, zlib.error)
+_READ_ERRORS = (EOFError, OSError, lzma.LZMAError, zlib.error, zstd.ZstdError)
 
 
-class InputError(ValueError):
+class InputError(VirnucproError):
     """A problem with an input file, named by file, record and what is wrong."""
 
     def __init__(self, path: str | os.PathLike, problem: str, record: str | None = None, line: int | None = None):
@@ -154,7 +160,7 @@ def read_records(path: str | os.PathLike) -> Iterator[SequenceRecord]:
     """The records of a FASTA or FASTQ file one by one (structure checked, letters not)."""
     for batch in read_record_batches(path, batch_records=256):
         for record_id, header, sequence in zip(batch.ids, batch.headers, batch.sequences):
-            yield SequenceRecord(record_id, sequence, header[len(record_id) :].strip())
+            yield SequenceRecord(record_id, sequence, header.strip()[len(record_id) :].strip())
 
 
 def _dnaio_records(path, stream, file_format: str) -> Iterator[tuple[str, str, str]]:
@@ -162,10 +168,12 @@ def _dnaio_records(path, stream, file_format: str) -> Iterator[tuple[str, str, s
     try:
         with dnaio.open(stream, fileformat=file_format, mode="r") as reader:
             for index, record in enumerate(reader):
-                if not record.id:
-                    raise InputError(path, "header has no sequence ID", line=_header_line(path, file_format, index))
-                last = record.id
-                yield record.id, record.name, record.sequence
+                record_id = record.id
+                # dnaio's ID ends at a NUL and is empty after leading whitespace: rare, checked here
+                if not record_id or "\0" in record.name:
+                    record_id = _record_id(path, record.name, lambda: _header_line(path, file_format, index))
+                last = record_id
+                yield record_id, record.name, record.sequence
     except UnicodeDecodeError:
         raise _HandOver from None  # a header that is not ASCII
     except (dnaio.exceptions.FastqFormatError, dnaio.exceptions.FastaFormatError) as error:
@@ -238,10 +246,19 @@ def _decode_header(path, text: bytes, line: int) -> tuple[str, str]:
         header = text[1:].decode("utf-8")
     except UnicodeDecodeError:
         header = text[1:].decode("latin-1")  # the usual 8-bit encoding of older FASTA files
+    return _record_id(path, header, lambda: line), header.strip()
+
+
+def _record_id(path, header: str, line) -> str:
+    """A header's sequence ID as Biopython reads it: its first word, after any leading whitespace.
+    A NUL byte is refused: it would end the ID in C readers and tools downstream. `line()` gives
+    the header's line number, asked for only for an error."""
+    if "\0" in header:
+        raise InputError(path, "a NUL byte (0x00) in the header", line=line())
     words = header.split(maxsplit=1)
     if not words:
-        raise InputError(path, "header has no sequence ID", line=line)
-    return words[0], header.strip()
+        raise InputError(path, "header has no sequence ID", line=line())
+    return words[0]
 
 
 def _ascii_sequence(path, text: bytes, record_id: str, line: int) -> str:
@@ -360,7 +377,7 @@ def read_sequences(path: str | os.PathLike) -> Iterator[SequenceRecord]:
             if record_id in seen:
                 raise InputError(path, "duplicate sequence ID (IDs must be unique)", record=record_id)
             seen.add(record_id)
-            yield SequenceRecord(record_id, sequence, header[len(record_id) :].strip())
+            yield SequenceRecord(record_id, sequence, header.strip()[len(record_id) :].strip())
 
 
 def fasta_text(ids: list[str], sequences: list[str], line_width: int | None = None) -> str:

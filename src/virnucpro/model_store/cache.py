@@ -23,6 +23,8 @@ import os
 import re
 from pathlib import Path
 
+from virnucpro.io.errors import VirnucproError
+
 ESM2_NAME = re.compile(r"esm2_t\d+_\d+[MB]_UR50D")
 HF_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 VIRNUCPRO_CLASSIFIERS = "VirNucPro"
@@ -33,7 +35,7 @@ _FETCH_HINT = ("`snakemake --cores 1 download_models` (or `python -m virnucpro.m
                "where the models are in another cache, point {variables} at it.")
 
 
-class ModelNotFound(ValueError):
+class ModelNotFound(VirnucproError):
     """A models.* setting that is neither an existing path nor a name found in its cache."""
 
 
@@ -91,11 +93,20 @@ def model_name(kind: str, setting: str) -> str | None:
     return setting if named.get(kind) else None
 
 
+def classifier_setting(setting: str, expected_length: int | None) -> str:
+    """`models.classifier` with `{expected_length}` replaced, the one field it may hold."""
+    others = sorted(set(re.findall(r"\{([^{}]*)\}", setting)) - {"expected_length"})
+    if others:
+        raise VirnucproError(f"models.classifier '{setting}': {{{others[0]}}} is not filled in; the only field of a "
+                             "classifier's path is {expected_length}")
+    return setting.replace("{expected_length}", str(expected_length))
+
+
 def locate_model(kind: str, setting: str, expected_length: int | None = None) -> Path:
     """The file or folder of `models.<kind>` (dnabert_s, esm2 or classifier): `setting` itself when
     it exists, else the model it names in its cache. Raises `ModelNotFound` saying where it looked."""
     if kind == "classifier":
-        setting = setting.format(expected_length=expected_length)
+        setting = classifier_setting(setting, expected_length)
     path = Path(setting).expanduser()
     if path.exists():
         return path
@@ -177,7 +188,7 @@ def model_files(model: str | os.PathLike) -> list[dict] | None:
         path = folder / record["name"]
         size = path.stat().st_size if path.exists() else None
         if size != record["size"]:
-            raise ValueError(f"{path}: {size} bytes, but {manifest_path(model)} records {record['size']} from the "
+            raise VirnucproError(f"{path}: {size} bytes, but {manifest_path(model)} records {record['size']} from the "
                              "download; fetch it again (`python -m virnucpro.model_store.download`)")
         files.append({"name": record["name"], "size": record["size"], "sha256": record["sha256"]})
     return files

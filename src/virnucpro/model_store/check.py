@@ -18,9 +18,8 @@ import os
 import torch
 
 from virnucpro.io.atomic import atomic_output
-from virnucpro.model_store.cache import model_files
+from virnucpro.model_store.loading import load_embedder
 from virnucpro.models.classifier import check_compatible, load_classifier
-from virnucpro.models.embedder import load_embedder
 
 # In merge order: the merged vector is the DNABERT-S embedding, then the ESM-2 one.
 EMBEDDING_KINDS = ("dnabert_s", "esm2")
@@ -29,7 +28,7 @@ EMBEDDING_KINDS = ("dnabert_s", "esm2")
 def describe_embedding_model(kind: str, path: str | os.PathLike) -> dict:
     """The identity that an embedding job will record for this model (kind, architecture, width,
     fingerprint, source), read from the model's headers; a ValueError if it does not load."""
-    return load_embedder(kind, path, torch.device("meta"), files=model_files(path)).identity()
+    return load_embedder(kind, path, torch.device("meta")).identity()
 
 
 def check_models(embedding_models: dict[str, str | os.PathLike], classifier: str | os.PathLike | None,

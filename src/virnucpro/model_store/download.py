@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro.io.atomic import atomic_output
+from virnucpro.io.errors import VirnucproError
 from virnucpro.model_store.cache import (DNABERT_S_REQUIRED, DNABERT_S_WEIGHTS, MANIFEST_NAME, VIRNUCPRO_CLASSIFIERS,
                                    classifier_cache_path, esm2_cache_path, hf_repo_folder, manifest_path)
 
@@ -56,7 +57,7 @@ _CHUNK = 1 << 20
 _USER_AGENT = "virnucpro-download/1"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(VirnucproError):
     """A file that could not be fetched, or that arrived different from what its source lists."""
 
 

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import torch
 
+from virnucpro.io.errors import VirnucproError
+
 
 class PickledObject:
     """Stand-in for a class named in a checkpoint: keeps its pickled state as attributes."""
@@ -35,23 +37,36 @@ class PickledObject:
 def load_checkpoint(path: str | os.PathLike) -> object:
     """`torch.load` a checkpoint on the CPU, memory-mapped where the format allows it."""
     path = os.fspath(path)
-    stand_ins = [
-        (type(name.rsplit(".", 1)[-1], (PickledObject,), {"qualified_name": name}), name)
-        for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    ]
-    with torch.serialization.safe_globals(stand_ins):
-        try:
+    try:
+        stand_ins = [
+            (type(name.rsplit(".", 1)[-1], (PickledObject,), {"qualified_name": name}), name)
+            for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        ]
+        with torch.serialization.safe_globals(stand_ins):
             try:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as error:
                 if "mmap" not in str(error):
                     raise
                 return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            # torch refuses some globals (os.system, ...) even as stand-ins; say so plainly instead
-            # of passing on its advice to retry with weights_only=False.
-            reason = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), str(error))
-            raise ValueError(f"{path}: refused, loading it would run code named in the file ({reason})") from None
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):
+            raise _unreadable(path, error) from None
+        # torch refuses some globals (os.system, ...) even as stand-ins; say so plainly instead
+        # of passing on its advice to retry with weights_only=False.
+        reason = next(line.strip() for line in str(error).splitlines() if "GLOBAL" in line)
+        raise VirnucproError(f"{path}: refused, loading it would run code named in the file ({reason})") from None
+    except (RuntimeError, ValueError, EOFError) as error:
+        # a checkpoint cut short (an interrupted copy) or damaged: torch names neither the file nor the cause
+        if isinstance(error, RuntimeError) and "PytorchStreamReader" not in str(error):
+            raise
+        raise _unreadable(path, error) from None
+
+
+def _unreadable(path: str, error: Exception) -> VirnucproError:
+    problem = str(error).split(". ", 1)[0] or type(error).__name__
+    return VirnucproError(f"{path}: truncated or corrupt ({os.path.getsize(path)} bytes): not a complete PyTorch "
+                          f"checkpoint ({problem}); copy or download it again")
 
 
 def module_state_dict(module: PickledObject, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -64,17 +79,19 @@ def module_state_dict(module: PickledObject, prefix: str = "") -> Iterator[tuple
 
 
 def assign_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], device: str | torch.device,
-                   dtype: torch.dtype, source: str | os.PathLike) -> None:
+                   dtype: torch.dtype, source: str | os.PathLike, describe=lambda key: key) -> None:
     """Put `state` into `model` (built on the meta device) as `dtype` tensors on `device`.
 
     LayerNorm parameters stay float32 whatever `dtype` is: normalisation statistics are where low
-    precision hurts most. Missing, unexpected or misshapen weights are an error naming them.
+    precision hurts most. Missing, unexpected or misshapen weights are an error naming them
+    (`describe(key)`: the name the checkpoint gives the model's weight `key`).
     """
     shapes = {key: value.shape for key, value in model.state_dict().items()}
     missing, unexpected = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
     misshapen = sorted(key for key in set(shapes) & set(state) if state[key].shape != shapes[key])
+    missing, unexpected, misshapen = ([describe(key) for key in keys] for keys in (missing, unexpected, misshapen))
     if missing or unexpected or misshapen:
-        raise ValueError(f"{source}: weights do not match the architecture (missing {missing[:5]}, "
+        raise VirnucproError(f"{source}: weights do not match the architecture (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, wrong shape {misshapen[:5]})")
     float32_names = {f"{name}.{param}" for name, module in model.named_modules()
                      if isinstance(module, torch.nn.LayerNorm) for param in ("weight", "bias")}

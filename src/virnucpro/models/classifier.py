@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from virnucpro.io.errors import VirnucproError
 from virnucpro.models.checkpoint import PickledObject, load_checkpoint, module_state_dict
 
 FORMAT = "virnucpro-classifier"
@@ -64,7 +65,7 @@ def load_classifier(path: str | os.PathLike, expected_length: int | None = None)
         return _load_own(path, checkpoint)
     if isinstance(checkpoint, PickledObject) and hasattr(checkpoint, "_modules"):
         return _load_original(path, checkpoint, expected_length)
-    raise ValueError(f"{path}: neither a classifier saved by this pipeline nor a pickled VirNucPro MLPClassifier")
+    raise VirnucproError(f"{path}: neither a classifier saved by this pipeline nor a pickled VirNucPro MLPClassifier")
 
 
 def _build(path, state: dict[str, torch.Tensor]) -> MLPClassifier:
@@ -73,13 +74,13 @@ def _build(path, state: dict[str, torch.Tensor]) -> MLPClassifier:
         model = MLPClassifier(input_dim, hidden_dim, state["output_layer.weight"].shape[0])
         model.load_state_dict(state)
     except (KeyError, RuntimeError) as error:
-        raise ValueError(f"{path}: classifier weights do not match VirNucPro's MLP ({error})") from None
+        raise VirnucproError(f"{path}: classifier weights do not match VirNucPro's MLP ({error})") from None
     return model.eval()
 
 
 def _load_own(path, checkpoint: dict) -> tuple[MLPClassifier, ClassifierInfo]:
     if checkpoint.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: classifier format version {checkpoint.get('version')} is not supported")
+        raise VirnucproError(f"{path}: classifier format version {checkpoint.get('version')} is not supported")
     metadata = checkpoint["metadata"]
     model = _build(path, checkpoint["state_dict"])
     info = ClassifierInfo(
@@ -93,11 +94,11 @@ def _load_original(path, pickled: PickledObject, expected_length: int | None) ->
     model = _build(path, dict(module_state_dict(pickled)))
     named = re.fullmatch(r"(\d+)_model\.pth", Path(path).name)
     if named and expected_length is not None and int(named.group(1)) != expected_length:
-        raise ValueError(f"{path}: the file name says expected length {named.group(1)}, "
+        raise VirnucproError(f"{path}: the file name says expected length {named.group(1)}, "
                          f"but models.classifier_expected_length is {expected_length}")
     length = int(named.group(1)) if named else expected_length
     if length is None:
-        raise ValueError(f"{path}: cannot tell which expected length this VirNucPro classifier was trained for; "
+        raise VirnucproError(f"{path}: cannot tell which expected length this VirNucPro classifier was trained for; "
                          "name it <length>_model.pth or set models.classifier_expected_length")
     info = ClassifierInfo(path=os.fspath(path), source="original-pickle", expected_length=length,
                           input_dim=model.hidden_layer.in_features, feature_dims=dict(ORIGINAL_FEATURE_DIMS),
@@ -109,7 +110,7 @@ def save_classifier(model: MLPClassifier, path: str | os.PathLike, metadata: dic
     """Save in the project's format; `metadata` must hold expected_length and feature_dims."""
     missing = {"expected_length", "feature_dims"} - set(metadata)
     if missing:
-        raise ValueError(f"classifier metadata lacks {sorted(missing)}")
+        raise VirnucproError(f"classifier metadata lacks {sorted(missing)}")
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     torch.save({"format": FORMAT, "version": FORMAT_VERSION, "state_dict": state, "metadata": metadata}, path)
 
@@ -117,18 +118,18 @@ def save_classifier(model: MLPClassifier, path: str | os.PathLike, metadata: dic
 def check_compatible(info: ClassifierInfo, expected_length: int, feature_models: list[dict]) -> None:
     """Refuse a classifier trained for another chunk length or on features from other models."""
     if info.expected_length != expected_length:
-        raise ValueError(f"{info.path}: classifier was trained for expected length {info.expected_length}, "
+        raise VirnucproError(f"{info.path}: classifier was trained for expected length {info.expected_length}, "
                          f"but this run chunks to {expected_length}; use a matching classifier or expected_length")
     feature_dims = {model["kind"]: model["dim"] for model in feature_models}
     if list(feature_dims.items()) != list(info.feature_dims.items()):
-        raise ValueError(f"{info.path}: classifier expects features {info.feature_dims}, "
+        raise VirnucproError(f"{info.path}: classifier expects features {info.feature_dims}, "
                          f"but this run's embedding models give {feature_dims}")
     if info.input_dim != sum(feature_dims.values()):
-        raise ValueError(f"{info.path}: classifier takes {info.input_dim} features, but this run's embedding models "
+        raise VirnucproError(f"{info.path}: classifier takes {info.input_dim} features, but this run's embedding models "
                          f"give {' + '.join(map(str, feature_dims.values()))} = {sum(feature_dims.values())}")
     if info.embedding_models is not None:
         trained = [(m["kind"], m["architecture"], m["fingerprint"]) for m in info.embedding_models]
         used = [(m["kind"], m["architecture"], m["fingerprint"]) for m in feature_models]
         if trained != used:
-            raise ValueError(f"{info.path}: classifier was trained on features from {trained}, "
+            raise VirnucproError(f"{info.path}: classifier was trained on features from {trained}, "
                              f"but this run's features come from {used}")

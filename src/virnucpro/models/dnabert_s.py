@@ -3,8 +3,10 @@
 DNABERT-S is DNABERT-2's MosaicBERT: a BERT encoder with no position embeddings, ALiBi attention
 biases instead, a gated-GELU feed-forward block and post-LayerNorm residuals. The public checkpoint
 ships its own code (`bert_layers.py`, loaded with `trust_remote_code`); this module re-implements
-the architecture under the checkpoint's parameter names, so that `pytorch_model.bin` or
-`model.safetensors` loads directly, and runs it on packed sequences.
+the architecture and runs it on packed sequences. `pytorch_model.bin` or `model.safetensors` loads
+directly: the checkpoint's parameter names are renamed to this module's when it is loaded (and
+back when one is saved). On a GPU in half precision, attention and the element-wise work between
+the matrix multiplies are Triton kernels (`ops`, `kernels`).
 
 VirNucPro's nucleotide feature is the mean of the last hidden states over all tokens, [CLS] and
 [SEP] included.
@@ -16,13 +18,15 @@ import json
 import math
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from virnucpro.io.errors import VirnucproError
+from virnucpro.models import ops
 from virnucpro.models.checkpoint import assign_weights, weights_fingerprint
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
 from virnucpro.models.tokens import DnaTokenizer
@@ -45,14 +49,14 @@ class DnabertSConfig:
         try:
             values = json.loads(Path(path).read_text())
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not a JSON file ({error})") from None
+            raise VirnucproError(f"{path}: not a JSON file ({error})") from None
         try:
             return cls(**{name: values[name] for name in ("vocab_size", "hidden_size", "num_hidden_layers",
                                                           "num_attention_heads", "intermediate_size")},
                        layer_norm_eps=values.get("layer_norm_eps", 1e-12),
                        type_vocab_size=values.get("type_vocab_size", 2))
         except KeyError as missing:
-            raise ValueError(f"{path}: config.json lacks {missing}") from None
+            raise VirnucproError(f"{path}: config.json lacks {missing}") from None
 
     @property
     def architecture(self) -> str:
@@ -80,70 +84,83 @@ def alibi_slopes(heads: int) -> list[float]:
     return power_of_two_slopes(closest) + alibi_slopes(2 * closest)[0::2][: heads - closest]
 
 
-# Modules named like DNABERT-S's `bert_layers.py`, so that state-dict keys match the checkpoint.
+# Checkpoint names (DNABERT-S's `bert_layers.py`) and this file's, for the weights whose names
+# differ; "{}" stands for a layer's index. Keys are renamed when a checkpoint is loaded or saved.
+_RENAMED = (
+    ("embeddings.LayerNorm.", "embeddings.norm."),
+    ("encoder.layer.{}.attention.self.Wqkv.", "layers.{}.attention.Wqkv."),
+    ("encoder.layer.{}.attention.output.dense.", "layers.{}.attention_out."),
+    ("encoder.layer.{}.attention.output.LayerNorm.", "layers.{}.attention_norm."),
+    ("encoder.layer.{}.mlp.layernorm.", "layers.{}.mlp_norm."),
+    ("encoder.layer.{}.mlp.", "layers.{}.mlp."),
+)
 
-class BertEmbeddings(nn.Module):
+
+def rename_weight(key: str, to_checkpoint: bool = False) -> str:
+    """A checkpoint's name for one of this module's weights as this module names it, or back."""
+    for checkpoint, ours in _RENAMED:
+        source, target = (ours, checkpoint) if to_checkpoint else (checkpoint, ours)
+        match = re.match(re.escape(source).replace(r"\{\}", r"(\d+)"), key)
+        if match:
+            return target.format(*match.groups()) + key[match.end():]
+    return key
+
+
+class DnabertSEmbeddings(nn.Module):
     def __init__(self, config: DnabertSConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, tokens: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        x = self.word_embeddings(tokens).float() + self.token_type_embeddings.weight[0].float()
+        return ops.add_layer_norm(x, None, self.norm, out_dtype)[1]
 
 
-class BertSelfAttention(nn.Module):
+class AlibiSelfAttention(nn.Module):
     def __init__(self, config: DnabertSConfig):
         super().__init__()
+        self.heads = config.num_attention_heads
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
 
-
-class BertSelfOutput(nn.Module):
-    def __init__(self, config: DnabertSConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+    def forward(self, x: torch.Tensor, packed: PackedSequences, slopes: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.Wqkv(x).view(x.shape[0], 3, self.heads, -1).unbind(1)
+        return alibi_attention(q, k, v, packed, slopes).reshape(x.shape[0], -1)
 
 
-class BertAttention(nn.Module):
-    def __init__(self, config: DnabertSConfig):
-        super().__init__()
-        self.self = BertSelfAttention(config)
-        self.output = BertSelfOutput(config)
-
-
-class BertGatedLinearUnitMLP(nn.Module):
+class GatedMLP(nn.Module):
     def __init__(self, config: DnabertSConfig):
         super().__init__()
         self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(ops.gated_gelu(self.gated_layers(x)))
 
 
-class BertLayer(nn.Module):
+class DnabertSLayer(nn.Module):
+    """Post-LayerNorm: x = norm(x + attention(x)), then x = norm(x + mlp(x))."""
+
     def __init__(self, config: DnabertSConfig):
         super().__init__()
-        self.attention = BertAttention(config)
-        self.mlp = BertGatedLinearUnitMLP(config)
-        self.heads = config.num_attention_heads
-        self.intermediate_size = config.intermediate_size
-        self.attention_function = alibi_attention
+        self.attention = AlibiSelfAttention(config)
+        self.attention_out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = GatedMLP(config)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, packed: PackedSequences, slopes: torch.Tensor) -> torch.Tensor:
-        dtype = self.attention.self.Wqkv.weight.dtype
-        q, k, v = self.attention.self.Wqkv(x.to(dtype)).view(x.shape[0], 3, self.heads, -1).unbind(1)
-        context = self.attention_function(q, k, v, packed, slopes).reshape(x.shape[0], -1)
-        out = self.attention.output
-        x = F.layer_norm(x + out.dense(context).float(), x.shape[-1:], out.LayerNorm.weight, out.LayerNorm.bias,
-                         out.LayerNorm.eps)
-        mlp = self.mlp
-        gated, linear = mlp.gated_layers(x.to(dtype)).split(self.intermediate_size, dim=-1)
-        hidden = mlp.wo(F.gelu(gated) * linear).float()
-        return F.layer_norm(x + hidden, x.shape[-1:], mlp.layernorm.weight, mlp.layernorm.bias, mlp.layernorm.eps)
+        dtype = self.attention.Wqkv.weight.dtype
+        update = self.attention_out(self.attention(x.to(dtype), packed, slopes))
+        x = ops.add_layer_norm(x, update, self.attention_norm, x.dtype)[1]
+        return ops.add_layer_norm(x, self.mlp(x.to(dtype)), self.mlp_norm, x.dtype)[1]
 
 
 def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,
                     slopes: torch.Tensor) -> torch.Tensor:
     """Attention within each packed sequence with ALiBi's symmetric bias -slope * |i - j|."""
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    if _triton_attention(q):
         from virnucpro.models.kernels import alibi_varlen_attention
 
         return alibi_varlen_attention(q, k, v, packed.cu_seqlens, packed.max_len, slopes)
@@ -152,10 +169,12 @@ def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: P
     return attention_within_sequences(q, k, v, packed, bias)
 
 
-class BertEncoder(nn.Module):
-    def __init__(self, config: DnabertSConfig):
-        super().__init__()
-        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+def _triton_attention(q: torch.Tensor) -> bool:
+    if not ops.fused(q, q.dtype):
+        return False
+    from virnucpro.models.kernels import ATTENTION_HEAD_DIMS
+
+    return q.shape[-1] in ATTENTION_HEAD_DIMS
 
 
 class DnabertS(nn.Module):
@@ -163,30 +182,40 @@ class DnabertS(nn.Module):
         super().__init__()
         self.config = config
         self.fingerprint: str | None = None  # set by load_dnabert_s, from the checkpoint's weights
-        self.embeddings = BertEmbeddings(config)
-        self.encoder = BertEncoder(config)
+        # The hidden states' dtype between layers on a GPU in half precision: bf16 halves their
+        # memory traffic (float32 elsewhere).
+        self.gpu_residual_dtype = torch.bfloat16
+        self.embeddings = DnabertSEmbeddings(config)
+        self.layers = nn.ModuleList(DnabertSLayer(config) for _ in range(config.num_hidden_layers))
         self.register_buffer("slopes", torch.tensor(alibi_slopes(config.num_attention_heads)), persistent=False)
 
     @property
     def embedding_dim(self) -> int:
         return self.config.hidden_size
 
+    def attention_path(self, device: torch.device) -> str:
+        """Which attention implementation runs on `device` with this model's dtype."""
+        probe = torch.empty((0, 1, self.config.hidden_size // self.config.num_attention_heads), device=device,
+                            dtype=self.layers[0].attention.Wqkv.weight.dtype)
+        if _triton_attention(probe):
+            return "Triton ALiBi varlen attention kernel (kernels.alibi_varlen_attention)"
+        return "scaled_dot_product_attention per sequence with an ALiBi bias"
+
     def compile_layers(self) -> None:
-        """torch.compile every layer but its attention, for dynamic token counts: it fuses the
-        LayerNorms, gated GELU and residual adds around the matrix multiplies (worth it on a GPU).
-        Attention stays eager: it is one kernel launch already."""
-        eager_attention = torch.compiler.disable(alibi_attention)
-        for layer in self.encoder.layer:
-            layer.attention_function = eager_attention
+        """torch.compile every layer, for dynamic token counts. On a GPU the element-wise work and
+        attention are already Triton kernels, which stay outside the compiled graphs; measured on an
+        H100, compiling gains nothing (benchmarks/results/README.md)."""
+        from virnucpro.models import kernels
+
+        kernels.opaque_to_torch_compile()
+        for layer in self.layers:
             layer.compile(dynamic=True)
 
     def forward(self, packed: PackedSequences) -> torch.Tensor:
-        """Last hidden states [T, H] in float32 for a packed batch of [CLS] ... [SEP] tokens."""
-        embeddings = self.embeddings
-        x = embeddings.word_embeddings(packed.tokens).float() + embeddings.token_type_embeddings.weight[0].float()
-        x = F.layer_norm(x, x.shape[-1:], embeddings.LayerNorm.weight, embeddings.LayerNorm.bias,
-                         embeddings.LayerNorm.eps)
-        for layer in self.encoder.layer:
+        """Last hidden states [T, H] for a packed batch of [CLS] ... [SEP] tokens."""
+        fused = ops.fused(packed.tokens, self.layers[0].attention.Wqkv.weight.dtype)
+        x = self.embeddings(packed.tokens, self.gpu_residual_dtype if fused else torch.float32)
+        for layer in self.layers:
             x = layer(x, packed, self.slopes)
         return x
 
@@ -206,21 +235,23 @@ def load_dnabert_s(directory: str | os.PathLike, device: str | torch.device = "c
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"{directory}: DNABERT-S model must be a directory with config.json and weights")
+        raise VirnucproError(f"{directory}: DNABERT-S model must be a directory with config.json and weights")
     if not (directory / "config.json").is_file():
-        raise ValueError(f"{directory}: DNABERT-S model directory has no config.json")
+        raise VirnucproError(f"{directory}: DNABERT-S model directory has no config.json")
     config = DnabertSConfig.from_json(directory / "config.json")
     tokenizer = DnaTokenizer(directory / "tokenizer.json")
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model only {config.vocab_size}")
+        raise VirnucproError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model only {config.vocab_size}")
     state = _read_weights(directory, header_only=torch.device(device).type == "meta")
     state = {key.removeprefix("bert."): value for key, value in state.items()}
     state = {key: value for key, value in state.items() if key.startswith(("embeddings.", "encoder."))}
     state.pop("embeddings.position_ids", None)
     with torch.device("meta"):
         model = DnabertS(config)
-    assign_weights(model, state, device, dtype, directory)
-    model.fingerprint = weights_fingerprint(state[_TOKEN_EMBEDDINGS])
+    fingerprint = weights_fingerprint(state[_TOKEN_EMBEDDINGS])
+    assign_weights(model, {rename_weight(key): value for key, value in state.items()}, device, dtype, directory,
+                   describe=lambda key: rename_weight(key, to_checkpoint=True))
+    model.fingerprint = fingerprint
     model.slopes = torch.tensor(alibi_slopes(config.num_attention_heads), device=device)
     return model.eval(), tokenizer
 
@@ -237,14 +268,14 @@ def _read_weights(directory: Path, header_only: bool = False) -> dict[str, torch
                               if header_only and not key.endswith(_TOKEN_EMBEDDINGS) else weights.get_tensor(key))
                         for key in weights.keys()}
         except SafetensorError as error:
-            raise ValueError(f"{directory / 'model.safetensors'}: not a readable safetensors file ({error})") from None
+            raise VirnucproError(f"{directory / 'model.safetensors'}: not a readable safetensors file ({error})") from None
     if (directory / "pytorch_model.bin").exists():
         try:
             return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
         except (RuntimeError, pickle.UnpicklingError) as error:
-            raise ValueError(f"{directory / 'pytorch_model.bin'}: not a readable PyTorch checkpoint "
+            raise VirnucproError(f"{directory / 'pytorch_model.bin'}: not a readable PyTorch checkpoint "
                              f"({error})") from None
-    raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    raise VirnucproError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
 def save_dnabert_s(model: DnabertS, tokenizer_json: str | os.PathLike, directory: str | os.PathLike,
@@ -258,7 +289,8 @@ def save_dnabert_s(model: DnabertS, tokenizer_json: str | os.PathLike, directory
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(model.config.to_json(), indent=2) + "\n")
     shutil.copyfile(tokenizer_json, directory / "tokenizer.json")
-    state = {key: value.detach().to("cpu", dtype).contiguous() for key, value in model.state_dict().items()}
+    state = {rename_weight(key, to_checkpoint=True): value.detach().to("cpu", dtype).contiguous()
+             for key, value in model.state_dict().items()}
     if weights == "model.safetensors":
         save_file(state, directory / weights)
     else:

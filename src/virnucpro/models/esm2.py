@@ -4,7 +4,11 @@ The architecture is fair-esm's `ESM2`: token embedding scaled for token dropout,
 transformer layers with rotary position embeddings, and a final LayerNorm. What differs is the
 execution: sequences are packed end to end with no padding, Q, K and V come from one fused matrix
 multiply, attention runs through FlashAttention's variable-length kernel on a GPU, and the weights
-may be bf16 while LayerNorm, rotary tables and the residual stream stay in float32.
+may be bf16 while LayerNorm statistics and rotary tables stay in float32. The element-wise work
+between the matrix multiplies goes through `ops` (one Triton kernel each on a GPU); each layer adds
+the previous layer's feed-forward output to the residual stream in the same pass as its first
+LayerNorm. On a GPU the residual stream is bf16 and fc1 applies bias and GELU in its matrix
+multiply (tanh GELU); on the CPU everything is float32 with exact GELU, as in fair-esm.
 
 VirNucPro's protein feature is the mean, over the residues only (not BOS/EOS), of the last layer's
 representation after the final LayerNorm (`repr_layers=[36]` of ESM-2 3B).
@@ -18,10 +22,10 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.varlen import varlen_attn
 
+from virnucpro.io.errors import VirnucproError
+from virnucpro.models import ops
 from virnucpro.models.checkpoint import assign_weights, load_checkpoint, weights_fingerprint
 from virnucpro.models.packing import PackedSequences, attention_within_sequences, mean_pool
 from virnucpro.models.tokens import ALPHABET, PAD
@@ -47,6 +51,11 @@ class ESM2Config:
         return f"esm2_t{self.num_layers}_{self.embed_dim}d_{self.attention_heads}h"
 
 
+def rotary_inv_freq(head_dim: int) -> torch.Tensor:
+    """Rotary embedding frequencies, as fair-esm's `RotaryEmbedding` computes them."""
+    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+
+
 class ESM2Layer(nn.Module):
     def __init__(self, config: ESM2Config):
         super().__init__()
@@ -59,15 +68,21 @@ class ESM2Layer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, 4 * dim)
         self.fc2 = nn.Linear(4 * dim, dim)
+        # On a GPU: fc1's bias and GELU inside the matrix multiply (cuBLASLt's epilogue, which takes
+        # the tanh approximation of GELU; see ops.linear_gelu). Elsewhere exact GELU.
+        self.gelu_tanh_epilogue = True
 
-    def forward(self, x: torch.Tensor, packed: PackedSequences, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, update: torch.Tensor | None, packed: PackedSequences, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x + update` is the residual stream entering the layer (`update`, the previous layer's
+        feed-forward output, is added in the pass of the first LayerNorm). Returns the stream after
+        attention and this layer's feed-forward output, for the next layer to add."""
         dtype = self.qkv.weight.dtype
-        h = F.layer_norm(x, x.shape[-1:], self.self_attn_layer_norm.weight, self.self_attn_layer_norm.bias)
-        q, k, v = self.qkv(h.to(dtype)).view(-1, 3, self.heads, self.head_dim).unbind(1)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        x = x + self.out_proj(attention(q, k, v, packed).reshape(-1, self.heads * self.head_dim)).float()
-        h = F.layer_norm(x, x.shape[-1:], self.final_layer_norm.weight, self.final_layer_norm.bias)
-        return x + self.fc2(F.gelu(self.fc1(h.to(dtype)))).float()
+        x, h = ops.add_layer_norm(x, update, self.self_attn_layer_norm, dtype, x.dtype)
+        q, k, v = ops.rotary_qkv(self.qkv(h), cos, sin, self.heads)
+        update = self.out_proj(attention(q, k, v, packed).reshape(-1, self.heads * self.head_dim))
+        x, h = ops.add_layer_norm(x, update, self.final_layer_norm, dtype, x.dtype)
+        return x, self.fc2(ops.linear_gelu(h, self.fc1, self.gelu_tanh_epilogue))
 
 
 class ESM2(nn.Module):
@@ -75,20 +90,32 @@ class ESM2(nn.Module):
         super().__init__()
         self.config = config
         self.fingerprint: str | None = None  # set by load_esm2, from the checkpoint's weights
+        # The residual stream's dtype on a GPU in half precision: bf16 halves its memory traffic
+        # (float32 elsewhere).
+        self.gpu_residual_dtype = torch.bfloat16
         self.embed_tokens = nn.Embedding(len(ALPHABET), config.embed_dim, padding_idx=PAD)
         self.layers = nn.ModuleList(ESM2Layer(config) for _ in range(config.num_layers))
         self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim)
         head_dim = config.embed_dim // config.attention_heads
-        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)),
-                             persistent=False)
+        self.register_buffer("inv_freq", rotary_inv_freq(head_dim), persistent=False)
 
     @property
     def embedding_dim(self) -> int:
         return self.config.embed_dim
 
+    def attention_path(self, device: torch.device) -> str:
+        """Which attention implementation runs on `device` with this model's dtype."""
+        if ops.fused(torch.empty(0, device=device), self.layers[0].qkv.weight.dtype):
+            return "varlen FlashAttention (aten._flash_attention_forward, as torch.nn.attention.varlen)"
+        return "scaled_dot_product_attention per sequence"
+
     def compile_layers(self) -> None:
-        """torch.compile every layer, for dynamic token counts: it fuses the LayerNorms, the rotary
-        embedding, GELU and the residual adds around the matrix multiplies (worth it on a GPU)."""
+        """torch.compile every layer, for dynamic token counts. On a GPU the element-wise work is
+        already fused by the Triton kernels, which stay outside the compiled graphs; measured on an
+        H100, compiling gains nothing (benchmarks/results/README.md)."""
+        from virnucpro.models import kernels
+
+        kernels.opaque_to_torch_compile()
         for layer in self.layers:
             layer.compile(dynamic=True)
 
@@ -97,30 +124,41 @@ class ESM2(nn.Module):
         x = self.embed_tokens(packed.tokens).float()
         if self.config.token_dropout:
             x = x * TOKEN_DROPOUT_SCALE
-        angles = packed.positions.float()[:, None] * self.inv_freq[None, :]
-        angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # [T, 1, head_dim]
-        cos, sin = angles.cos(), angles.sin()
+        dtype = self.layers[0].qkv.weight.dtype
+        x = x.to(self.gpu_residual_dtype if ops.fused(x, dtype) else torch.float32)
+        cos, sin = ops.rotary_tables(packed.positions, self.inv_freq, dtype)
+        update = None
         for layer in self.layers:
-            x = layer(x, packed, cos, sin)
-        return F.layer_norm(x, x.shape[-1:], self.emb_layer_norm_after.weight, self.emb_layer_norm_after.bias)
+            x, update = layer(x, update, packed, cos, sin)
+        return ops.add_layer_norm(x, update, self.emb_layer_norm_after, torch.float32)[1]
 
     def embed(self, packed: PackedSequences) -> torch.Tensor:
         """VirNucPro's protein feature: mean over residues of the final states, [B, E] float32."""
         return mean_pool(self(packed), packed, skip_ends=True)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding as fair-esm applies it (rotate-half), computed in float32."""
-    x32 = x.float()
-    first, second = x32.chunk(2, dim=-1)
-    return (x32 * cos + torch.cat((-second, first), dim=-1) * sin).to(x.dtype)
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
     """Softmax(QK^T / sqrt(d)) V within each packed sequence; [T, heads, head_dim] in and out."""
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        return varlen_attn(q, k, v.contiguous(), packed.cu_seqlens, packed.cu_seqlens, packed.max_len, packed.max_len)
+    if ops.fused(q, q.dtype):
+        return flash_attention_varlen(q, k, v.contiguous(), packed.cu_seqlens, packed.max_len)
     return attention_within_sequences(q, k, v, packed)
+
+
+def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                           max_len: int) -> torch.Tensor:
+    """FlashAttention's variable-length kernel, through the ATen op that
+    `torch.nn.attention.varlen.varlen_attn` calls: importing that module (a torch.library custom op)
+    imports torch's compiler stack, seconds of every job's start-up. Falls back to it if the op
+    is missing or takes other arguments in this PyTorch."""
+    try:
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len,
+                                                       0.0, False, False)[0]
+    except torch.OutOfMemoryError:
+        raise
+    except (AttributeError, RuntimeError, TypeError):
+        from torch.nn.attention.varlen import varlen_attn  # imported here: CPU-only machines need not have it
+
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,14 +169,30 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedS
 def _read_config(checkpoint: dict, state: dict[str, torch.Tensor], path) -> ESM2Config:
     layers = 1 + max((int(m.group(1)) for m in map(re.compile(r"layers\.(\d+)\.").match, state) if m), default=-1)
     if "embed_tokens.weight" not in state or layers == 0:
-        raise ValueError(f"{path}: not an ESM-2 checkpoint (no embed_tokens or transformer layers)")
+        raise VirnucproError(f"{path}: not an ESM-2 checkpoint (no embed_tokens or transformer layers)")
     width = state["embed_tokens.weight"].shape[1]
     model_cfg = checkpoint.get("cfg", {}).get("model") if isinstance(checkpoint.get("cfg"), dict) else None
     heads = getattr(model_cfg, "encoder_attention_heads", None) or _HEADS_BY_WIDTH.get(width)
     if heads is None:
-        raise ValueError(f"{path}: cannot tell the number of attention heads of a {width}-wide ESM-2 model")
+        raise VirnucproError(f"{path}: cannot tell the number of attention heads of a {width}-wide ESM-2 model")
     token_dropout = getattr(model_cfg, "token_dropout", True)
     return ESM2Config(num_layers=layers, embed_dim=width, attention_heads=int(heads), token_dropout=bool(token_dropout))
+
+
+def checkpoint_keys(config: ESM2Config) -> dict[str, list[str]]:
+    """Each of this model's weights and the fair-esm weights it is made of (their names without the
+    `encoder.sentence_encoder.` prefix): the same, but for Q, K and V, which are concatenated."""
+    keys = {"embed_tokens.weight": ["embed_tokens.weight"]}
+    for index in range(config.num_layers):
+        prefix = f"layers.{index}."
+        for name in ("weight", "bias"):
+            keys[f"{prefix}qkv.{name}"] = [f"{prefix}self_attn.{p}_proj.{name}" for p in ("q", "k", "v")]
+            keys[f"{prefix}out_proj.{name}"] = [f"{prefix}self_attn.out_proj.{name}"]
+            for module in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
+                keys[f"{prefix}{module}.{name}"] = [f"{prefix}{module}.{name}"]
+    for name in ("weight", "bias"):
+        keys[f"emb_layer_norm_after.{name}"] = [f"emb_layer_norm_after.{name}"]
+    return keys
 
 
 def load_esm2(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -152,34 +206,25 @@ def load_esm2(path: str | os.PathLike, device: str | torch.device = "cpu",
     """
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise ValueError(f"{path}: not a fair-esm checkpoint (expected a dict with a 'model' state dict)")
+        raise VirnucproError(f"{path}: not a fair-esm checkpoint (expected a dict with a 'model' state dict)")
     state = {re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", key): value
              for key, value in checkpoint["model"].items()}
     config = _read_config(checkpoint, state, path)
     with torch.device("meta"):
         model = ESM2(config)
     try:
-        converted = {"embed_tokens.weight": state["embed_tokens.weight"]}
-        for name in ("weight", "bias"):
-            converted[f"emb_layer_norm_after.{name}"] = state[f"emb_layer_norm_after.{name}"]
-        for index in range(config.num_layers):
-            prefix = f"layers.{index}."
-            for name in ("weight", "bias"):
-                converted[f"{prefix}qkv.{name}"] = torch.cat(
-                    [state[f"{prefix}self_attn.{p}_proj.{name}"].to(device) for p in ("q", "k", "v")])
-                converted[f"{prefix}out_proj.{name}"] = state[f"{prefix}self_attn.out_proj.{name}"]
-                for module in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
-                    converted[f"{prefix}{module}.{name}"] = state[f"{prefix}{module}.{name}"]
+        converted = {ours: (torch.cat([state[key].to(device) for key in theirs]) if len(theirs) > 1
+                            else state[theirs[0]])
+                     for ours, theirs in checkpoint_keys(config).items()}
     except KeyError as missing:
-        raise ValueError(f"{path}: not a complete ESM-2 checkpoint: it has no weights {missing}") from None
+        raise VirnucproError(f"{path}: not a complete ESM-2 checkpoint: it has no weights {missing}") from None
     assign_weights(model, converted, device, dtype, path)
     model.fingerprint = weights_fingerprint(state["embed_tokens.weight"])
     # fair-esm loads the rotary frequencies stored in the checkpoint (possibly rounded to fp16) over
     # the ones it computes; use the stored ones too, so that positions rotate exactly as there.
     stored_frequencies = state.get("layers.0.self_attn.rot_emb.inv_freq")
-    head_dim = config.embed_dim // config.attention_heads
     model.inv_freq = (stored_frequencies.float() if stored_frequencies is not None
-                      else 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))).to(device)
+                      else rotary_inv_freq(config.embed_dim // config.attention_heads)).to(device)
     return model.eval()
 
 
@@ -193,19 +238,11 @@ def save_fair_esm_checkpoint(model: ESM2, path: str | os.PathLike, dtype: torch.
 
     config, body = model.config, {}
     width = config.embed_dim
-    body["embed_tokens.weight"] = model.embed_tokens.weight
-    for index, layer in enumerate(model.layers):
-        prefix = f"layers.{index}."
-        for name in ("weight", "bias"):
-            q, k, v = getattr(layer.qkv, name).chunk(3)
-            for projection, tensor in zip(("q", "k", "v"), (q, k, v)):
-                body[f"{prefix}self_attn.{projection}_proj.{name}"] = tensor
-            body[f"{prefix}self_attn.out_proj.{name}"] = getattr(layer.out_proj, name)
-            for module in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
-                body[f"{prefix}{module}.{name}"] = getattr(getattr(layer, module), name)
-        body[f"{prefix}self_attn.rot_emb.inv_freq"] = model.inv_freq.float()
-    body["emb_layer_norm_after.weight"] = model.emb_layer_norm_after.weight
-    body["emb_layer_norm_after.bias"] = model.emb_layer_norm_after.bias
+    state = model.state_dict()
+    for ours, theirs in checkpoint_keys(config).items():
+        body.update(zip(theirs, state[ours].chunk(len(theirs))))
+    for index in range(config.num_layers):
+        body[f"layers.{index}.self_attn.rot_emb.inv_freq"] = model.inv_freq.float()
     generator = torch.Generator().manual_seed(0)
     lm_head = {
         "lm_head.weight": model.embed_tokens.weight,

@@ -85,13 +85,17 @@ class PackedSequences:
         return self._map(lambda tensor: tensor.to(device, non_blocking=non_blocking))
 
     def split(self) -> tuple[PackedSequences, PackedSequences]:
-        """Two halves by sequence count, for retrying a batch that ran out of memory."""
-        tokens, lengths = self.tokens.cpu(), self.lengths.cpu()
-        half = self.num_sequences // 2
+        """Two halves by sequence count, for retrying a batch that ran out of memory. A trailing
+        dummy sequence stays last, in the second half, which keeps `padding_tokens`: the halves'
+        rows, one after the other, are the rows of the whole batch."""
+        tokens, lengths = self.tokens.cpu().numpy(), self.lengths.cpu().numpy()
+        real = self.num_sequences - (1 if self.padding_tokens else 0)
+        half = real // 2
         cut = int(lengths[:half].sum())
-        halves = (PackedSequences.from_token_lists(list(torch.split(tokens[:cut], lengths[:half].tolist()))),
-                  PackedSequences.from_token_lists(list(torch.split(tokens[cut:], lengths[half:].tolist()))))
-        return tuple(h.to(self.tokens.device) for h in halves)
+        first = PackedSequences.from_flat(tokens[:cut], lengths[:half])
+        second = PackedSequences.from_flat(tokens[cut:], lengths[half:])
+        second.padding_tokens = self.padding_tokens
+        return first.to(self.tokens.device), second.to(self.tokens.device)
 
 
 def attention_within_sequences(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedSequences,

@@ -2,8 +2,9 @@
 
 The sample summary (`results/<sample>/summary.tsv`) has one row per measure (`measure`, `value`,
 `share`): the reads in, classified, called virus and others, not classified by reason; chunks,
-classified and viral chunks, frames; viral regions and the sequences of several chunks that have
-one; the expected length and the models used, with the demonstration-model note when it applies.
+classified and viral chunks, frames; the sequences of several chunks, those of them with a viral
+region and their regions (a sequence of one chunk, a short read, is its own region when it is
+called virus: counting those would repeat the virus count); the expected length and the models used, with the demonstration-model note when it applies.
 `share` is of the reads for counts of reads, of the chunks for counts of chunks. It is made from
 `read_predictions.parquet` in one pass over a few of its columns, batch by batch, together with
 the histograms of the reads' scores.
@@ -31,7 +32,7 @@ SCORE_BINS = np.linspace(0.0, 1.0, 51)
 _BATCH_ROWS = 1 << 20
 # Reasons a read is not classified (virnucpro.stages.consensus, virnucpro.stages.translation), always listed; a
 # read whose chunks failed for several reasons counts under their combination.
-REASONS = ("empty_sequence", "too_short", "too_ambiguous", "no_stop_free_frame")
+REASONS = ("empty_sequence", "too_short", "below_min_codons", "too_ambiguous", "no_stop_free_frame")
 _COLUMNS = ["call", "reason", "length", "chunks", "frames", "classified_chunks", "viral_chunks", "viral_regions",
             "score_virus", "score_others"]
 
@@ -56,12 +57,13 @@ def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: di
     for batch in pq.ParquetFile(read_table_path).iter_batches(batch_size=_BATCH_ROWS, columns=_COLUMNS):
         call = batch.column("call")
         counts["reads"] += batch.num_rows
-        for name in ("length", "chunks", "frames", "classified_chunks", "viral_chunks", "viral_regions"):
+        for name in ("length", "chunks", "frames", "classified_chunks", "viral_chunks"):
             counts[name] += int(pc.sum(batch.column(name)).as_py() or 0)
-        counts["multi_chunk"] += int(pc.sum(pc.greater(batch.column("chunks"), 1)).as_py() or 0)
-        counts["multi_chunk_with_regions"] += int(pc.sum(pc.and_(pc.greater(batch.column("chunks"), 1),
-                                                                 pc.greater(batch.column("viral_regions"), 0)))
+        several = pc.greater(batch.column("chunks"), 1)
+        counts["multi_chunk"] += int(pc.sum(several).as_py() or 0)
+        counts["multi_chunk_with_regions"] += int(pc.sum(pc.and_(several, pc.greater(batch.column("viral_regions"), 0)))
                                                   .as_py() or 0)
+        counts["multi_chunk_regions"] += int(pc.sum(batch.column("viral_regions").filter(several)).as_py() or 0)
         for value in pc.value_counts(call).to_pylist():
             counts[value["values"] or "unclassified"] += value["counts"]
         reasons.update({value["values"]: value["counts"]
@@ -90,10 +92,10 @@ def summarize_sample(sample: str, read_table_path: str | os.PathLike, models: di
              ("classified_chunks", counts["classified_chunks"], of_chunks(counts["classified_chunks"])),
              ("viral_chunks", counts["viral_chunks"], of_chunks(counts["viral_chunks"])),
              ("frames", counts["frames"], None),
-             ("viral_regions", counts["viral_regions"], None),
              ("sequences_of_several_chunks", counts["multi_chunk"], of_reads(counts["multi_chunk"])),
              ("of_which_with_viral_regions", counts["multi_chunk_with_regions"],
               of_reads(counts["multi_chunk_with_regions"])),
+             ("their_viral_regions", counts["multi_chunk_regions"], None),
              ("expected_length", expected_length, None)]
     rows += [(f"model_{name}", path, None) for name, path in models.items()]
     if note:

@@ -8,12 +8,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from virnucpro.io.errors import VirnucproError
+from virnucpro.io.identity import changed_identities, fingerprint, write_identities
+
 # A sample's (or training input's) name: its results go to results/<name>/, and the rules' {sample}
 # wildcard matches it (workflow/rules/common.smk).
 SAMPLE_NAME = "[A-Za-z0-9][A-Za-z0-9_-]*"
 _SEQUENCE_SUFFIXES = (".gz", ".xz", ".bz2", ".fa", ".fasta", ".fna", ".ffn", ".fq", ".fastq")
 # Written beside a sample's results by its first job: which input file they are the results of.
 INPUT_RECORD = "input_path.txt"
+# The identity of each input's and model's content (`record_identities`).
+IDENTITY_DIRECTORY = "results/checks/identity"
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,19 @@ def sample_name_from_path(path: str) -> str:
     return name or "sample"
 
 
+def whole_numbers(config: dict, schema: dict) -> None:
+    """Turn the whole floats that the schema accepts as integers (`--config expected_length=500.0`)
+    into ints, in place: such keys name files (`predict_500`) and count things."""
+    for key, rule in schema.get("properties", {}).items():
+        value = config.get(key)
+        if isinstance(value, dict):
+            whole_numbers(value, rule)
+        elif isinstance(value, float) and value.is_integer() and any(
+                branch.get("type") == "integer" or all(isinstance(v, int) for v in branch.get("enum", [None]))
+                for branch in (rule, *rule.get("oneOf", []))):
+            config[key] = int(value)
+
+
 def read_table(path: str, schema: str) -> list[tuple[int, dict[str, str]]]:
     """The rows of a tab-separated table with a header line, each as (line number, {column: cell}),
     every row validated against the JSON schema `schema` with Snakemake's `validate`. Empty cells
@@ -40,24 +58,24 @@ def read_table(path: str, schema: str) -> list[tuple[int, dict[str, str]]]:
     from snakemake.utils import validate
 
     if not Path(path).is_file():
-        raise ValueError(f"{path}: the table does not exist")
-    with open(path, newline="") as handle:
+        raise VirnucproError(f"{path}: the table does not exist")
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark, as spreadsheets write
         reader = csv.DictReader(handle, delimiter="\t")
         rows = [(reader.line_num, row) for row in reader]
         header = reader.fieldnames or []
     if len(header) < 2:
-        raise ValueError(f"{path}: not a tab-separated table with a header line (found columns {header})")
+        raise VirnucproError(f"{path}: not a tab-separated table with a header line (found columns {header})")
     if not rows:
-        raise ValueError(f"{path}: the table has no rows")
+        raise VirnucproError(f"{path}: the table has no rows")
     table = []
     for line, row in rows:
         if None in row:
-            raise ValueError(f"{path}, line {line}: more cells than the header's {len(header)} columns")
+            raise VirnucproError(f"{path}, line {line}: more cells than the header's {len(header)} columns")
         cells = {column: value.strip() for column, value in row.items() if value is not None and value.strip()}
         try:
             validate(cells, schema, set_default=False)
         except WorkflowError as error:
-            raise ValueError(f"{path}, line {line}: {schema_error(error)}") from None
+            raise VirnucproError(f"{path}, line {line}: {schema_error(error)}") from None
         table.append((line, cells))
     return table
 
@@ -79,10 +97,10 @@ def read_sample_sheet(path: str, schema: str, default_expected_length: int) -> d
     for line, row in read_table(path, schema):
         name = row["sample"]
         if not re.fullmatch(SAMPLE_NAME, name):
-            raise ValueError(f"{path}, line {line}: sample: '{name}' does not match '{SAMPLE_NAME}' (letters, digits, "
-                             "'_' and '-', starting with a letter or digit)")
+            raise VirnucproError(f"{path}, line {line}: sample: '{name}' does not match '{SAMPLE_NAME}' (letters, digits, "
+                                  "'_' and '-', starting with a letter or digit)")
         if name in samples:
-            raise ValueError(f"{path}, line {line}: sample '{name}' is named twice; each sample needs a name of "
+            raise VirnucproError(f"{path}, line {line}: sample '{name}' is named twice; each sample needs a name of "
                              f"its own (its results go to results/{name}/)")
         samples[name] = Sample(name, row["path"], int(row.get("expected_length", default_expected_length)))
     return samples
@@ -101,11 +119,24 @@ def resolve_samples(config: dict, sheet_schema: str) -> dict[str, Sample]:
         samples = {name: Sample(name, path, length) for name, path in config["samples"].items()}
         for name in samples:
             if not re.fullmatch(SAMPLE_NAME, name):
-                raise ValueError(f"config: sample name '{name}' may only use letters, digits, '_' and '-'")
+                raise VirnucproError(f"config: sample name '{name}' may only use letters, digits, '_' and '-'")
     else:
-        raise ValueError("config: no input; give --config input=<fasta>, a sample sheet or a 'samples' mapping")
+        raise VirnucproError("config: no input; give --config input=<fasta>, a sample sheet or a 'samples' mapping")
     check_distinct_names(samples)
+    for sample in samples.values():
+        check_file_name(sample.path)
     return samples
+
+
+def check_file_name(path: str) -> None:
+    """Refuse a file name that is not valid UTF-8: Snakemake writes its inputs' names to its lock
+    and metadata files as UTF-8 and would stop with a traceback."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise VirnucproError(f"{shown}: the file name has a byte that is not UTF-8, which Snakemake cannot "
+                             "record; rename the file (or link to it under a UTF-8 name)") from None
 
 
 def check_distinct_names(names) -> None:
@@ -115,7 +146,7 @@ def check_distinct_names(names) -> None:
     for name in names:
         other = folded.setdefault(name.casefold(), name)
         if other != name:
-            raise ValueError(f"config: samples '{other}' and '{name}' differ only in case; their results would "
+            raise VirnucproError(f"config: samples '{other}' and '{name}' differ only in case; their results would "
                              "share one folder on a case-insensitive file system: rename one")
 
 
@@ -124,9 +155,9 @@ def check_unreserved(names, reserved) -> None:
     its run-wide jobs): its results would mix with the run's."""
     for name in names:
         if name.casefold() in {word.casefold() for word in reserved}:
-            raise ValueError(f"config: the name '{name}' is one that the run uses for its own files under results/ "
-                             f"(reserved: {', '.join(sorted(reserved))}): give the sample or training input another "
-                             "name")
+            raise VirnucproError(f"config: the name '{name}' is one that the run uses for its own files under results/ "
+                                  f"(reserved: {', '.join(sorted(reserved))}): give the sample or training input another "
+                                  "name")
 
 
 def check_results_belong(name: str, path: str, results: str | os.PathLike = "results") -> None:
@@ -138,10 +169,37 @@ def check_results_belong(name: str, path: str, results: str | os.PathLike = "res
         return
     recorded = record.read_text().strip()
     if recorded != input_identity(path):
-        raise ValueError(
+        raise VirnucproError(
             f"results/{name}/ holds the results of {recorded} ({record}), not of {input_identity(path)}: give this "
             f"input another sample name (a sample sheet, or --config \"samples={{<name>: {path}}}\"), or remove "
             f"results/{name}/ to replace them")
+
+
+def identity_record(kind: str, name: str) -> str:
+    """Where the identity of an input (`kind` "input") or a model ("model") is recorded."""
+    return f"{IDENTITY_DIRECTORY}/{kind}.{name}.txt"
+
+
+def record_identities(inputs: dict[str, str], models: dict[str, str]) -> list[str]:
+    """Record what identifies the content of each input and model by name (`virnucpro.io.identity`),
+    rewriting a record only when it changes: the records are inputs of the first jobs, so that a
+    file replaced by a different one reruns everything, even when the new file is older than the
+    results. The results in results/<input>/ of the content before are removed at once, so that a
+    run that then fails leaves none that look complete. Returns the inputs whose results were removed."""
+    changed = changed_identities({**{identity_record("input", name): path for name, path in inputs.items()
+                                     if Path(path).is_file()},  # a missing one is refused when a job needs it
+                                  **{identity_record("model", name): path for name, path in models.items()}})
+    replaced = [record for record in changed if Path(record).is_file()]
+    a_model = any(Path(record).name.startswith("model.") for record in replaced)
+    removed = []
+    for name in inputs:
+        if a_model or identity_record("input", name) in replaced:
+            stale = [path for path in Path("results", name).glob("*") if path.is_file() and not path.is_symlink()]
+            for path in stale:
+                path.unlink()
+            removed += [name] if stale else []
+    write_identities(changed)
+    return removed
 
 
 def input_identity(path: str | os.PathLike) -> str:
@@ -155,12 +213,13 @@ def read_training_inputs(path: str, schema: str) -> list[dict]:
     names = {}
     for line, row in rows:
         if not re.fullmatch(SAMPLE_NAME, row["name"]):
-            raise ValueError(f"{path}, line {line}: name: '{row['name']}' does not match '{SAMPLE_NAME}' (letters, "
-                             "digits, '_' and '-', starting with a letter or digit)")
+            raise VirnucproError(f"{path}, line {line}: name: '{row['name']}' does not match '{SAMPLE_NAME}' (letters, "
+                                  "digits, '_' and '-', starting with a letter or digit)")
         if row["name"] in names:
-            raise ValueError(f"{path}, line {line}: name '{row['name']}' is also on line {names[row['name']]}; "
+            raise VirnucproError(f"{path}, line {line}: name '{row['name']}' is also on line {names[row['name']]}; "
                              "training input names must be unique")
         names[row["name"]] = line
+        check_file_name(row["path"])
     check_distinct_names(names)
     return [row for _, row in rows]
 
@@ -180,7 +239,7 @@ def package_requirement() -> str:
     try:
         installed = distribution("virnucpro")
     except PackageNotFoundError:
-        raise ValueError(f"virnucpro is imported from {virnucpro.__file__}, which is neither a checkout nor an "
+        raise VirnucproError(f"virnucpro is imported from {virnucpro.__file__}, which is neither a checkout nor an "
                          "installed package: set VIRNUCPRO_PACKAGE to a pip requirement for it") from None
     direct = json.loads(installed.read_text("direct_url.json") or "{}")
     if "vcs_info" in direct:
@@ -196,7 +255,8 @@ BUILTIN_MODELS_NOTE = ("These results come from the built-in demonstration model
                        "the real DNABERT-S, ESM-2 3B and VirNucPro classifier.")
 
 
-def models_note(model_paths, repository: str | os.PathLike) -> str | None:
-    """The warning that outputs carry when any of the run's models is a built-in demonstration model."""
-    builtin = (Path(repository) / "resources" / "models").resolve()
-    return BUILTIN_MODELS_NOTE if any(builtin in Path(p).resolve().parents for p in model_paths) else None
+def models_note(model_paths, builtin_models: str | os.PathLike) -> str | None:
+    """The warning that outputs carry when any of the run's models is a built-in demonstration model:
+    one with the fingerprint of a model in `builtin_models` (resources/models), wherever it lies."""
+    builtin = {fingerprint(path) for path in Path(builtin_models).iterdir()}
+    return BUILTIN_MODELS_NOTE if any(fingerprint(path) in builtin for path in model_paths) else None

@@ -15,15 +15,22 @@ Telemetry never fails a job: a job that did its work succeeds even if its teleme
 
 `warnings` holds what a job warned about (e.g. an embedding job that runs on the CPU although it
 seems to have a GPU); each is also logged.
+
+A job that stops on an error the project raises on purpose (`VirnucproError`: bad input, config or
+model) or on a full disk ends with exit status 1 and no traceback: its message goes to the job's log
+and to `message` in its telemetry, from where the run prints it last (`virnucpro.run.failures`).
+Any other error is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import logging
 import os
 import resource
+import shutil
 import socket
 import sys
 import threading
@@ -32,6 +39,7 @@ import traceback
 from pathlib import Path
 
 from virnucpro.io.atomic import atomic_output
+from virnucpro.io.errors import VirnucproError
 from virnucpro.run.resume import process_start_ticks
 
 log = logging.getLogger(__name__)
@@ -46,7 +54,10 @@ def new_run_id() -> str:
 
 def configure_logging(log_path: str | os.PathLike | None) -> None:
     """Log to the rule's log file (and stderr), with timestamps."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    terminal = logging.StreamHandler(sys.stderr)
+    # a message the run prints last (see `JobTelemetry`) is not printed here too
+    terminal.addFilter(lambda record: not getattr(record, "shown_last", False))
+    handlers: list[logging.Handler] = [terminal]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w"))
@@ -95,6 +106,7 @@ class JobTelemetry:
         self.details: dict = {}
         self.gpu: dict | None = None
         self.warnings: list[str] = []
+        self.message: str | None = None  # see `user_message`
 
     @classmethod
     def from_snakemake(cls, snakemake) -> JobTelemetry:
@@ -104,7 +116,9 @@ class JobTelemetry:
         wildcards = dict(snakemake.wildcards.items())
         resources = {name: value for name, value in snakemake.resources.items()
                      if not name.startswith("_") and isinstance(value, (int, float, str))}
-        return cls(snakemake.log.telemetry, snakemake.rule, wildcards.get("sample", "all"), wildcards.get("part"),
+        # a model check is named for its purpose (predict_300), as its telemetry file
+        owner = wildcards.get("sample", wildcards.get("purpose", "all"))
+        return cls(snakemake.log.telemetry, snakemake.rule, owner, wildcards.get("part"),
                    wildcards.get("shard"), inputs=list(snakemake.input), outputs=list(snakemake.output),
                    threads=snakemake.threads, resources=resources)
 
@@ -123,7 +137,10 @@ class JobTelemetry:
 
     def __exit__(self, error_type, error, error_traceback) -> bool:
         wall = time.perf_counter() - self.start_perf
-        if error is not None:
+        self.message = self.user_message(error)
+        if self.message is not None:
+            log.error("%s", self.message, extra={"shown_last": True})
+        elif error is not None:
             log.error("%s", "".join(traceback.format_exception(error_type, error, error_traceback)))
         try:
             self._write(wall, error_type, error)
@@ -131,7 +148,24 @@ class JobTelemetry:
             log.exception("%s %s.%s: its telemetry could not be written", self.stage, self.sample, self.unit)
         log.info("%s %s.%s %s in %.1f s", self.stage, self.sample, self.unit,
                  "ok" if error is None else "failed", wall)
+        if self.message is not None:
+            raise SystemExit(1)  # no traceback: the message says it all
         return False
+
+    def user_message(self, error: BaseException | None) -> str | None:
+        """What to tell the user of an error the project raises on purpose or of a full disk; None
+        for a bug (or no error)."""
+        if isinstance(error, VirnucproError):
+            return str(error)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            folder = Path(os.path.commonpath([os.path.abspath(p) for p in self.outputs] or [os.getcwd()]))
+            while not folder.is_dir():
+                folder = folder.parent
+            free = shutil.disk_usage(folder).free
+            return (f"{folder}: no space left on device ({free / 2**20:,.0f} MB free): this {self.stage} job reads "
+                    f"{_size(self.inputs) / 2**20:,.1f} MB and needs about as much again or more for its outputs "
+                    "(README, Scale: disk per read); free space there or run where there is more")
+        return None
 
     def _write(self, wall: float, error_type, error) -> None:
         bytes_in, bytes_out = _size(self.inputs), _size(self.outputs) if error is None else 0
@@ -140,6 +174,7 @@ class JobTelemetry:
             "stage": self.stage, "sample": self.sample, "part": self.part, "shard": self.shard,
             "status": "ok" if error is None else "failed",
             "error": None if error is None else f"{error_type.__name__}: {error}",
+            "message": self.message,  # shown to the user last, for an error raised on purpose
             "start": datetime.datetime.fromtimestamp(self._start_wall, datetime.timezone.utc).isoformat(),
             "end": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "start_unix": self._start_wall, "wall_seconds": wall, "startup_seconds": self._startup_seconds,

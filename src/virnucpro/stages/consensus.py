@@ -12,7 +12,10 @@
   one with the highest virus score for a virus read, the highest others score for an others read).
   It also counts the read's classified and viral chunks and its viral regions. Reads that could
   not be classified keep a row with a null call and the reason (empty_sequence, too_short,
-  too_ambiguous, no_stop_free_frame).
+  too_ambiguous, no_stop_free_frame). A read shorter than `min_codons` codons gets no call either
+  (`below_min_codons`), although its frames have scores: a few amino acids say nothing about where
+  a sequence comes from, yet the classifier scores them as confidently as any (a 3-bp read scored
+  1.0). VirNucPro's own files keep every frame and chunk, as the original does.
 - `viral_regions.tsv`: the runs of viral chunks of every sequence, with their coordinates and mean
   score (see `virnucpro.stages.regions`).
 
@@ -42,7 +45,7 @@ from virnucpro.io.atomic import atomic_paths, concatenate_files, scratch_directo
 from virnucpro.io.ids import chunk_id
 from virnucpro.io.ids import frame_id
 from virnucpro.io.schemas import REGION_COLUMNS
-from virnucpro.io.schemas import READ_PREDICTION_SCHEMA, REASON_EMPTY_SEQUENCE
+from virnucpro.io.schemas import READ_PREDICTION_SCHEMA, REASON_BELOW_MIN_CODONS, REASON_EMPTY_SEQUENCE
 from virnucpro.io.tables import PartedTable, TableReader, TableWriter
 from virnucpro.stages.regions import region_lines, viral_regions
 
@@ -138,7 +141,8 @@ def _read_blocks(reads: PartedTable) -> Iterator[pa.Table]:
 
 def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths: list, prediction_paths: list,
                   line_paths: list, expected_length: int, classifier: str, results_txt, highest_score_csv,
-                  read_table_path, regions_path, note: str | None = None, models: dict | None = None) -> dict[str, int]:
+                  read_table_path, regions_path, note: str | None = None, models: dict | None = None,
+                  min_codons: int = 1) -> dict[str, int]:
     """All stage-9 outputs. The read table's metadata carries `models` (kind -> identity of the models
     that made the calls, see `model_cache.model_identity`) and `note` (a warning about them).
 
@@ -166,7 +170,7 @@ def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths:
                 frame_block = frames.read(frame_row, frame_row + frame_count)
                 others, virus = predictions.take(frame_count)
                 calls, region_count = _read_calls(sample, block, chunk_block, frame_block, others, virus,
-                                                  expected_length, classifier, chunk_calls, regions_table)
+                                                  expected_length, classifier, chunk_calls, regions_table, min_codons)
                 read_table.write_table(calls.replace_schema_metadata(schema.metadata))
                 counts["viral_regions"] += region_count
                 for call, number in zip(*np.unique(calls.column("call").fill_null("unclassified").to_numpy(
@@ -191,7 +195,7 @@ def write_outputs(sample: str, read_paths: list, chunk_paths: list, frame_paths:
 
 def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table, others: np.ndarray,
                 virus: np.ndarray, expected_length: int, classifier: str, chunk_calls: _SortedRuns,
-                regions_table) -> tuple[pa.Table, int]:
+                regions_table, min_codons: int) -> tuple[pa.Table, int]:
     """The read table's rows for a block of reads; its chunks' consensus calls go into
     `chunk_calls`, its viral regions to `regions_table`, whose number is returned."""
     first_read = reads.column("read_index")[0].as_py()
@@ -217,13 +221,17 @@ def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table
                                                           chunk_number[with_frames].tolist())]
         chunk_calls.add(pa.array(names, pa.string()), chunk_is_virus[with_frames])
     lengths = reads.column("length").to_numpy()
+    frame_counts = np.bincount(frame_read, minlength=len(read_ids))
+    classified = frame_counts > 0
+    too_short = classified & (lengths < 3 * min_codons)
+    called = classified & ~too_short
+    # a read without a call has no viral region either
     regions = viral_regions(len(read_ids), chunk_read, chunk_number, chunks.column("start").to_numpy(),
-                            chunks.column("length").to_numpy(), chunk_frames > 0, chunk_is_virus, chunk_virus)
+                            chunks.column("length").to_numpy(), (chunk_frames > 0) & ~too_short[chunk_read],
+                            chunk_is_virus, chunk_virus)
     regions_table.write(region_lines(regions, read_ids, lengths))
 
     # Per read: the same rule over all frames of all its chunks.
-    frame_counts = np.bincount(frame_read, minlength=len(read_ids))
-    classified = frame_counts > 0
     starts = (np.cumsum(frame_counts) - frame_counts)[classified]
     max_virus = np.zeros(len(read_ids), dtype=np.float32)
     max_others = np.zeros(len(read_ids), dtype=np.float32)
@@ -245,8 +253,8 @@ def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table
     for row, reason in zip(chunk_read.tolist(), chunks.column("reason").to_pylist()):
         if reason is not None:
             reasons[row].add(reason)
-    reason = [None if classified[i] else (REASON_EMPTY_SEQUENCE if lengths[i] == 0 else ",".join(sorted(reasons[i])))
-              for i in range(len(read_ids))]
+    reason = [None if called[i] else REASON_EMPTY_SEQUENCE if lengths[i] == 0 else
+              REASON_BELOW_MIN_CODONS if too_short[i] else ",".join(sorted(reasons[i])) for i in range(len(read_ids))]
     return pa.table({
         "sample": pa.array([sample] * len(read_ids), pa.string()),
         "read_index": reads.column("read_index"),
@@ -255,8 +263,8 @@ def _read_calls(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table
         "ambiguous_bases": reads.column("ambiguous_bases"),
         "chunks": reads.column("chunks"),
         "frames": pa.array(frame_counts.astype(np.int32)),
-        "call": pa.array(np.where(is_virus, "virus", "others").tolist(), pa.string(), mask=~classified),
-        "is_virus": pa.array(is_virus, pa.bool_(), mask=~classified),
+        "call": pa.array(np.where(is_virus, "virus", "others").tolist(), pa.string(), mask=~called),
+        "is_virus": pa.array(is_virus, pa.bool_(), mask=~called),
         "score_virus": pa.array(max_virus, pa.float32(), mask=~classified),
         "score_others": pa.array(max_others, pa.float32(), mask=~classified),
         "best_frame": pa.array(best_frame, pa.string()),

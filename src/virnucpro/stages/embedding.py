@@ -135,6 +135,14 @@ class EmbeddingStats:
     batch_fill_sum: float = 0.0  # real tokens / budget, summed over batches
     timeline: BatchTimeline = field(default_factory=BatchTimeline)
 
+    def add_batch(self, sequences: int, packed: PackedSequences) -> None:
+        real_tokens = packed.num_tokens - packed.padding_tokens
+        self.batches += 1
+        self.sequences += sequences
+        self.tokens += real_tokens
+        self.padding_tokens += packed.padding_tokens
+        self.batch_fill_sum += min(1.0, real_tokens / self.token_budget)
+
     def as_dict(self) -> dict:
         packing = self.batch_fill_sum / self.batches if self.batches else None
         return {
@@ -251,6 +259,78 @@ class _Writer:
             raise self._error
 
 
+def _event(cuda: bool):
+    """Now, on the device's stream (a recorded CUDA event) or on the host clock."""
+    if not cuda:
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+class _DeviceTimer:
+    """Each batch's device time, read once the device has passed it (never waiting on the GPU
+    between batches), placed in wall-clock time from a reference taken when the timer starts."""
+
+    def __init__(self, cuda: bool, stats: EmbeddingStats):
+        self.cuda, self.stats = cuda, stats
+        self.in_flight: collections.deque = collections.deque()  # (start, end, sequences, tokens, padding)
+        self.reference = (_event(cuda), time.time())
+
+    def start(self):
+        return _event(self.cuda)
+
+    def end(self, started, sequences: int, tokens: int, padding: int) -> None:
+        self.in_flight.append((started, _event(self.cuda), sequences, tokens, padding))
+        self.account(wait=False)
+
+    def account(self, wait: bool) -> None:
+        """Record the batches the device has finished (all of them, waiting, with `wait`)."""
+        reference_event, reference_unix = self.reference
+        while self.in_flight and (wait or not self.cuda or self.in_flight[0][1].query()):
+            started, ended, sequences, tokens, padding = self.in_flight.popleft()
+            if self.cuda:
+                ended.synchronize()
+                seconds = started.elapsed_time(ended) / 1000
+                end_unix = reference_unix + reference_event.elapsed_time(ended) / 1000
+            else:
+                seconds, end_unix = ended - started, reference_unix + ended - reference_event
+            self.stats.compute_seconds += seconds
+            self.stats.timeline.add(end_unix, sequences, tokens, padding, seconds)
+
+
+class _SplitOnOutOfMemory:
+    """Runs the model on a packed batch; a batch that runs out of GPU memory is split in two and
+    retried, and later batches above half its size are split before they are tried."""
+
+    def __init__(self, model: torch.nn.Module, stats: EmbeddingStats):
+        self.model, self.stats = model, stats
+        self.safe_tokens: int | None = None
+
+    def __call__(self, packed: PackedSequences) -> torch.Tensor:
+        if self.safe_tokens is None or packed.num_tokens <= self.safe_tokens or packed.num_sequences == 1:
+            try:
+                return self.model.embed(packed)
+            except torch.OutOfMemoryError:
+                if packed.num_sequences == 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.stats.oom_splits += 1
+                self.safe_tokens = packed.num_tokens // 2
+                log.warning("batch of %d tokens ran out of GPU memory; splitting it", packed.num_tokens)
+        first, second = packed.split()
+        return torch.cat((self(first), self(second)))
+
+
+def _to_host(pooled: torch.Tensor, cuda: bool) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """A batch's embeddings on their way to the host, and the event that says they have arrived."""
+    if not cuda:
+        return pooled, None
+    host = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
+    host.copy_(pooled, non_blocking=True)
+    return host, _event(cuda)
+
+
 def embed_token_blocks(embedder: Embedder, blocks: Iterable[pa.ListArray], device: torch.device,
                        write: Callable[[int, np.ndarray], None], token_budget: int | None = None,
                        total_sequences: int | None = None, progress_seconds: float = PROGRESS_SECONDS) -> EmbeddingStats:
@@ -263,40 +343,7 @@ def embed_token_blocks(embedder: Embedder, blocks: Iterable[pa.ListArray], devic
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     progress = _Progress(embedder.kind, total_sequences, progress_seconds)
-    # Batches whose device time is not known yet: (start, end, sequences, tokens, padding tokens).
-    # On a GPU their events are read once the device has passed them, and placed in wall-clock
-    # time from a reference event recorded now.
-    in_flight: collections.deque = collections.deque()
-    reference = (_event(cuda), time.time())
-
-    def account(wait: bool) -> None:
-        while in_flight and (wait or not cuda or in_flight[0][1].query()):
-            started, ended, sequences, tokens, padding = in_flight.popleft()
-            if cuda:
-                ended.synchronize()
-                seconds = started.elapsed_time(ended) / 1000
-                end_unix = reference[1] + reference[0].elapsed_time(ended) / 1000
-            else:
-                seconds, end_unix = ended - started, reference[1] + ended - reference[0]
-            stats.compute_seconds += seconds
-            stats.timeline.add(end_unix, sequences, tokens, padding, seconds)
-
-    safe_tokens = None  # after an out-of-memory split, batches above this size are split first
-
-    def run(packed: PackedSequences) -> torch.Tensor:
-        nonlocal safe_tokens
-        if safe_tokens is None or packed.num_tokens <= safe_tokens or packed.num_sequences == 1:
-            try:
-                return embedder.model.embed(packed)
-            except torch.OutOfMemoryError:
-                if packed.num_sequences == 1:
-                    raise
-                torch.cuda.empty_cache()
-                stats.oom_splits += 1
-                safe_tokens = packed.num_tokens // 2
-                log.warning("batch of %d tokens ran out of GPU memory; splitting it", packed.num_tokens)
-        first, second = packed.split()
-        return torch.cat((run(first), run(second)))
+    timer, run = _DeviceTimer(cuda, stats), _SplitOnOutOfMemory(embedder.model, stats)
 
     def write_and_note_the_first(first_row: int, vectors: np.ndarray) -> None:
         write(first_row, vectors)
@@ -310,38 +357,19 @@ def embed_token_blocks(embedder: Embedder, blocks: Iterable[pa.ListArray], devic
             waited = time.perf_counter()
             for first_row, count, packed in batches:
                 stats.wait_seconds += time.perf_counter() - waited
-                stats.batches += 1
-                stats.sequences += count
-                real_tokens = packed.num_tokens - packed.padding_tokens
-                stats.tokens += real_tokens
-                stats.padding_tokens += packed.padding_tokens
-                stats.batch_fill_sum += min(1.0, real_tokens / stats.token_budget)
-                started = _event(cuda)
+                stats.add_batch(count, packed)
+                started = timer.start()
                 pooled = run(packed.to(device, non_blocking=cuda))[:count]
-                in_flight.append((started, _event(cuda), count, real_tokens, packed.padding_tokens))
-                if cuda:
-                    host = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
-                    host.copy_(pooled, non_blocking=True)
-                    writer.submit(first_row, host, _event(cuda))
-                else:
-                    writer.submit(first_row, pooled, None)
-                account(wait=False)
+                timer.end(started, count, packed.num_tokens - packed.padding_tokens, packed.padding_tokens)
+                writer.submit(first_row, *_to_host(pooled, cuda))
                 progress.update(stats.sequences, stats.tokens)
                 waited = time.perf_counter()
     finally:
         writer.close()
-    account(wait=True)
+    timer.account(wait=True)
     if cuda:
         stats.peak_allocated_bytes = torch.cuda.max_memory_allocated(device)
     return stats
-
-
-def _event(cuda: bool):
-    if not cuda:
-        return time.perf_counter()
-    event = torch.cuda.Event(enable_timing=True)
-    event.record()
-    return event
 
 
 def embed_sequences(embedder: Embedder, sequences: list[str], device: torch.device,

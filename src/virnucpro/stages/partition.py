@@ -30,8 +30,12 @@ INPUT_BATCH_ROWS = 32768
 
 def part_count(path: str | os.PathLike, part_mb: float) -> int:
     """Parts for an input file: one per `part_mb` MB of the file as stored, at least one."""
-    if not Path(path).is_file():
-        raise InputError(path, "the input file does not exist")
+    path = Path(path)
+    if not path.is_file():
+        what = ("the input is a directory, not a FASTA or FASTQ file" if path.is_dir() else
+                "the input is not a regular file but a device, a pipe or a socket: give a FASTA or FASTQ file"
+                if path.exists() else "the input file does not exist")
+        raise InputError(path, what)
     return max(1, math.ceil(os.path.getsize(path) / (part_mb * 2**20)))
 
 
