@@ -34,8 +34,9 @@ report-screenshot: demo
 	$(PYTHON) tests/report_screenshot.py results/report.html report_screenshot.png \
 	  --result results/report/job_timeline.png --size 1400x660
 
+# The slowest tests are listed at the end, so that a new slow one is seen.
 test: $(VENV)/.installed-test
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest --durations=15
 
 # Rebuild the built-in models and the demo input from ../shared/data (see README): the two small
 # embedding models, reads simulated the same way from both genomes, the classifiers for 300 and

@@ -31,7 +31,7 @@ from virnucpro.models.classifier import MLPClassifier, save_classifier
 from virnucpro.models.dnabert_s import DnabertS, DnabertSConfig, save_dnabert_s
 from virnucpro.models.esm2 import ESM2, ESM2Config, save_fair_esm_checkpoint
 
-PREPARE_STAGES = ("partition_input", "chunk", "translate", "plan_shards", "split_nucleotide", "split_protein")
+PREPARE_STAGES = ("partition_input", "chunk", "translate", "plan_shards", "tokenize_nucleotide", "tokenize_protein")
 GPU_STAGES = ("embed_dnabert_s", "embed_esm2")
 
 

@@ -4,10 +4,13 @@ real model formats built through the project's own writers."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout; VIRNUCPRO_SHARED points elsewhere (e.g. on a GPU machine)
@@ -139,3 +142,71 @@ def token_lists(tokenizer, sequences: list[str]) -> list:
 
     encoded = tokenizer.encode(pa.array(sequences, pa.string()))
     return [np.asarray(tokens, dtype=np.int64) for tokens in encoded.to_pylist()]
+
+
+# The workflow on small inputs, as tests/test_workflow.py and test_resume.py run it.
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+EDGE_CASES = {
+    "empty_read": "",
+    "two_bases": "AC",
+    "one_codon": "ATG",  # scored by the classifier, but too short for a call
+    "all_n": "N" * 200,
+    "stop_in_every_frame": "TTAA" * 50,  # its own reverse complement, TAA in every frame
+    "protein_in_iupac_letters": "MKKSWRDVHACGTTRKSDYVMHW",  # valid IUPAC, but a protein: warned about
+    "lowercase_multiline": None,  # filled from a real read below
+}
+# A header as public FASTA files have them: free text with "origin=", and not UTF-8 (Latin-1).
+FREE_TEXT_HEADER = "lowercase_multiline edge case, origin=environmental, collected in Bogotá".encode("latin-1")
+
+
+def write_input(path: Path, data_dir: Path, reads: int = 40) -> list[str]:
+    """Real lambda reads from the shared FASTQ, plus reads that cannot be classified."""
+    from virnucpro.io.sequences import read_sequences
+
+    records = []
+    for record in read_sequences(data_dir / "reads_1.fq.gz"):
+        records.append((record.id, record.sequence))
+        if len(records) == reads:
+            break
+    lowercase = records[0][1].lower() * 3
+    with open(path, "wb") as out:
+        for read_id, sequence in records:
+            out.write(f">{read_id}\n{sequence}\n".encode())
+        for read_id, sequence in EDGE_CASES.items():
+            sequence = lowercase if sequence is None else sequence
+            out.write(b">" + FREE_TEXT_HEADER + b"\n" if sequence is lowercase else f">{read_id} edge case\n".encode())
+            out.write("".join(sequence[i : i + 70] + "\n" for i in range(0, len(sequence), 70)).encode())
+    return [r for r, _ in records] + list(EDGE_CASES)
+
+
+def write_config(workdir: Path, input_path: Path, **overrides) -> Path:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["samples"] = {"reads": str(input_path)}
+    for key, path in config["models"].items():
+        if isinstance(path, str):
+            config["models"][key] = str(REPO / path)
+    config["embedding"]["gpu_lock_dir"] = str(workdir / "locks")
+    config.update(overrides)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_workflow(workdir: Path, config: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = SNAKEMAKE + ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+                           "--configfile", str(config), "--cores", "2", *extra]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def one_shard_run(tmp_path_factory, data_dir):
+    """The reference run: the whole workflow on `write_input`'s reads, one part and one shard. Shared
+    by the workflow tests (tests/test_workflow.py, test_resume.py), which only read its results/ (a
+    test that runs it again works on a copy)."""
+    workdir = tmp_path_factory.mktemp("run1")
+    read_ids = write_input(workdir / "reads.fa", data_dir)
+    run_workflow(workdir, write_config(workdir, workdir / "reads.fa"), "--resources", "gpu=1")
+    return workdir, read_ids

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -49,16 +48,16 @@ def test_merge_reproduces_the_original_merged_features(reference_dir, tmp_path):
     ids, nucleotide, protein = original_features(reference_dir)
     paths = write_feature_files(tmp_path, nucleotide, protein)
 
-    frames = merge_features(*paths, tmp_path / "view.json", tmp_path / "merged.arrow")
+    frames = merge_features(*paths, tmp_path / "merged.arrow")
 
     original = torch.load(reference_dir / "output_1_merged.pt", weights_only=False)
     merged = FeatureFile(tmp_path / "merged.arrow")
     assert frames == len(original["ids"]) == 4
     assert merged.dim == 3328 and merged.models == [DNABERT_IDENTITY, ESM2_IDENTITY]
     assert np.array_equal(merged.vectors(0, 4), original["data"].numpy())
-    [(first, through_view)] = list(MergedFeatures(tmp_path / "view.json").blocks())
+    [(first, through_view)] = list(MergedFeatures(*paths).blocks())
     assert first == 0 and np.array_equal(through_view, original["data"].numpy())
-    assert json.loads((tmp_path / "view.json").read_text())["files"] == [str(p) for p in paths]
+    assert [file.path for file in MergedFeatures(*paths).files] == [str(p) for p in paths]
 
 
 def test_feature_file_round_trip_over_batches(tmp_path):
@@ -90,8 +89,10 @@ def test_features_of_different_shards_are_not_merged(tmp_path):
     (tmp_path / "other").mkdir()
     _, protein = write_feature_files(tmp_path / "other", vectors, vectors, first_row=4)
     with pytest.raises(ValueError, match="not the same shard"):
-        merge_features(nucleotide, protein, tmp_path / "view.json")
-    assert not (tmp_path / "view.json").exists()
+        merge_features(nucleotide, protein, tmp_path / "merged.arrow")
+    assert not (tmp_path / "merged.arrow").exists()
+    with pytest.raises(ValueError, match="not the same shard"):  # as prediction and training read them
+        MergedFeatures(nucleotide, protein)
 
 
 def trained_looking_classifier(input_dim: int, seed: int) -> MLPClassifier:
@@ -130,9 +131,10 @@ def test_frame_probabilities_refuse_features_of_the_wrong_size():
 
 
 def original_shard(reference_dir, directory):
-    """The original's four frames as one shard: feature files, merged view, frames and reads tables."""
+    """The original's four frames as one shard: feature files (nucleotide.arrow, protein.arrow), frames
+    and reads tables."""
     ids, nucleotide, protein = original_features(reference_dir)
-    merge_features(*write_feature_files(directory, nucleotide, protein), directory / "view.json")
+    write_feature_files(directory, nucleotide, protein)
     read_ids = list(dict.fromkeys(i[:-2].rsplit("_chunk_", 1)[0] for i in ids))
     with TableWriter(directory / "reads.arrow", READ_SCHEMA, 2) as reads:
         reads.write_columns({"read_index": range(len(read_ids)), "read_id": read_ids, "length": [500] * len(read_ids),
@@ -151,8 +153,9 @@ def test_predict_shard_writes_scores_and_virnucpro_rows(reference_dir, tmp_path)
     model = trained_looking_classifier(3328, seed=5)
     seen_models = []
 
-    rows = predict_shard(model, tmp_path / "view.json", [tmp_path / "frames.arrow"], [tmp_path / "reads.arrow"],
-                         tmp_path / "scores.parquet", tmp_path / "lines.txt", seen_models.append)
+    rows = predict_shard(model, tmp_path / "nucleotide.arrow", tmp_path / "protein.arrow", [tmp_path / "frames.arrow"],
+                         [tmp_path / "reads.arrow"], tmp_path / "scores.parquet", tmp_path / "lines.txt",
+                         seen_models.append)
 
     assert rows == 4
     assert seen_models == [[DNABERT_IDENTITY, ESM2_IDENTITY]]
@@ -175,6 +178,7 @@ def test_predict_shard_stops_when_the_models_are_refused(reference_dir, tmp_path
         raise ValueError("features from other models")
 
     with pytest.raises(ValueError, match="other models"):
-        predict_shard(trained_looking_classifier(3328, seed=5), tmp_path / "view.json", [tmp_path / "frames.arrow"],
-                      [tmp_path / "reads.arrow"], tmp_path / "scores.parquet", tmp_path / "lines.txt", refuse)
+        predict_shard(trained_looking_classifier(3328, seed=5), tmp_path / "nucleotide.arrow",
+                      tmp_path / "protein.arrow", [tmp_path / "frames.arrow"], [tmp_path / "reads.arrow"],
+                      tmp_path / "scores.parquet", tmp_path / "lines.txt", refuse)
     assert not (tmp_path / "scores.parquet").exists() and not (tmp_path / "lines.txt").exists()

@@ -52,9 +52,10 @@ def nvml(samples: list[tuple], energy: float | None) -> dict:
 
 
 @pytest.fixture
-def telemetry_dir(tmp_path):
+def telemetry_files(tmp_path):
     """An earlier run's chunk job (its output reused), then this run: translate, two ESM-2 jobs on two
-    GPUs at once (the second without an energy reading), and a DNABERT-S job on the CPU."""
+    GPUs at once (the second without an energy reading), and a DNABERT-S job on the CPU. The files
+    in pipeline order, as the workflow passes them."""
     jobs = {
         "chunk/s.000": job("chunk", "000", -500, 10, run_id="run-1"),
         "translate/s.000": job("translate", "000", 0, 2),
@@ -70,15 +71,17 @@ def telemetry_dir(tmp_path):
         path = tmp_path / "telemetry" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
-    return tmp_path / "telemetry"
+    return [tmp_path / "telemetry" / f"{name}.json" for name in ("chunk/s.000", "translate/s.000",
+                                                                  "embed_dnabert_s/s.000", "embed_esm2/s.000",
+                                                                  "embed_esm2/s.001")]
 
 
 def stages_by_name(telemetry) -> dict[str, dict]:
     return {row["stage"]: row for row in stage_summary(latest_run(telemetry)).iter_rows(named=True)}
 
 
-def test_the_tables_have_their_schemas_and_timestamps(telemetry_dir):
-    telemetry = telemetry_tables(load_telemetry(telemetry_dir, ["s"]))
+def test_the_tables_have_their_schemas_and_timestamps(telemetry_files):
+    telemetry = telemetry_tables(load_telemetry(telemetry_files))
     assert telemetry.jobs.schema == JOB_SCHEMA and telemetry.jobs.height == 5
     assert telemetry.gpu_samples.schema == GPU_SAMPLE_SCHEMA and telemetry.batches.schema == BATCH_SCHEMA
     esm2 = telemetry.jobs.filter(pl.col("stage") == "embed_esm2", pl.col("unit") == "000").row(0, named=True)
@@ -92,8 +95,8 @@ def test_the_tables_have_their_schemas_and_timestamps(telemetry_dir):
     assert telemetry.batches["tokens"].sum() == 4500 and telemetry.batches.height == 6
 
 
-def test_the_report_covers_the_latest_run_and_lists_the_earlier_one(telemetry_dir):
-    telemetry = telemetry_tables(load_telemetry(telemetry_dir, ["s"]))
+def test_the_report_covers_the_latest_run_and_lists_the_earlier_one(telemetry_files):
+    telemetry = telemetry_tables(load_telemetry(telemetry_files))
     assert runs(telemetry)["run_id"].to_list() == ["run-1", "run-2"]
     assert set(stages_by_name(telemetry)) == {"translate", "embed_dnabert_s", "embed_esm2"}
     report, _ = timing_report(latest_run(telemetry), runs(telemetry))
@@ -103,8 +106,8 @@ def test_the_report_covers_the_latest_run_and_lists_the_earlier_one(telemetry_di
     assert "## Runs" in markdown and "\n| run-1 | " in markdown and "\n| chunk | " not in markdown
 
 
-def test_throughput_is_over_the_span_and_per_gpu(telemetry_dir):
-    esm2 = stages_by_name(telemetry_tables(load_telemetry(telemetry_dir, ["s"])))["embed_esm2"]
+def test_throughput_is_over_the_span_and_per_gpu(telemetry_files):
+    esm2 = stages_by_name(telemetry_tables(load_telemetry(telemetry_files)))["embed_esm2"]
     assert esm2["span_seconds"] == pytest.approx(30.0)  # 10 s to 12 + 28 = 40 s
     assert esm2["job_seconds"] == pytest.approx(48.0)
     assert esm2["gpus"] == 2
@@ -115,16 +118,16 @@ def test_throughput_is_over_the_span_and_per_gpu(telemetry_dir):
     assert esm2["startup_seconds"] == pytest.approx(2.0) and esm2["model_load_per_job"] == pytest.approx(5.0)
 
 
-def test_means_are_weighted(telemetry_dir):
-    esm2 = stages_by_name(telemetry_tables(load_telemetry(telemetry_dir, ["s"])))["embed_esm2"]
+def test_means_are_weighted(telemetry_files):
+    esm2 = stages_by_name(telemetry_tables(load_telemetry(telemetry_files)))["embed_esm2"]
     assert esm2["batch_fill"] == pytest.approx((0.5 * 10 + 0.9 * 30) / 40)  # by batches, not (0.5 + 0.9) / 2
     assert esm2["padding_share"] == pytest.approx(100 / 4100)
     assert esm2["mean_gpu_util"] == pytest.approx((50 + 70 + 90 * 3) / 5)  # over samples (time), not jobs
     assert esm2["max_memory_used_gib"] == pytest.approx(4096 / 1024)
 
 
-def test_missing_readings_are_not_available_rather_than_zero(telemetry_dir):
-    telemetry = telemetry_tables(load_telemetry(telemetry_dir, ["s"]))
+def test_missing_readings_are_not_available_rather_than_zero(telemetry_files):
+    telemetry = telemetry_tables(load_telemetry(telemetry_files))
     stages = stages_by_name(telemetry)
     esm2, dnabert = stages["embed_esm2"], stages["embed_dnabert_s"]
     assert esm2["mean_power_w"] == pytest.approx((100 + 300 + 200 * 3) / 5)  # the missing reading left out
@@ -138,12 +141,12 @@ def test_missing_readings_are_not_available_rather_than_zero(telemetry_dir):
     assert rows["embed_dnabert_s"][6] == NOT_AVAILABLE  # tokens/s per GPU
 
 
-def test_write_report_writes_every_output(telemetry_dir, tmp_path):
+def test_write_report_writes_every_output(telemetry_files, tmp_path):
     names = {"table": "telemetry.parquet", "gpu_samples": "samples.parquet", "batches": "batches.parquet",
              "summary": "timing.tsv", "report": "timing.md", "html": "timing.html", "timeline": "timeline.png",
              "gpu_usage": "gpu.png", "stage_times": "stages.png", "throughput": "throughput.png"}
     outputs = {name: tmp_path / "out" / file for name, file in names.items()}
-    assert write_report(telemetry_dir, ["s"], outputs, note="demonstration models") == 5
+    assert write_report(telemetry_files, outputs, note="demonstration models") == 5
     assert pl.read_parquet(outputs["table"]).schema == JOB_SCHEMA
     assert pl.read_parquet(outputs["gpu_samples"]).height == 6
     tsv = pl.read_csv(outputs["summary"], separator="\t")
@@ -157,8 +160,8 @@ def figure_texts(figure) -> list[str]:
     return [text.get_text() for axis in figure.axes for text in axis.texts]
 
 
-def test_the_gpu_figure_says_so_when_there_are_no_gpu_samples(telemetry_dir):
-    run = latest_run(telemetry_tables(load_telemetry(telemetry_dir, ["s"])))
+def test_the_gpu_figure_says_so_when_there_are_no_gpu_samples(telemetry_files):
+    run = latest_run(telemetry_tables(load_telemetry(telemetry_files)))
     figure = figures.gpu_usage(run.jobs, run.gpu_samples.clear())
     assert any(text.startswith("no GPU samples") for text in figure_texts(figure))
     figure = figures.gpu_usage(run.jobs, run.gpu_samples)
@@ -171,8 +174,8 @@ def test_the_gpu_figure_says_so_when_there_are_no_gpu_samples(telemetry_dir):
     assert NOT_AVAILABLE in [text.get_text() for text in no_power.axes[2].texts]
 
 
-def test_the_timeline_has_a_bar_per_job_with_its_start_up(telemetry_dir):
-    run = latest_run(telemetry_tables(load_telemetry(telemetry_dir, ["s"])))
+def test_the_timeline_has_a_bar_per_job_with_its_start_up(telemetry_files):
+    run = latest_run(telemetry_tables(load_telemetry(telemetry_files)))
     axis = figures.job_timeline(run.jobs).axes[0]
     bars = axis.patches
     assert len(bars) == 2 * run.jobs.height  # start-up and run time
@@ -184,8 +187,8 @@ def test_the_timeline_has_a_bar_per_job_with_its_start_up(telemetry_dir):
     assert [round(bar.get_width(), 3) for bar in work] == [2.0, 4.0, 20.0, 28.0]
 
 
-def test_the_throughput_figure_plots_each_batch(telemetry_dir):
-    run = latest_run(telemetry_tables(load_telemetry(telemetry_dir, ["s"])))
+def test_the_throughput_figure_plots_each_batch(telemetry_files):
+    run = latest_run(telemetry_tables(load_telemetry(telemetry_files)))
     axis = figures.embedding_throughput(run.jobs, run.batches).axes[0]
     assert len(axis.lines) == 3
     esm2 = axis.lines[1]  # jobs in pipeline order: DNABERT-S, then the two ESM-2 jobs
@@ -199,7 +202,7 @@ def test_jobs_without_a_run_id_and_unknown_fields_are_kept(tmp_path, caplog):
     (tmp_path / "translate").mkdir()
     (tmp_path / "translate" / "s.000.json").write_text(json.dumps(record))
     with caplog.at_level(logging.WARNING):
-        telemetry = telemetry_tables(load_telemetry(tmp_path, ["s"]))
+        telemetry = telemetry_tables(load_telemetry([tmp_path / "translate" / "s.000.json"]))
     assert "details.shiny_new_metric" in caplog.text
     assert telemetry.jobs["unknown"][0].to_list() == [{"name": "details.shiny_new_metric", "value": "3"}]
     report, _ = timing_report(latest_run(telemetry), runs(telemetry))

@@ -4,7 +4,8 @@ never interrupted, byte for byte, with nothing left over from the killed jobs.
 
 The stages: chunk (stage 1, several outputs per job), plan_shards (the checkpoint), embed_esm2 (a
 GPU stage; killed while its feature file is half written) and consensus (three outputs that must
-appear together). One uninterrupted run is the reference for all.
+appear together). One run is killed at each in turn, each time started again with the same command;
+the last start completes it. The uninterrupted reference is the workflow tests' shared run.
 """
 
 from __future__ import annotations
@@ -19,24 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from test_workflow import SNAKEMAKE, REPO, run_workflow, write_config, write_input
+from conftest import REPO, SNAKEMAKE, run_workflow, write_config, write_input
+
+pytestmark = pytest.mark.workflow
 
 # What differs between two runs whatever happens: the record of when and how long, and the path
 # and modification time of each run's own input (results/<sample>/input_path.txt, the identity records).
-RUN_SPECIFIC_FILES = ("results/logs/", "results/benchmarks/", "results/telemetry/", "results/telemetry.parquet",
+RUN_SPECIFIC_FILES = ("results/logs/", "results/telemetry/", "results/telemetry.parquet",
                 "results/telemetry_gpu_samples.parquet", "results/telemetry_batches.parquet",
                 "results/timing_report.md", "results/timing_report.tsv", "results/report/timing_report.html",
                 "results/report/job_timeline.png", "results/report/gpu_usage.png", "results/report/stage_times.png",
                 "results/report/embedding_throughput.png", "results/reads/input_path.txt",
                 "results/checks/identity/")
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    write_input(workdir / "reads.fa", data_dir)
-    run_workflow(workdir, write_config(workdir, workdir / "reads.fa"))
-    return workdir
 
 
 def results(workdir: Path) -> dict[str, bytes | None]:
@@ -80,19 +75,21 @@ def kill_when_running(workdir: Path, config: Path, stage: str) -> None:
     pytest.fail("processes of the killed run are still there")
 
 
-@pytest.mark.parametrize("stage", ["chunk", "plan_shards", "embed_esm2", "consensus"])
-def test_a_killed_run_resumes_with_the_same_command_to_the_same_outputs(uninterrupted, tmp_path, data_dir, stage):
+def test_a_killed_run_resumes_with_the_same_command_to_the_same_outputs(one_shard_run, tmp_path, data_dir):
     write_input(tmp_path / "reads.fa", data_dir)
     config = write_config(tmp_path, tmp_path / "reads.fa")
-    kill_when_running(tmp_path, config, stage)
-    assert (tmp_path / ".snakemake" / "locks").is_dir()  # what stopped a rerun before
-    if stage == "embed_esm2":
-        assert list((tmp_path / "results/reads/features/esm2").glob(".000.arrow.tmp-*"))
+    for index, stage in enumerate(("chunk", "plan_shards", "embed_esm2", "consensus")):
+        kill_when_running(tmp_path, config, stage)  # the same command each time
+        assert (tmp_path / ".snakemake" / "locks").is_dir(), stage  # what stopped a rerun before
+        if index:  # a start after a kill
+            assert "Removed the lock of an earlier run that is gone" in (tmp_path / "killed_run.log").read_text(), stage
+        if stage == "embed_esm2":
+            assert list((tmp_path / "results/reads/features/esm2").glob(".000.arrow.tmp-*"))
 
     resumed = run_workflow(tmp_path, config)  # the same command
     assert "Removed the lock of an earlier run that is gone" in resumed.stderr
 
-    expected, got = results(uninterrupted), results(tmp_path)
+    expected, got = results(one_shard_run[0]), results(tmp_path)
     assert sorted(got) == sorted(expected)  # the same files, and no leftovers (.<name>.tmp-<pid>, scratch)
     for name, content in expected.items():
         assert got[name] == content, name

@@ -67,6 +67,7 @@ def test_the_profile_sets_slurm_options_only_through_resources():
     assert settings["resources"]["gpu"] >= 1
 
 
+@pytest.mark.workflow
 def test_the_profile_gives_each_embedding_job_a_gpu_and_no_other_job(tmp_path):
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.fail("snakemake-executor-plugin-slurm is not installed (pyproject.toml's test extras need it)")
@@ -85,8 +86,8 @@ def test_the_profile_gives_each_embedding_job_a_gpu_and_no_other_job(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     counts = {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", output, re.MULTILINE)}
-    expected = {"split_nucleotide": shards, "split_protein": shards, "embed_dnabert_s": shards, "embed_esm2": shards,
-                "merge_features": shards, "predict_frames": shards, "consensus": 1, "timing_report": 1}
+    expected = {"tokenize_nucleotide": shards, "tokenize_protein": shards, "embed_dnabert_s": shards,
+                "embed_esm2": shards, "predict_frames": shards, "consensus": 1, "timing_report": 1}
     assert {rule: counts.get(rule) for rule in expected} == expected
     # Each job's resources as the plugin will see them: a GPU for the embedding jobs only.
     jobs = re.findall(r"^(?:local)?rule (\w+):\n.*?^\s+resources: ([^\n]*)", output, re.MULTILINE | re.DOTALL)
@@ -97,6 +98,9 @@ def test_the_profile_gives_each_embedding_job_a_gpu_and_no_other_job(tmp_path):
             assert "gpu=1" in resources.split(", ") and f"slurm_partition={partition}" in resources, resources
         else:
             assert not re.search(r"\bgpu=[1-9]", resources), resources
+        if rule != "default":  # the target, no job of work: every job's memory bound is its rule's
+            memory = {"embed_dnabert_s": 16000, "embed_esm2": 32000}.get(rule, 4000)
+            assert f"mem_mb={memory}" in resources.split(", "), (rule, resources)
 
 
 def test_the_small_jobs_on_the_way_to_and_from_the_gpu_work_are_not_queued():
@@ -108,6 +112,7 @@ def test_the_small_jobs_on_the_way_to_and_from_the_gpu_work_are_not_queued():
 
 
 @pytest.mark.slurm
+@pytest.mark.workflow
 @pytest.mark.skipif(os.environ.get("VIRNUCPRO_SLURM_TEST") != "1",
                     reason="set VIRNUCPRO_SLURM_TEST=1 to run the workflow on a local SLURM (needs root and apt)")
 def test_the_workflow_runs_through_a_real_slurm(data_dir):

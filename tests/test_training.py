@@ -14,7 +14,6 @@ from virnucpro.io.schemas import READ_SCHEMA
 from virnucpro.io.schemas import FRAME_SCHEMA
 from virnucpro.io.tables import TableWriter
 from virnucpro.models.classifier import check_compatible, load_classifier
-from virnucpro.stages.merge import merge_features
 from virnucpro.stages.training import (
     Hyperparameters,
     balanced,
@@ -124,17 +123,14 @@ def synthetic_input(tmp_path, name: str, label: int, genomes: int, rng) -> dict:
                               "nucleotide": [""] * 100 * genomes})
     vectors = rng.standard_normal((100 * genomes, 16)).astype(np.float32)
     vectors[:, 0] += 2.0 * label
-    views = []
+    features = {"dnabert_s": [], "esm2": []}
     for shard, (start, stop) in enumerate(((0, 50 * genomes), (50 * genomes, 100 * genomes))):  # two shards
-        paths = []
         for kind, columns, identity in (("dnabert_s", slice(0, 6), IDENTITIES[0]), ("esm2", slice(6, 16), IDENTITIES[1])):
-            paths.append(directory / f"{kind}.{shard}.arrow")
-            with FeatureWriter(paths[-1], columns.stop - columns.start, [identity], start, stop) as out:
+            features[kind].append(directory / f"{kind}.{shard}.arrow")
+            with FeatureWriter(features[kind][-1], columns.stop - columns.start, [identity], start, stop) as out:
                 out.write_vectors(start, vectors[start:stop, columns])
-        views.append(directory / f"merged.{shard}.json")
-        merge_features(*paths, views[-1])
     return {"name": name, "label": "viral" if label else "host", "path": f"{name}.fa",
-            "reads": [directory / "reads.arrow"], "frames": [directory / "frames.arrow"], "views": views}
+            "reads": [directory / "reads.arrow"], "frames": [directory / "frames.arrow"], **features}
 
 
 def test_run_training_writes_a_classifier_bound_to_its_embedding_models(tmp_path):

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import base64
 import io
@@ -18,71 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SNAKEMAKE, run_workflow, write_config, write_input
 from report_screenshot import find_chromium, rendered_dom, report_data, screenshot
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-EDGE_CASES = {
-    "empty_read": "",
-    "two_bases": "AC",
-    "one_codon": "ATG",  # scored by the classifier, but too short for a call
-    "all_n": "N" * 200,
-    "stop_in_every_frame": "TTAA" * 50,  # its own reverse complement, TAA in every frame
-    "protein_in_iupac_letters": "MKKSWRDVHACGTTRKSDYVMHW",  # valid IUPAC, but a protein: warned about
-    "lowercase_multiline": None,  # filled from a real read below
-}
-# A header as public FASTA files have them: free text with "origin=", and not UTF-8 (Latin-1).
-FREE_TEXT_HEADER = "lowercase_multiline edge case, origin=environmental, collected in Bogotá".encode("latin-1")
-
-
-def write_input(path: Path, data_dir: Path, reads: int = 40) -> list[str]:
-    """Real lambda reads from the shared FASTQ, plus reads that cannot be classified."""
-    from virnucpro.io.sequences import read_sequences
-
-    records = []
-    for record in read_sequences(data_dir / "reads_1.fq.gz"):
-        records.append((record.id, record.sequence))
-        if len(records) == reads:
-            break
-    lowercase = records[0][1].lower() * 3
-    with open(path, "wb") as out:
-        for read_id, sequence in records:
-            out.write(f">{read_id}\n{sequence}\n".encode())
-        for read_id, sequence in EDGE_CASES.items():
-            sequence = lowercase if sequence is None else sequence
-            out.write(b">" + FREE_TEXT_HEADER + b"\n" if sequence is lowercase else f">{read_id} edge case\n".encode())
-            out.write("".join(sequence[i : i + 70] + "\n" for i in range(0, len(sequence), 70)).encode())
-    return [r for r, _ in records] + list(EDGE_CASES)
-
-
-def write_config(workdir: Path, input_path: Path, **overrides) -> Path:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["samples"] = {"reads": str(input_path)}
-    for key, path in config["models"].items():
-        if isinstance(path, str):
-            config["models"][key] = str(REPO / path)
-    config["embedding"]["gpu_lock_dir"] = str(workdir / "locks")
-    config.update(overrides)
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def run_workflow(workdir: Path, config: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = SNAKEMAKE + ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-                           "--configfile", str(config), "--cores", "2", *extra]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def one_shard_run(tmp_path_factory, data_dir):
-    workdir = tmp_path_factory.mktemp("run1")
-    read_ids = write_input(workdir / "reads.fa", data_dir)
-    run_workflow(workdir, write_config(workdir, workdir / "reads.fa"), "--resources", "gpu=1")
-    return workdir, read_ids
+pytestmark = pytest.mark.workflow
 
 
 def test_every_read_is_accounted_for(one_shard_run):
@@ -135,9 +73,8 @@ def test_every_job_writes_telemetry_and_the_report_sums_them(one_shard_run):
     jobs = [json.loads(p.read_text()) for p in (workdir / "results/telemetry").rglob("*.json")]
     stages = {job["stage"] for job in jobs}
     assert stages == {"check_models", "partition_input", "chunk", "translate", "plan_shards", "check_read_ids",
-                      "split_nucleotide", "split_protein", "embed_dnabert_s", "embed_esm2", "merge_features",
-                      "predict_frames", "consensus", "viral_fasta", "read_table_tsv", "collect_fasta",
-                      "summarize_sample", "run_summary",
+                      "tokenize_nucleotide", "tokenize_protein", "embed_dnabert_s", "embed_esm2", "predict_frames",
+                      "consensus", "viral_fasta", "read_table_tsv", "collect_fasta", "summarize_sample", "run_summary",
                       "timing_report"}
     for job in jobs:
         assert job["status"] == "ok"
@@ -223,19 +160,28 @@ def test_outputs_say_when_they_come_from_the_demonstration_models(one_shard_run,
 
 
 def test_results_do_not_depend_on_parts_shards_or_gpu_jobs_at_once(one_shard_run, tmp_path):
-    """Bit for bit on the CPU: one part and one shard, one embedding job at a time, against many
-    parts and shards with two embedding jobs at once (each leasing its device, as on two GPUs)."""
+    """Bit for bit on the CPU: one part and one shard, one embedding job at a time, against several
+    parts and shards with two embedding jobs at once (each leasing its device, as on two GPUs). The
+    second run also keeps the merged feature vectors (outputs.merged_features)."""
+    from virnucpro.io.features import FeatureFile
+    from virnucpro.stages.sharding import read_shard_plan
+
     workdir, _ = one_shard_run
     shutil.copy(workdir / "reads.fa", tmp_path / "reads.fa")
-    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shard_tokens=400, part_mb=0.001),
-                 "--resources", "gpu=2")
+    outputs = {"virnucpro_fasta": True, "merged_features": True}
+    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "reads.fa", shard_tokens=1500, part_mb=0.003,
+                                        outputs=outputs), "--resources", "gpu=2")
     many, one = tmp_path / "results/reads", workdir / "results/reads"
-    assert len(list(many.glob("frames/*.arrow"))) > 3 and len(list(one.glob("frames/*.arrow"))) == 1
-    assert len(list(many.glob("frame_predictions/*.parquet"))) > 5
+    assert len(list(many.glob("frames/*.arrow"))) > 1 and len(list(one.glob("frames/*.arrow"))) == 1
+    assert len(list(many.glob("frame_predictions/*.parquet"))) > 1
     for name in ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa", "prediction_results.txt",
                  "prediction_results_highestscore.csv", "viral_regions.tsv", "summary.tsv"):
         assert (many / name).read_bytes() == (one / name).read_bytes(), name
     assert pq.read_table(many / "read_predictions.parquet").equals(pq.read_table(one / "read_predictions.parquet"))
+    shards = read_shard_plan(many / "shards.tsv")
+    merged = [FeatureFile(many / f"features/merged/{shard.name}.arrow") for shard in shards]
+    assert [(file.row_start, file.row_end) for file in merged] == [(shard.row_start, shard.row_end) for shard in shards]
+    assert [[model["kind"] for model in file.models] for file in merged] == [["dnabert_s", "esm2"]] * len(shards)
 
 
 def test_a_second_run_reports_its_own_jobs_and_lists_the_first(one_shard_run, tmp_path):
@@ -246,9 +192,8 @@ def test_a_second_run_reports_its_own_jobs_and_lists_the_first(one_shard_run, tm
             for p in (tmp_path / "run/results/telemetry").glob(pattern)]
     first, second = sorted({job["run_id"] for job in jobs})
     # consensus and what needs its deleted temporary inputs ran again; the stages before come from the first run
-    from virnucpro.reporting.timing import STAGES
-
-    again = sorted((job["stage"] for job in jobs if job["run_id"] == second), key=STAGES.index)  # one job each
+    pipeline = pl.read_parquet(tmp_path / "run/results/telemetry.parquet")["stage"].unique(maintain_order=True)
+    again = sorted((job["stage"] for job in jobs if job["run_id"] == second), key=pipeline.to_list().index)  # one job each
     assert "consensus" in again and "partition_input" not in again
     report = (tmp_path / "run/results/timing_report.md").read_text()
     stages_part, runs_part = report.split("## Runs")
@@ -354,7 +299,7 @@ def test_a_parts_gpu_work_joins_the_run_once_its_plan_is_made(tmp_path, data_dir
             break
     assert planned and not (tmp_path / f"results/reads/shards/{parts[-1]}.tsv").exists()
     result = run_workflow(tmp_path, config, "-n")
-    for rule in ("split_protein", "embed_dnabert_s", "embed_esm2", "merge_features"):
+    for rule in ("tokenize_protein", "embed_dnabert_s", "embed_esm2", "predict_frames"):
         assert re.search(rf"^{rule}\s+{planned}$", result.stdout, re.MULTILINE), (rule, result.stdout)
 
 
@@ -388,7 +333,7 @@ def test_a_classifier_for_another_length_is_refused_before_any_gpu_work(tmp_path
     telemetry = json.loads((tmp_path / "results/telemetry/check_models/predict_500.all.json").read_text())
     assert "classifier_300.pt: classifier was trained for expected length 300, but this run chunks to 500" in \
         telemetry["error"]
-    for later in ("partition_input", "chunk", "plan_shards", "split_protein", "embed_dnabert_s", "embed_esm2"):
+    for later in ("partition_input", "chunk", "plan_shards", "tokenize_protein", "embed_dnabert_s", "embed_esm2"):
         assert not (tmp_path / "results/telemetry" / later).exists(), later
 
 
@@ -469,6 +414,32 @@ def test_input_on_the_command_line_names_the_sample(tmp_path):
     assert "results/my_reads/read_predictions.parquet" in result.stdout
 
 
+def test_the_timing_report_waits_for_every_job_it_reports(one_shard_run):
+    """Its inputs are the telemetry files it reads, so every rule of the samples' jobs and their model
+    check comes before it, collect_fasta too (which no other job of the report needs)."""
+    workdir, _ = one_shard_run
+    graph = run_workflow(workdir, workdir / "config.yaml", "--rulegraph").stdout
+    rules = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', graph, re.MULTILINE))
+    before = {rules[a] for a, b in re.findall(r"^\s*(\d+) -> (\d+)$", graph, re.MULTILINE) if rules[b] == "timing_report"}
+    assert before == set(rules.values()) - {"default", "run_summary", "timing_report"}
+
+
+def test_a_sample_named_like_a_folder_of_the_run_is_refused(tmp_path):
+    (tmp_path / "reads.fa").write_text(">r1\nACGT\n")
+    config = write_config(tmp_path, tmp_path / "reads.fa", samples={"telemetry": str(tmp_path / "reads.fa")})
+    result = run_workflow(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert ("the name 'telemetry' is one that the run uses for its own files under results/ (reserved: all, checks, "
+            "logs, report, telemetry, training)") in result.stdout + result.stderr
+
+
+def test_no_rule_writes_a_benchmark_file():
+    """Telemetry measures each job; Snakemake's benchmark files would be a second record that nothing
+    reads (and a path that a planted symbolic link could redirect)."""
+    for path in [REPO / "Snakefile", REPO / "workflow/Snakefile", *(REPO / "workflow/rules").glob("*.smk")]:
+        assert not re.search(r"^\s*benchmark\s*:", path.read_text(), re.MULTILINE), path
+
+
 def test_workflow_passes_lint():
     result = subprocess.run(SNAKEMAKE + ["--lint"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -508,7 +479,7 @@ def test_train_target_makes_a_classifier_that_the_prediction_run_accepts(tmp_pat
 
     settings["models"]["classifier"] = str(trained / "classifier.pt")
     config.write_text(yaml.safe_dump(settings))
-    run_workflow(tmp_path, config)
+    run_workflow(tmp_path, config, "results/reads/read_predictions.parquet")  # the calls, not the reports
     table = pq.read_table(tmp_path / "results/reads/read_predictions.parquet")
     assert table.column("read_id").to_pylist() == reads
     assert set(table.column("classifier").to_pylist()) == {str(trained / "classifier.pt")}
@@ -520,7 +491,8 @@ def test_a_sample_sheet_gives_each_sample_its_expected_length_and_classifier(tmp
     (tmp_path / "samples.tsv").write_text("sample\tpath\texpected_length\n"
                                           f"short\t{tmp_path / 'short.fa'}\t\n"
                                           f"long\t{tmp_path / 'long.fa'}\t500\n")
-    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "unused.fa", samples=str(tmp_path / "samples.tsv")))
+    run_workflow(tmp_path, write_config(tmp_path, tmp_path / "unused.fa", samples=str(tmp_path / "samples.tsv")),
+                 "results/short/read_predictions.parquet", "results/long/read_predictions.parquet")
     for sample, length in (("short", 300), ("long", 500)):
         table = pq.read_table(tmp_path / f"results/{sample}/read_predictions.parquet")
         assert set(table.column("expected_length").to_pylist()) == {length}
@@ -625,7 +597,7 @@ def test_models_named_in_the_config_are_downloaded_then_found(tmp_path, data_dir
         assert result.returncode != 0
         assert "models.dnabert_s 'zhihan1996/DNABERT-S' was not found. Looked for" in result.stdout + result.stderr
         run_workflow(tmp_path, config, "download_models")
-        run_workflow(tmp_path, config)
+        run_workflow(tmp_path, config, "results/reads/read_predictions.parquet")
     finally:
         server.http.shutdown()
         server.http.server_close()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO
-from virnucpro.run.config import (INPUT_RECORD, Sample, check_results_belong, input_identity, resolve_samples,
-                                       sample_name_from_path)
+from virnucpro.run.config import (INPUT_RECORD, Sample, check_results_belong, check_unreserved, input_identity,
+                                  read_training_inputs, resolve_samples, sample_name_from_path)
 
 SCHEMA = str(REPO / "workflow/schemas/samples.schema.yaml")
 
@@ -72,6 +72,21 @@ def test_results_of_another_input_of_the_same_name_are_not_replaced(tmp_path, mo
     with pytest.raises(ValueError, match=rf"results/reads/ holds the results of {tmp_path}/x/reads.fa .*, not of "
                                          rf"{tmp_path}/y/reads.fa: give this input another sample name"):
         check_results_belong("reads", "y/reads.fa")
+
+
+def test_a_name_the_run_uses_for_its_own_files_is_refused():
+    check_unreserved(["reads", "logs2"], {"all", "logs", "telemetry"})
+    for name in ("telemetry", "Logs"):  # in any case: a case-insensitive file system
+        with pytest.raises(ValueError, match=rf"the name '{name}' is one that the run uses for its own files under "
+                                             r"results/ \(reserved: all, logs, telemetry\)"):
+            check_unreserved(["reads", name], {"all", "logs", "telemetry"})
+
+
+def test_a_training_input_name_follows_the_sample_name_pattern(tmp_path):
+    table = tmp_path / "training.tsv"
+    table.write_text("name\tpath\tlabel\nlambda\tx.fa\tviral\n_host\ty.fa\thost\n")
+    with pytest.raises(ValueError, match=r"training.tsv, line 3: name: '_host' does not match"):
+        read_training_inputs(str(table), str(REPO / "workflow/schemas/training_inputs.schema.yaml"))
 
 
 def test_a_replaced_input_or_model_makes_its_results_go(tmp_path, monkeypatch):

@@ -9,10 +9,7 @@ rule check_models:
     output:
         report="results/checks/models.{purpose}.json",
     log:
-        log="results/logs/check_models/{purpose}.all.log",
-        telemetry="results/telemetry/check_models/{purpose}.all.json",
-    benchmark:
-        "results/benchmarks/check_models/{purpose}.all.tsv"
+        **job_logs("check_models", "{purpose}"),
     # first of all jobs: a run that cannot succeed stops in seconds
     priority: 100
     conda:

@@ -1,33 +1,28 @@
-# Stages 7-9: merge the two embeddings of each frame, classify the frames, call each read and find
-# the viral regions of each sequence.
+# Stages 7-9: the two embeddings of each frame merged, the frames classified, a call for each read
+# and the viral regions of each sequence.
 
 
-# A marker that every shard of a part's plan is embedded and merged. The final outputs ask for it
-# per part: a part's shard jobs then join the run as soon as its plan is made, where asking for all
-# of a sample's shards at once would add them only once every part is planned.
+# A marker that every shard of a part's plan is embedded by both models. The final outputs ask for
+# it per part: a part's shard jobs then join the run as soon as its plan is made, where asking for
+# all of a sample's shards at once would add them only once every part is planned.
 rule part_embedded:
     input:
-        views=part_shard_files("results/{sample}/features/merged/{shard}.json"),
+        nucleotide=part_shard_files("results/{sample}/features/dnabert_s/{shard}.arrow"),
+        protein=part_shard_files("results/{sample}/features/esm2/{shard}.arrow"),
     output:
         touch("results/{sample}/shards/{part}.embedded"),
 
 
+# Stage 7's merged vectors, kept only when outputs.merged_features asks for them: prediction and
+# training read the two embeddings of a frame side by side from their feature files.
 rule merge_features:
     input:
         nucleotide="results/{sample}/features/dnabert_s/{shard}.arrow",
         protein="results/{sample}/features/esm2/{shard}.arrow",
     output:
-        **(
-            {"merged": "results/{sample}/features/merged/{shard}.arrow"}
-            if config["outputs"]["merged_features"]
-            else {}
-        ),
-        view="results/{sample}/features/merged/{shard}.json",
+        merged="results/{sample}/features/merged/{shard}.arrow",
     log:
-        log="results/logs/merge_features/{sample}.{shard}.log",
-        telemetry="results/telemetry/merge_features/{sample}.{shard}.json",
-    benchmark:
-        "results/benchmarks/merge_features/{sample}.{shard}.tsv"
+        **job_logs("merge_features", "{sample}", "{shard}"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -38,8 +33,6 @@ rule merge_features:
 
 rule predict_frames:
     input:
-        view="results/{sample}/features/merged/{shard}.json",
-        # read through the view; named so that Snakemake keeps them until this job is done
         nucleotide="results/{sample}/features/dnabert_s/{shard}.arrow",
         protein="results/{sample}/features/esm2/{shard}.arrow",
         frames=part_files("results/{sample}/frames/{part}.arrow"),
@@ -49,10 +42,7 @@ rule predict_frames:
         predictions="results/{sample}/frame_predictions/{shard}.parquet",
         lines=temp("results/{sample}/frame_predictions/{shard}.txt"),
     log:
-        log="results/logs/predict_frames/{sample}.{shard}.log",
-        telemetry="results/telemetry/predict_frames/{sample}.{shard}.json",
-    benchmark:
-        "results/benchmarks/predict_frames/{sample}.{shard}.tsv"
+        **job_logs("predict_frames", "{sample}", "{shard}"),
     conda:
         "../../envs/virnucpro.yaml"
     threads: 8
@@ -83,10 +73,7 @@ rule consensus:
         regions="results/{sample}/viral_regions.tsv",
         score_tracks="results/{sample}/score_tracks.tsv",
     log:
-        log="results/logs/consensus/{sample}.all.log",
-        telemetry="results/telemetry/consensus/{sample}.all.json",
-    benchmark:
-        "results/benchmarks/consensus/{sample}.all.tsv"
+        **job_logs("consensus", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -111,8 +98,7 @@ rule viral_fasta:
         sequences="results/{sample}/viral_sequences.fna",
         regions="results/{sample}/viral_regions.fna",
     log:
-        log="results/logs/viral_fasta/{sample}.all.log",
-        telemetry="results/telemetry/viral_fasta/{sample}.all.json",
+        **job_logs("viral_fasta", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.io import strip_wildcard_constraints
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -14,6 +15,7 @@ from virnucpro.stages.sharding import read_shard_plan, shard_part
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
 from virnucpro.run.config import (
     INPUT_RECORD,
+    SAMPLE_NAME,
     call_rule,
     check_results_belong,
     models_note,
@@ -94,6 +96,16 @@ MODEL_SETTINGS = {
         for length in sorted({sample.expected_length for sample in SAMPLES.values()})
     },
 }
+# The model checks, by purpose: training (the embedding models), or predicting at an expected
+# length (the embedding models and that length's classifier): the expected length each checks for
+# and its classifier, if any.
+MODEL_CHECKS = {
+    "train": (EXPECTED_LENGTH, None),
+    **{
+        f"predict_{length}": (length, f"classifier_{length}")
+        for length in sorted({sample.expected_length for sample in SAMPLES.values()})
+    },
+}
 # Name -> path of each model that was found. One that was not is an error only when a job needs
 # it (`model_path`), so that targets that need none, as download_models, run before they exist.
 MODEL_PATHS = {}
@@ -141,10 +153,24 @@ if workflow.is_main_process and workflow.local_exec and not workflow.dryrun:
 
 
 wildcard_constraints:
-    sample="[A-Za-z0-9][A-Za-z0-9_-]*",
+    sample=SAMPLE_NAME,
     part="[0-9]+",
     shard="[0-9]+-[0-9]+",
-    purpose="train|predict_300|predict_500",
+    purpose="|".join(MODEL_CHECKS),
+
+
+# The sample name of a job that serves the whole run (run_summary, timing_report, download_models).
+RUN_WIDE = "all"
+
+
+def job_logs(rule, sample=RUN_WIDE, unit="all"):
+    """A job's log and telemetry (see virnucpro.run.telemetry), as a rule's `log:` entries:
+    results/logs/<rule>/<sample>.<unit>.log and results/telemetry/<rule>/<sample>.<unit>.json,
+    the unit being the job's part or shard, or "all"."""
+    return {
+        "log": f"results/logs/{rule}/{sample}.{unit}.log",
+        "telemetry": f"results/telemetry/{rule}/{sample}.{unit}.json",
+    }
 
 
 def model_path(name):
@@ -241,6 +267,15 @@ def parts(wildcards):
     return sample_parts(wildcards.sample)
 
 
+def input_part(directory, part):
+    """The file of one part of the input in `partition_input`'s folder of parts."""
+    return f"{directory}/{part}.arrow"
+
+
+def input_part_files(wildcards, output):
+    return [input_part(output.parts, part) for part in sample_parts(wildcards.sample)]
+
+
 # Job priorities, for when there are more jobs ready than cores: the first part's stages 1-2, and
 # the jobs between a part's frames and its embeddings, go first, so that the GPU work starts early
 # and has work to do while the other parts are prepared. (The model check goes before everything.)
@@ -276,9 +311,8 @@ def shard_files(pattern):
     )
 
 
-# What a model check is for: training (the embedding models), or predicting at an expected length
-# (the embedding models and that length's classifier).
 def check_purpose(sample):
+    """The model check that a sample's (or training input's) GPU work waits for."""
     return (
         "train"
         if sample not in SAMPLES
@@ -288,19 +322,16 @@ def check_purpose(sample):
 
 def checked_length(wildcards):
     """The expected length that `check_models` checks the run's models for."""
-    return (
-        EXPECTED_LENGTH
-        if wildcards.purpose == "train"
-        else int(wildcards.purpose.removeprefix("predict_"))
-    )
+    return MODEL_CHECKS[wildcards.purpose][0]
 
 
 def checked_models(purpose):
     """Kind -> name (in MODEL_SETTINGS) of the models that a check for `purpose` reads: the
     classifier only when predicting."""
     names = {"dnabert_s": "dnabert_s", "esm2": "esm2"}
-    if purpose != "train":
-        names["classifier"] = f"classifier_{purpose.removeprefix('predict_')}"
+    classifier = MODEL_CHECKS[purpose][1]
+    if classifier:
+        names["classifier"] = classifier
     return names
 
 
@@ -340,31 +371,89 @@ TRAINING_DIR = f"results/training/expected_length_{EXPECTED_LENGTH}"
 
 
 def training_inputs(wildcards):
-    """Per training input, the files of its stages 1-7 (named `<input>__<kind>`)."""
+    """The training inputs, each with the files of its stages 1-6 (reads, frames, and the feature
+    files of its shards, dnabert_s and esm2): the `train_classifier` job's inputs and its params.
+    """
     if not TRAINING_INPUTS:
         raise VirnucproError(
             f"config: training.inputs '{TRAINING_TABLE}' does not exist "
             "(a tab-separated table with columns name, path, label)"
         )
-    files = {}
+    inputs = []
     for row in TRAINING_INPUTS:
         name = row["name"]
         check_results_belong(name, row["path"])
-        files[f"{name}__read_ids_checked"] = f"results/{name}/read_ids_checked.txt"
-        files[f"{name}__embedded"] = expand(
-            f"results/{name}/shards/{{part}}.embedded", part=sample_parts(name)
-        )
-        for kind in ("reads", "frames"):
-            files[f"{name}__{kind}"] = expand(
+        files = {
+            kind: expand(
                 f"results/{name}/{kind}/{{part}}.arrow", part=sample_parts(name)
             )
-        for kind, suffix in (
-            ("merged", "json"),
-            ("dnabert_s", "arrow"),
-            ("esm2", "arrow"),
-        ):
-            files[f"{name}__{kind}"] = expand(
-                f"results/{name}/features/{kind}/{{shard}}.{suffix}",
+            for kind in ("reads", "frames")
+        }
+        for kind in ("dnabert_s", "esm2"):
+            files[kind] = expand(
+                f"results/{name}/features/{kind}/{{shard}}.arrow",
                 shard=sample_shards(name),
             )
+        # training waits for the input's duplicate-ID check, as a sample's final outputs do
+        files["read_ids_checked"] = [f"results/{name}/read_ids_checked.txt"]
+        inputs.append({**row, **files})
+    return inputs
+
+
+def training_files(wildcards):
+    return [
+        path
+        for entry in training_inputs(wildcards)
+        for kind in ("reads", "frames", "dnabert_s", "esm2", "read_ids_checked")
+        for path in entry[kind]
+    ]
+
+
+def merged_features(wildcards):
+    """The merged vectors of every shard of the samples, when outputs.merged_features asks for them."""
+    if not config["outputs"]["merged_features"]:
+        return []
+    return [
+        path
+        for sample in SAMPLES
+        for path in expand(
+            "results/{sample}/features/merged/{shard}.arrow",
+            sample=sample,
+            shard=sample_shards(sample),
+        )
+    ]
+
+
+def reported_telemetry(wildcards):
+    """The telemetry files of the samples' jobs and of the model checks they wait for (see
+    job_logs), in the order of the rules in the workflow, less those of outputs that this run
+    does not make: what the timing report covers, and waits for."""
+    made = {
+        "collect_fasta": WRITE_FASTA,
+        "merge_features": config["outputs"]["merged_features"],
+    }
+    purposes = sorted({check_purpose(sample) for sample in SAMPLES})
+    files = []
+    for defined in workflow.rules:
+        reported = {"purpose", "sample"} & set(defined.wildcard_names)
+        if (
+            not reported
+            or not made.get(defined.name, True)
+            or "telemetry" not in defined.log.keys()
+        ):
+            continue
+        pattern = strip_wildcard_constraints(defined.log.telemetry)
+        if "purpose" in defined.wildcard_names:
+            files += expand(pattern, purpose=purposes)
+        if "sample" in defined.wildcard_names:
+            for sample in SAMPLES:
+                units = {
+                    unit: names(sample)
+                    for unit, names in (
+                        ("part", sample_parts),
+                        ("shard", sample_shards),
+                    )
+                    if unit in defined.wildcard_names
+                }
+                files += expand(pattern, sample=sample, **units)
     return files

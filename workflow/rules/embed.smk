@@ -9,10 +9,7 @@ rule embed_dnabert_s:
     output:
         features=temp("results/{sample}/features/dnabert_s/{shard}.arrow"),
     log:
-        log="results/logs/embed_dnabert_s/{sample}.{shard}.log",
-        telemetry="results/telemetry/embed_dnabert_s/{sample}.{shard}.json",
-    benchmark:
-        "results/benchmarks/embed_dnabert_s/{sample}.{shard}.tsv"
+        **job_logs("embed_dnabert_s", "{sample}", "{shard}"),
     priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
@@ -37,10 +34,7 @@ rule embed_esm2:
     output:
         features=temp("results/{sample}/features/esm2/{shard}.arrow"),
     log:
-        log="results/logs/embed_esm2/{sample}.{shard}.log",
-        telemetry="results/telemetry/embed_esm2/{sample}.{shard}.json",
-    benchmark:
-        "results/benchmarks/embed_esm2/{sample}.{shard}.tsv"
+        **job_logs("embed_esm2", "{sample}", "{shard}"),
     priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"

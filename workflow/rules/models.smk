@@ -11,10 +11,7 @@ rule download_models:
             for manifest in manifest_paths(kind, name)
         ],
     log:
-        log="results/logs/download_models/all.all.log",
-        telemetry="results/telemetry/download_models/all.all.json",
-    benchmark:
-        "results/benchmarks/download_models/all.all.tsv"
+        **job_logs("download_models"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:

@@ -12,16 +12,13 @@ rule partition_input:
         parts=temp(directory("results/{sample}/input")),
         record=f"results/{{sample}}/{INPUT_RECORD}",
     log:
-        log="results/logs/partition_input/{sample}.all.log",
-        telemetry="results/telemetry/partition_input/{sample}.all.json",
-    benchmark:
-        "results/benchmarks/partition_input/{sample}.all.tsv"
+        **job_logs("partition_input", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:
         mem_mb=JOB_MEM_MB,
     params:
-        parts=parts,
+        parts=input_part_files,
     script:
         "../scripts/partition_input.py"
 
@@ -39,16 +36,14 @@ rule chunk:
         chunks=temp("results/{sample}/chunks/{part}.arrow"),
         read_ids=temp("results/{sample}/read_ids/{part}.arrow"),
     log:
-        log="results/logs/chunk/{sample}.{part}.log",
-        telemetry="results/telemetry/chunk/{sample}.{part}.json",
-    benchmark:
-        "results/benchmarks/chunk/{sample}.{part}.tsv"
+        **job_logs("chunk", "{sample}", "{part}"),
     priority: first_part_first
     conda:
         "../../envs/virnucpro.yaml"
     resources:
         mem_mb=JOB_MEM_MB,
     params:
+        part=lambda wildcards, input: input_part(input.parts, wildcards.part),
         expected_length=expected_length,
         # origin=<sequence>:<position> places the reads of a training input; elsewhere it is free text
         read_origins=lambda wildcards: wildcards.sample not in SAMPLES,
@@ -76,10 +71,7 @@ rule translate:
         frames="results/{sample}/frames/{part}.arrow",
         chunk_summary="results/{sample}/chunk_summary/{part}.arrow",
     log:
-        log="results/logs/translate/{sample}.{part}.log",
-        telemetry="results/telemetry/translate/{sample}.{part}.json",
-    benchmark:
-        "results/benchmarks/translate/{sample}.{part}.tsv"
+        **job_logs("translate", "{sample}", "{part}"),
     priority: first_part_first
     conda:
         "../../envs/virnucpro.yaml"
@@ -102,10 +94,7 @@ checkpoint plan_shards:
     output:
         plan="results/{sample}/shards/{part}.tsv",
     log:
-        log="results/logs/plan_shards/{sample}.{part}.log",
-        telemetry="results/telemetry/plan_shards/{sample}.{part}.json",
-    benchmark:
-        "results/benchmarks/plan_shards/{sample}.{part}.tsv"
+        **job_logs("plan_shards", "{sample}", "{part}"),
     priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
@@ -127,10 +116,7 @@ rule check_read_ids:
     output:
         checked="results/{sample}/read_ids_checked.txt",
     log:
-        log="results/logs/check_read_ids/{sample}.all.log",
-        telemetry="results/telemetry/check_read_ids/{sample}.all.json",
-    benchmark:
-        "results/benchmarks/check_read_ids/{sample}.all.tsv"
+        **job_logs("check_read_ids", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -141,7 +127,7 @@ rule check_read_ids:
         "../scripts/check_read_ids.py"
 
 
-rule split_nucleotide:
+rule tokenize_nucleotide:
     input:
         plan=shard_plan,
         frames=frames_up_to_part,
@@ -149,10 +135,7 @@ rule split_nucleotide:
     output:
         tokens=temp("results/{sample}/tokens/dnabert_s/{shard}.arrow"),
     log:
-        log="results/logs/split_nucleotide/{sample}.{shard}.log",
-        telemetry="results/telemetry/split_nucleotide/{sample}.{shard}.json",
-    benchmark:
-        "results/benchmarks/split_nucleotide/{sample}.{shard}.tsv"
+        **job_logs("tokenize_nucleotide", "{sample}", "{shard}"),
     priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
@@ -162,10 +145,10 @@ rule split_nucleotide:
     params:
         kind="dnabert_s",
     script:
-        "../scripts/split.py"
+        "../scripts/tokenize.py"
 
 
-rule split_protein:
+rule tokenize_protein:
     input:
         plan=shard_plan,
         frames=frames_up_to_part,
@@ -173,10 +156,7 @@ rule split_protein:
     output:
         tokens=temp("results/{sample}/tokens/esm2/{shard}.arrow"),
     log:
-        log="results/logs/split_protein/{sample}.{shard}.log",
-        telemetry="results/telemetry/split_protein/{sample}.{shard}.json",
-    benchmark:
-        "results/benchmarks/split_protein/{sample}.{shard}.tsv"
+        **job_logs("tokenize_protein", "{sample}", "{shard}"),
     priority: GPU_WORK_PRIORITY
     conda:
         "../../envs/virnucpro.yaml"
@@ -185,7 +165,7 @@ rule split_protein:
     params:
         kind="esm2",
     script:
-        "../scripts/split.py"
+        "../scripts/tokenize.py"
 
 
 # VirNucPro's FASTA files, for people: the parts' shares, concatenated once the duplicate-ID check
@@ -201,10 +181,7 @@ rule collect_fasta:
         nucleotide="results/{sample}/identified_nucleotide.fa",
         protein="results/{sample}/identified_protein.faa",
     log:
-        log="results/logs/collect_fasta/{sample}.all.log",
-        telemetry="results/telemetry/collect_fasta/{sample}.all.json",
-    benchmark:
-        "results/benchmarks/collect_fasta/{sample}.all.tsv"
+        **job_logs("collect_fasta", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:

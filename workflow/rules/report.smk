@@ -32,10 +32,7 @@ rule summarize_sample:
             labels={"sample": "{sample}", "item": "score tracks"},
         ),
     log:
-        log="results/logs/summarize_sample/{sample}.all.log",
-        telemetry="results/telemetry/summarize_sample/{sample}.all.json",
-    benchmark:
-        "results/benchmarks/summarize_sample/{sample}.all.tsv"
+        **job_logs("summarize_sample", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -70,10 +67,7 @@ rule run_summary:
             labels={"sample": "all", "item": "run summary"},
         ),
     log:
-        log="results/logs/run_summary/all.all.log",
-        telemetry="results/telemetry/run_summary/all.all.json",
-    benchmark:
-        "results/benchmarks/run_summary/all.all.tsv"
+        **job_logs("run_summary"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -88,11 +82,8 @@ rule run_summary:
 
 rule timing_report:
     input:
-        # everything else of the run, so that its telemetry is complete
-        expand("results/{sample}/read_predictions.parquet", sample=SAMPLES),
-        expand("results/{sample}/read_predictions.tsv.gz", sample=SAMPLES),
-        expand("results/{sample}/score_distribution.png", sample=SAMPLES),
-        "results/run_summary.tsv",
+        # the telemetry of every job of the samples, rule by rule in workflow order
+        reported_telemetry,
     output:
         table="results/telemetry.parquet",
         gpu_samples="results/telemetry_gpu_samples.parquet",
@@ -135,17 +126,12 @@ rule timing_report:
             labels={"item": "embedding throughput"},
         ),
     log:
-        log="results/logs/timing_report/all.all.log",
-        telemetry="results/telemetry/timing_report/all.all.json",
-    benchmark:
-        "results/benchmarks/timing_report/all.all.tsv"
+        **job_logs("timing_report"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:
         mem_mb=JOB_MEM_MB,
     params:
-        # the samples' jobs and the model checks they waited for (named for their purpose)
-        samples=list(SAMPLES) + sorted({check_purpose(sample) for sample in SAMPLES}),
         note=MODELS_NOTE,
     script:
         "../scripts/timing_report.py"
@@ -157,8 +143,7 @@ rule read_table_tsv:
     output:
         "results/{sample}/read_predictions.tsv.gz",
     log:
-        log="results/logs/read_table_tsv/{sample}.all.log",
-        telemetry="results/telemetry/read_table_tsv/{sample}.all.json",
+        **job_logs("read_table_tsv", "{sample}"),
     conda:
         "../../envs/virnucpro.yaml"
     resources:

@@ -3,7 +3,7 @@
 
 rule train_classifier:
     input:
-        unpack(training_inputs),
+        training_files,
     output:
         model=f"{TRAINING_DIR}/classifier.pt",
         metrics=f"{TRAINING_DIR}/metrics.json",
@@ -12,17 +12,14 @@ rule train_classifier:
         curve=f"{TRAINING_DIR}/training_curve.png",
         holdout=f"{TRAINING_DIR}/held_out_regions.tsv",
     log:
-        log=f"results/logs/train_classifier/training.{EXPECTED_LENGTH}.log",
-        telemetry=f"results/telemetry/train_classifier/training.{EXPECTED_LENGTH}.json",
-    benchmark:
-        f"results/benchmarks/train_classifier/training.{EXPECTED_LENGTH}.tsv"
+        **job_logs("train_classifier", "training", EXPECTED_LENGTH),
     conda:
         "../../envs/virnucpro.yaml"
     threads: 4
     resources:
         mem_mb=JOB_MEM_MB,
     params:
-        inputs=TRAINING_INPUTS,
+        inputs=training_inputs,
         expected_length=EXPECTED_LENGTH,
         training=config["training"],
     script:

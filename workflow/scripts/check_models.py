@@ -2,7 +2,7 @@
 from virnucpro.model_store.check import check_models
 from virnucpro.run.telemetry import JobTelemetry
 
-with JobTelemetry.from_snakemake(snakemake, "check_models") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     report = check_models({"dnabert_s": snakemake.input.dnabert_s, "esm2": snakemake.input.esm2},
                           snakemake.input.get("classifier"), snakemake.params.expected_length,
                           snakemake.params.classifier_expected_length, snakemake.output.report)

@@ -3,7 +3,7 @@ from virnucpro.io.atomic import atomic_output, scratch_directory
 from virnucpro.io.read_ids import check_unique_ids
 from virnucpro.run.telemetry import JobTelemetry
 
-with JobTelemetry.from_snakemake(snakemake, "check_read_ids") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     with scratch_directory(snakemake.output.checked) as scratch:
         reads = check_unique_ids(snakemake.params.source, snakemake.input.reads, snakemake.input.read_ids, scratch)
     with atomic_output(snakemake.output.checked) as out:

@@ -2,8 +2,8 @@
 from virnucpro.run.telemetry import JobTelemetry
 from virnucpro.stages.chunking import chunk_part
 
-with JobTelemetry.from_snakemake(snakemake, "chunk") as telemetry:
-    result = chunk_part(f"{snakemake.input.parts}/{snakemake.wildcards.part}.arrow", snakemake.params.expected_length,
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
+    result = chunk_part(snakemake.params.part, snakemake.params.expected_length,
                         snakemake.output.reads, snakemake.output.chunks, snakemake.output.read_ids,
                         snakemake.output.get("fasta"), read_origins=snakemake.params.read_origins)
     for warning in result.warnings:

@@ -2,7 +2,7 @@
 from virnucpro.io.atomic import atomic_paths, concatenate_files
 from virnucpro.run.telemetry import JobTelemetry
 
-with JobTelemetry.from_snakemake(snakemake, "collect_fasta") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     names = ("chunked", "nucleotide", "protein")
     written = {}
     with atomic_paths([snakemake.output[name] for name in names]) as temporaries:

@@ -2,6 +2,6 @@
 from virnucpro.model_store.download import download_model
 from virnucpro.run.telemetry import JobTelemetry
 
-with JobTelemetry.from_snakemake(snakemake, "download_models") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     fetched = {kind: [str(path) for path in download_model(kind, name)] for kind, name in snakemake.params.models.items()}
     telemetry.details = {"models": fetched}

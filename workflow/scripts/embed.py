@@ -13,7 +13,7 @@ from virnucpro.run.telemetry import GpuMonitor, JobTelemetry
 from virnucpro.stages.embedding import embed_shard
 
 params = snakemake.params
-with JobTelemetry.from_snakemake(snakemake, snakemake.rule) as telemetry, \
+with JobTelemetry.from_snakemake(snakemake) as telemetry, \
         lease_device(params.device, params.lock_dir) as lease:
     if lease.cpu_fallback:  # logged loudly by the lease; the telemetry keeps it too
         telemetry.warnings.append(lease.cpu_fallback)

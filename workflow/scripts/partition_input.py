@@ -7,10 +7,9 @@ from virnucpro.run.config import input_identity
 from virnucpro.run.telemetry import JobTelemetry
 from virnucpro.stages.partition import partition_input
 
-with JobTelemetry.from_snakemake(snakemake, "partition_input") as telemetry:
-    directory = Path(snakemake.output.parts)
-    directory.mkdir(parents=True, exist_ok=True)
-    result = partition_input(snakemake.input.reads, [directory / f"{part}.arrow" for part in snakemake.params.parts])
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
+    Path(snakemake.output.parts).mkdir(parents=True, exist_ok=True)
+    result = partition_input(snakemake.input.reads, snakemake.params.parts)
     with atomic_output(snakemake.output.record) as record:
         record.write(input_identity(snakemake.input.reads) + "\n")
     telemetry.records_in = telemetry.records_out = result.reads

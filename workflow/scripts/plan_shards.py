@@ -2,7 +2,7 @@
 from virnucpro.run.telemetry import JobTelemetry
 from virnucpro.stages.sharding import plan_shards, read_shard_plan, write_shard_plan
 
-with JobTelemetry.from_snakemake(snakemake, "plan_shards") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     earlier = [shard for plan in snakemake.input.earlier_plans for shard in read_shard_plan(plan)]
     shards = plan_shards(snakemake.input.frames, snakemake.wildcards.part, earlier, snakemake.params.last,
                          snakemake.params.shard_tokens)

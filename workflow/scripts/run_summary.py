@@ -3,7 +3,7 @@
 from virnucpro.reporting.results_summary import write_run_summary
 from virnucpro.run.telemetry import JobTelemetry
 
-with JobTelemetry.from_snakemake(snakemake, "run_summary") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     write_run_summary(snakemake.params.samples, snakemake.input.summaries, snakemake.output.table,
                       snakemake.output.calls, snakemake.output.page, snakemake.params.note,
                       snakemake.input.reads, snakemake.input.regions, snakemake.params.top)

@@ -2,7 +2,7 @@
 from virnucpro.reporting.results_summary import summarize_sample, write_sample_summary, write_score_tracks
 from virnucpro.run.telemetry import JobTelemetry
 
-with JobTelemetry.from_snakemake(snakemake, "summarize_sample") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     files = {"viral_sequences": snakemake.input.viral_sequences, "viral_regions": snakemake.input.viral_regions}
     summary = summarize_sample(snakemake.wildcards.sample, snakemake.input.reads, snakemake.params.models,
                                snakemake.params.expected_length, snakemake.params.note, files)

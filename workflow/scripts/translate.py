@@ -2,7 +2,7 @@
 from virnucpro.run.telemetry import JobTelemetry
 from virnucpro.stages.translation import identify_frames
 
-with JobTelemetry.from_snakemake(snakemake, "translate") as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     fasta = snakemake.output.get("nucleotide_fasta"), snakemake.output.get("protein_fasta")
     result = identify_frames(snakemake.input.chunks, snakemake.input.reads, snakemake.output.frames,
                              snakemake.output.chunk_summary, snakemake.params.max_ambiguous_fraction,

@@ -2,7 +2,7 @@
 from virnucpro.run.telemetry import JobTelemetry
 from virnucpro.stages.viral_fasta import write_viral_fasta
 
-with JobTelemetry.from_snakemake(snakemake, snakemake.rule) as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     counts = write_viral_fasta(snakemake.input.sequences, snakemake.input.reads, snakemake.input.regions,
                                snakemake.output.sequences, snakemake.output.regions)
     telemetry.records_in = counts["records"]

@@ -1,4 +1,4 @@
-"""Feature files, and stage 7: the merge of nucleotide and protein embeddings frame by frame.
+"""Feature files, and the merge of nucleotide and protein embeddings frame by frame.
 
 A feature file holds one shard's embeddings from one model, in row order: a `row` column (the
 frame's row in the sample's frames table) and a fixed-size float32 `embedding` column, written a
@@ -7,15 +7,14 @@ its metadata.
 
 The merged vector of a frame is its DNABERT-S embedding followed by its ESM-2 embedding
 (768 + 2560 = 3328 values with the real models), as VirNucPro's `merge_data` builds it. Copying
-both files into a third would double the largest data of a run (13 KB per frame), so stage 7
-checks that the two files cover the same rows in the same order, records the merge in a small
-JSON file (the view), and the classifier reads the concatenation block by block from the two
-files. The merged copy is written only when asked for (`outputs.merged_features`).
+both files into a third would double the largest data of a run (13 KB per frame), so the jobs that
+need merged vectors (prediction, training) take both files as inputs: `MergedFeatures` checks that
+they cover the same rows in the same order and reads the concatenation block by block. The merged
+copy is written only when asked for (`outputs.merged_features`, stage 7).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 
@@ -25,7 +24,6 @@ import pyarrow as pa
 from virnucpro.io.tables import TableReader, TableWriter
 
 FEATURE_BATCH_ROWS = 4096
-VIEW_FORMAT = "virnucpro-merged-features"
 
 
 def feature_schema(dim: int, column: str = "embedding") -> pa.Schema:
@@ -88,17 +86,17 @@ def _vectors(column: pa.FixedSizeListArray) -> np.ndarray:
 
 
 class MergedFeatures:
-    """The merged features of a shard, read through its view (the path of the JSON, or the dict)."""
+    """The merged features of a shard: its DNABERT-S (nucleotide) and ESM-2 (protein) feature files,
+    checked to cover the same rows."""
 
-    def __init__(self, view: str | os.PathLike | dict):
-        if not isinstance(view, dict):
-            with open(view) as handle:
-                view = json.load(handle)
-        if view.get("format") != VIEW_FORMAT:
-            raise ValueError(f"{view}: not a merged-features view written by this pipeline")
-        self.row_start, self.row_end, self.dim, self.models = (view["row_start"], view["row_end"], view["dim"],
-                                                               view["models"])
-        self.files = [FeatureFile(path) for path in view["files"]]
+    def __init__(self, nucleotide_path: str | os.PathLike, protein_path: str | os.PathLike):
+        nucleotide, protein = FeatureFile(nucleotide_path), FeatureFile(protein_path)
+        if (nucleotide.row_start, nucleotide.row_end) != (protein.row_start, protein.row_end):
+            raise ValueError(f"{nucleotide.path} covers rows {nucleotide.row_start}-{nucleotide.row_end} but "
+                             f"{protein.path} rows {protein.row_start}-{protein.row_end}: they are not the same shard")
+        self.files = [nucleotide, protein]
+        self.row_start, self.row_end = nucleotide.row_start, nucleotide.row_end
+        self.dim, self.models = nucleotide.dim + protein.dim, nucleotide.models + protein.models
 
     def blocks(self, rows: int = FEATURE_BATCH_ROWS) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, merged vectors [n, dim]) for consecutive blocks of the shard's rows."""

@@ -3,7 +3,7 @@
 The per-job files (`virnucpro.run.telemetry`) become three Parquet tables with fixed schemas, joined by
 `job` (the row of the job in the first):
 
-- `telemetry.parquet` (JOB_SCHEMA): one row per job, of every run whose telemetry is still there;
+- `telemetry.parquet` (JOB_SCHEMA): one row per job whose telemetry the workflow passes;
   times are timestamps, stage details a struct (`details`), the GPU summary a struct (`gpu`);
 - `telemetry_gpu_samples.parquet` (GPU_SAMPLE_SCHEMA): the NVML samples of the GPU jobs;
 - `telemetry_batches.parquet` (BATCH_SCHEMA): the embedding jobs' batch timelines.
@@ -47,9 +47,6 @@ from virnucpro.reporting import figures, html_pages
 
 log = logging.getLogger(__name__)
 
-STAGES = ("check_models", "partition_input", "chunk", "translate", "plan_shards", "check_read_ids", "split_nucleotide",
-          "split_protein", "embed_dnabert_s", "embed_esm2", "merge_features", "predict_frames", "consensus",
-          "viral_fasta", "read_table_tsv", "collect_fasta", "summarize_sample")
 EMBEDDING_STAGES = ("embed_dnabert_s", "embed_esm2")
 NOT_AVAILABLE = "not available"
 
@@ -60,7 +57,7 @@ MODEL = pl.Struct({"kind": pl.String, "architecture": pl.String, "dim": pl.Int64
 DETAILS = pl.Struct({
     "bases": pl.Int64, "reads_per_part": pl.List(pl.Int64), "expected_length": pl.Int64,  # partition, chunk
     "shards": pl.Int64, "shard_tokens": pl.Int64, "protein_tokens": pl.Int64,  # plan_shards
-    "tokens": pl.Int64, "row_start": pl.Int64, "row_end": pl.Int64,  # split_*, embed_*
+    "tokens": pl.Int64, "row_start": pl.Int64, "row_end": pl.Int64,  # tokenize_*, embed_*
     "sequences": pl.Int64, "padding_tokens": pl.Int64, "batches": pl.Int64, "token_budget": pl.Int64,  # embed_*
     "oom_splits": pl.Int64, "packing_efficiency": pl.Float64, "tokens_per_second_compute": pl.Float64,
     "data_wait_seconds": pl.Float64, "compute_seconds": pl.Float64, "peak_allocated_bytes": pl.Int64,
@@ -105,10 +102,10 @@ class Telemetry:
     batches: pl.DataFrame  # BATCH_SCHEMA
 
 
-def load_telemetry(directory: str | os.PathLike, samples: Sequence[str]) -> list[dict]:
-    """The telemetry of every job of these samples that has written one."""
-    return [json.loads(path.read_text()) for sample in samples
-            for path in sorted(Path(directory).glob(f"*/{sample}.*.json"))]
+def load_telemetry(paths: Sequence[str | os.PathLike]) -> list[dict]:
+    """The telemetry files of the jobs, in pipeline order (the workflow gives them stage by stage): the
+    report lists the stages in the order of their first job here."""
+    return [json.loads(Path(path).read_text()) for path in paths]
 
 
 def _time(unix: float | None) -> datetime.datetime | None:
@@ -166,7 +163,7 @@ def telemetry_tables(records: list[dict]) -> Telemetry:
 def runs(telemetry: Telemetry) -> pl.DataFrame:
     """One row per run, oldest first: its jobs, first process start, last end and stages."""
     return (telemetry.jobs.with_columns(run_id=pl.col("run_id").fill_null("(no run id)"))
-            .sort(_stage_order(pl.col("stage")), "start")
+            .sort(_stage_order, "start")
             .group_by("run_id", maintain_order=True)
             .agg(jobs=pl.len(), failed=(pl.col("status") != "ok").sum(), start=pl.col("process_start").min(),
                  end=pl.col("end").max(), job_seconds=pl.col("wall_seconds").sum(),
@@ -178,13 +175,13 @@ def latest_run(telemetry: Telemetry) -> Telemetry:
     """The telemetry of the jobs of the latest run (the run of the job that started last), the jobs
     in pipeline order."""
     latest = telemetry.jobs.sort("start").select(pl.col("run_id").last()).item()
-    jobs = telemetry.jobs.filter(pl.col("run_id").eq_missing(latest)).sort(_stage_order(pl.col("stage")), "start")
+    jobs = telemetry.jobs.filter(pl.col("run_id").eq_missing(latest)).sort(_stage_order, "start")
     return Telemetry(jobs, *(table.join(jobs.select("job"), on="job", how="semi")
                              for table in (telemetry.gpu_samples, telemetry.batches)))
 
 
-def _stage_order(stage: pl.Expr) -> pl.Expr:
-    return stage.replace_strict(STAGES, range(len(STAGES)), default=len(STAGES), return_dtype=pl.Int64)
+# A stage's place in the pipeline: that of its first job (`load_telemetry`).
+_stage_order = pl.col("job").min().over("stage")
 
 
 def _ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
@@ -203,7 +200,7 @@ def stage_summary(telemetry: Telemetry) -> pl.DataFrame:
     summary = (
         telemetry.jobs.group_by("stage")
         .agg(
-            jobs=pl.len(), failed=(pl.col("status") != "ok").sum(),
+            first_job=pl.col("job").min(), jobs=pl.len(), failed=(pl.col("status") != "ok").sum(),
             start=pl.col("start").min(), end=pl.col("end").max(),
             job_seconds=pl.col("wall_seconds").sum(),
             records_in=pl.when(pl.col("records_in").count() > 0).then(pl.col("records_in").sum()),
@@ -236,7 +233,7 @@ def stage_summary(telemetry: Telemetry) -> pl.DataFrame:
             energy_j=pl.when((pl.col("gpu_jobs") > 0) & (pl.col("energy_readings") == pl.col("gpu_jobs")))
             .then(pl.col("energy")),
         )
-        .sort(_stage_order(pl.col("stage")), pl.col("stage"))
+        .sort("first_job")
     )
     return summary.rename({"start": "first_start"}).with_columns(pl.col("device").replace("", None)).select(
         "stage", "jobs", "failed", "first_start", "span_seconds", "job_seconds", "share", "records_in",
@@ -350,11 +347,10 @@ def timing_report(run: Telemetry, all_runs: pl.DataFrame, note: str | None = Non
     return TimingReport(headline, note, sections, failures), stages
 
 
-def write_report(telemetry_directory: str | os.PathLike, samples: Sequence[str], outputs: dict,
-                 note: str | None = None) -> int:
-    """All the outputs of the timing report (`outputs`: path by name, see workflow/rules/report.smk);
-    returns the number of jobs whose telemetry it read."""
-    records = load_telemetry(telemetry_directory, samples)
+def write_report(telemetry_paths: Sequence[str | os.PathLike], outputs: dict, note: str | None = None) -> int:
+    """All the outputs of the timing report from the jobs' telemetry files in pipeline order
+    (`outputs`: path by name, see workflow/rules/report.smk); returns the number of jobs it read."""
+    records = load_telemetry(telemetry_paths)
     if not records:
         raise ValueError("no telemetry found: no job of this workflow has run yet")
     telemetry = telemetry_tables(records)

@@ -11,7 +11,9 @@ from pathlib import Path
 from virnucpro.io.errors import VirnucproError
 from virnucpro.io.identity import changed_identities, fingerprint, write_identities
 
-_SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# A sample's (or training input's) name: its results go to results/<name>/, and the rules' {sample}
+# wildcard matches it (workflow/rules/common.smk).
+SAMPLE_NAME = "[A-Za-z0-9][A-Za-z0-9_-]*"
 _SEQUENCE_SUFFIXES = (".gz", ".xz", ".bz2", ".fa", ".fasta", ".fna", ".ffn", ".fq", ".fastq")
 # Written beside a sample's results by its first job: which input file they are the results of.
 INPUT_RECORD = "input_path.txt"
@@ -94,6 +96,9 @@ def read_sample_sheet(path: str, schema: str, default_expected_length: int) -> d
     samples = {}
     for line, row in read_table(path, schema):
         name = row["sample"]
+        if not re.fullmatch(SAMPLE_NAME, name):
+            raise VirnucproError(f"{path}, line {line}: sample: '{name}' does not match '{SAMPLE_NAME}' (letters, digits, "
+                                  "'_' and '-', starting with a letter or digit)")
         if name in samples:
             raise VirnucproError(f"{path}, line {line}: sample '{name}' is named twice; each sample needs a name of "
                              f"its own (its results go to results/{name}/)")
@@ -113,7 +118,7 @@ def resolve_samples(config: dict, sheet_schema: str) -> dict[str, Sample]:
     elif config.get("samples"):
         samples = {name: Sample(name, path, length) for name, path in config["samples"].items()}
         for name in samples:
-            if not _SAMPLE_NAME.match(name):
+            if not re.fullmatch(SAMPLE_NAME, name):
                 raise VirnucproError(f"config: sample name '{name}' may only use letters, digits, '_' and '-'")
     else:
         raise VirnucproError("config: no input; give --config input=<fasta>, a sample sheet or a 'samples' mapping")
@@ -143,6 +148,16 @@ def check_distinct_names(names) -> None:
         if other != name:
             raise VirnucproError(f"config: samples '{other}' and '{name}' differ only in case; their results would "
                              "share one folder on a case-insensitive file system: rename one")
+
+
+def check_unreserved(names, reserved) -> None:
+    """Refuse a sample or training input named as one of the run's own folders under results/ (or as
+    its run-wide jobs): its results would mix with the run's."""
+    for name in names:
+        if name.casefold() in {word.casefold() for word in reserved}:
+            raise VirnucproError(f"config: the name '{name}' is one that the run uses for its own files under results/ "
+                                  f"(reserved: {', '.join(sorted(reserved))}): give the sample or training input another "
+                                  "name")
 
 
 def check_results_belong(name: str, path: str, results: str | os.PathLike = "results") -> None:
@@ -197,6 +212,9 @@ def read_training_inputs(path: str, schema: str) -> list[dict]:
     rows = read_table(path, schema)
     names = {}
     for line, row in rows:
+        if not re.fullmatch(SAMPLE_NAME, row["name"]):
+            raise VirnucproError(f"{path}, line {line}: name: '{row['name']}' does not match '{SAMPLE_NAME}' (letters, "
+                                  "digits, '_' and '-', starting with a letter or digit)")
         if row["name"] in names:
             raise VirnucproError(f"{path}, line {line}: name '{row['name']}' is also on line {names[row['name']]}; "
                              "training input names must be unique")

@@ -109,15 +109,16 @@ class JobTelemetry:
         self.message: str | None = None  # see `user_message`
 
     @classmethod
-    def from_snakemake(cls, snakemake, stage: str) -> JobTelemetry:
-        """Build from the `snakemake` object of a rule script; configures logging to its log file."""
+    def from_snakemake(cls, snakemake) -> JobTelemetry:
+        """Build from the `snakemake` object of a rule script (the stage is its rule); configures
+        logging to its log file."""
         configure_logging(snakemake.log.get("log"))
         wildcards = dict(snakemake.wildcards.items())
         resources = {name: value for name, value in snakemake.resources.items()
                      if not name.startswith("_") and isinstance(value, (int, float, str))}
         # a model check is named for its purpose (predict_300), as its telemetry file
         owner = wildcards.get("sample", wildcards.get("purpose", "all"))
-        return cls(snakemake.log.telemetry, stage, owner, wildcards.get("part"),
+        return cls(snakemake.log.telemetry, snakemake.rule, owner, wildcards.get("part"),
                    wildcards.get("shard"), inputs=list(snakemake.input), outputs=list(snakemake.output),
                    threads=snakemake.threads, resources=resources)
 

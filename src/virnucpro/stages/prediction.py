@@ -55,11 +55,13 @@ def prediction_lines(frame_ids: list[str], others: np.ndarray, virus: np.ndarray
                    for i, label, s1, s2 in zip(frame_ids, labels, others.astype(str), virus.astype(str)))
 
 
-def predict_shard(model: MLPClassifier, view_path: str | os.PathLike, frame_paths: list, read_paths: list,
-                  predictions_path: str | os.PathLike, lines_path: str | os.PathLike, check_models) -> int:
+def predict_shard(model: MLPClassifier, nucleotide_path: str | os.PathLike, protein_path: str | os.PathLike,
+                  frame_paths: list, read_paths: list, predictions_path: str | os.PathLike,
+                  lines_path: str | os.PathLike, check_models) -> int:
     """Stage 8 for one shard: the scores of its frames (Parquet, by row) and its rows of
-    prediction_results.txt. `check_models(models)` vets the features' provenance first."""
-    features = MergedFeatures(view_path)
+    prediction_results.txt, from its DNABERT-S and ESM-2 feature files. `check_models(models)` vets
+    the features' provenance first."""
+    features = MergedFeatures(nucleotide_path, protein_path)
     check_models(features.models)
     frames = PartedTable(frame_paths, columns=["read_index", "chunk", "frame"])
     reads = PartedTable(read_paths, columns=["read_id"])

@@ -87,8 +87,8 @@ def frame_regions(reads: pa.Table, read_index: np.ndarray, chunk: np.ndarray, ex
 
 
 def load_labelled_frames(inputs: list[dict], expected_length: int, region_length: int) -> LabelledFrames:
-    """`inputs`: dicts with name, label and the part files of its reads and frames and the
-    merged-feature views of its shards (stages 1-7)."""
+    """`inputs`: dicts with name, label, the part files of its reads and frames, and the feature
+    files of its shards, `dnabert_s` and `esm2` (stages 1-6), in shard order."""
     chunks, read_numbers, read_lengths, features, labels, groups, names, models = [], [], [], [], [], [], [], None
     chunks_before = reads_before = 0
     for entry in inputs:
@@ -96,12 +96,13 @@ def load_labelled_frames(inputs: list[dict], expected_length: int, region_length
         frames = PartedTable(entry["frames"], columns=["read_index", "chunk"])
         keys = frames.read(0, frames.num_rows)
         read_index, chunk = keys.column("read_index").to_numpy(), keys.column("chunk").to_numpy()
-        for view in entry["views"]:
-            merged = MergedFeatures(view)
+        for nucleotide, protein in zip(entry["dnabert_s"], entry["esm2"], strict=True):
+            merged = MergedFeatures(nucleotide, protein)
             if models is None:
                 models = merged.models
             elif [m["fingerprint"] for m in merged.models] != [m["fingerprint"] for m in models]:
-                raise ValueError(f"{view}: features from other embedding models than the rest of the training set")
+                raise ValueError(f"{nucleotide}, {protein}: features from other embedding models than the rest of the "
+                                 "training set")
             features += [vectors for _, vectors in merged.blocks()]
         if len(read_index):
             new_chunk = np.r_[True, (np.diff(read_index) != 0) | (np.diff(chunk) != 0)]

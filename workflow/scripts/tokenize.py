@@ -5,7 +5,7 @@ from virnucpro.run.telemetry import JobTelemetry
 from virnucpro.stages.sharding import shard_of, split_shard
 
 os.environ["RAYON_NUM_THREADS"] = str(snakemake.threads)  # the tokenizers library's threads
-with JobTelemetry.from_snakemake(snakemake, snakemake.rule) as telemetry:
+with JobTelemetry.from_snakemake(snakemake) as telemetry:
     shard = shard_of(snakemake.input.plan, snakemake.wildcards.shard)
     tokens = split_shard(snakemake.params.kind, snakemake.input.model, snakemake.input.frames, shard,
                          snakemake.output.tokens)
