@@ -10,7 +10,7 @@ from conftest import BUILTIN_MODELS
 from virnucpro.io.ids import unit_names
 from virnucpro.io.tables import PartedTable, TableReader
 from virnucpro.models.tokens import load_tokenizer
-from virnucpro.stages.sharding import (Shard, plan_shards, read_shard_plan, shard_of, shard_part, split_shard,
+from virnucpro.stages.sharding import (Shard, plan_shards, read_shard_plan, shard_of, shard_part, tokenize_shard,
                                       write_shard_plan)
 
 MODELS = {"dnabert_s": BUILTIN_MODELS / "dnabert_s_mini", "esm2": BUILTIN_MODELS / "esm2_mini.pt"}
@@ -116,7 +116,7 @@ def test_shard_plan_round_trip(tmp_path):
 @pytest.mark.parametrize(("kind", "column"), [("dnabert_s", "nucleotide"), ("esm2", "protein")])
 def test_split_writes_each_frame_of_the_shard_as_the_models_tokens(lambda_reads, tmp_path, kind, column):
     shard = sample_plan(lambda_reads, 20_000)[1]
-    tokens = split_shard(kind, MODELS[kind], lambda_reads.frames, shard, tmp_path / "tokens.arrow")
+    tokens = tokenize_shard(kind, MODELS[kind], lambda_reads.frames, shard, tmp_path / "tokens.arrow")
     table = TableReader(tmp_path / "tokens.arrow")
     tokenizer = load_tokenizer(kind, MODELS[kind])
     assert table.metadata("kind") == kind and table.metadata("tokenizer") == tokenizer.identity

@@ -2,12 +2,12 @@
 import os
 
 from virnucpro.run.telemetry import JobTelemetry
-from virnucpro.stages.sharding import shard_of, split_shard
+from virnucpro.stages.sharding import shard_of, tokenize_shard
 
 os.environ["RAYON_NUM_THREADS"] = str(snakemake.threads)  # the tokenizers library's threads
 with JobTelemetry.from_snakemake(snakemake) as telemetry:
     shard = shard_of(snakemake.input.plan, snakemake.wildcards.shard)
-    tokens = split_shard(snakemake.params.kind, snakemake.input.model, snakemake.input.frames, shard,
+    tokens = tokenize_shard(snakemake.params.kind, snakemake.input.model, snakemake.input.frames, shard,
                          snakemake.output.tokens)
     telemetry.records_in = telemetry.records_out = shard.frames
     telemetry.details = {"tokens": tokens, "row_start": shard.row_start, "row_end": shard.row_end}

@@ -130,7 +130,7 @@ def shard_of(plan_path: str | os.PathLike, name: str) -> Shard:
     raise ValueError(f"{plan_path}: no shard '{name}'")
 
 
-def split_shard(kind: str, model_path: str | os.PathLike, frame_paths: list[str | os.PathLike], shard: Shard,
+def tokenize_shard(kind: str, model_path: str | os.PathLike, frame_paths: list[str | os.PathLike], shard: Shard,
                 output_path: str | os.PathLike) -> int:
     """Stage 3 (kind "dnabert_s") or 4 ("esm2"): the shard's sequences as the model's tokens.
 
