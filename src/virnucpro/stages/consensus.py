@@ -286,16 +286,22 @@ class ChunkScores:
         return self.classified & (self.virus >= self.others)
 
 
+def highest_scores(frame_counts: np.ndarray, others: np.ndarray,
+                   virus: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For groups of consecutive frames (a chunk's, a read's) of `frame_counts` frames each: whether
+    a group has frames, and its highest virus and others scores (0 without frames)."""
+    has_frames = frame_counts > 0
+    starts = (np.cumsum(frame_counts) - frame_counts)[has_frames]
+    best_virus = np.zeros(len(frame_counts), dtype=np.float32)
+    best_others = np.zeros(len(frame_counts), dtype=np.float32)
+    if len(starts):
+        best_virus[has_frames] = np.maximum.reduceat(virus, starts)
+        best_others[has_frames] = np.maximum.reduceat(others, starts)
+    return has_frames, best_virus, best_others
+
+
 def chunk_scores(chunks: pa.Table, others: np.ndarray, virus: np.ndarray) -> ChunkScores:
-    chunk_frames = chunks.column("frames").to_numpy().astype(np.int64)
-    with_frames = np.flatnonzero(chunk_frames > 0)
-    frame_starts = (np.cumsum(chunk_frames) - chunk_frames)[with_frames]
-    best_virus = np.zeros(len(chunk_frames), dtype=np.float32)
-    best_others = np.zeros(len(chunk_frames), dtype=np.float32)
-    if len(with_frames):
-        best_virus[with_frames] = np.maximum.reduceat(virus, frame_starts)
-        best_others[with_frames] = np.maximum.reduceat(others, frame_starts)
-    return ChunkScores(chunk_frames > 0, best_virus, best_others)
+    return ChunkScores(*highest_scores(chunks.column("frames").to_numpy().astype(np.int64), others, virus))
 
 
 def virnucpro_chunk_calls(reads: pa.Table, chunks: pa.Table, scores: ChunkScores) -> tuple[pa.Array, np.ndarray]:
@@ -365,13 +371,8 @@ def read_rows(sample: str, reads: pa.Table, chunks: pa.Table, frames: pa.Table, 
     read_ids = reads.column("read_id").to_pylist()
     frame_read = frames.column("read_index").to_numpy() - reads.column("read_index")[0].as_py()
     frame_counts = np.bincount(frame_read, minlength=len(read_ids))
-    classified = frame_counts > 0
+    classified, max_virus, max_others = highest_scores(frame_counts, others, virus)
     starts = (np.cumsum(frame_counts) - frame_counts)[classified]
-    max_virus = np.zeros(len(read_ids), dtype=np.float32)
-    max_others = np.zeros(len(read_ids), dtype=np.float32)
-    if len(starts):
-        max_virus[classified] = np.maximum.reduceat(virus, starts)
-        max_others[classified] = np.maximum.reduceat(others, starts)
     call = call_reads(rule, reads.column("chunks").to_numpy(), max_virus, max_others, regions)
     too_short = classified & rule.too_short(reads)
     called = classified & ~too_short
