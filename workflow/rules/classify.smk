@@ -2,15 +2,16 @@
 # and the viral regions of each sequence.
 
 
-# A marker that every shard of a part's plan is embedded by both models. The final outputs ask for
-# it per part: a part's shard jobs then join the run as soon as its plan is made, where asking for
-# all of a sample's shards at once would add them only once every part is planned.
-rule part_embedded:
+# A marker that every shard of a part's plan is classified (stage 8). The final outputs ask for it
+# per part: a part's shard jobs then join the run as soon as its plan is made, where asking for all
+# of a sample's shards at once would add them only once every part is planned.
+rule part_predicted:
     input:
-        nucleotide=part_shard_files("results/{sample}/features/dnabert_s/{shard}.arrow"),
-        protein=part_shard_files("results/{sample}/features/esm2/{shard}.arrow"),
+        part_shard_files("results/{sample}/frame_predictions/{shard}.parquet"),
     output:
-        touch("results/{sample}/shards/{part}.embedded"),
+        touch("results/{sample}/shards/{part}.predicted"),
+    resources:
+        mem_mb=JOB_MEM_MB,
 
 
 # Stage 7's merged vectors, kept only when outputs.merged_features asks for them: prediction and
@@ -61,7 +62,7 @@ rule consensus:
         chunk_summary=part_files("results/{sample}/chunk_summary/{part}.arrow"),
         frames=part_files("results/{sample}/frames/{part}.arrow"),
         # per part, so that each part's GPU work joins the run once its plan is made
-        embedded=part_files("results/{sample}/shards/{part}.embedded"),
+        predicted=part_files("results/{sample}/shards/{part}.predicted"),
         predictions=shard_files("results/{sample}/frame_predictions/{shard}.parquet"),
         lines=shard_files("results/{sample}/frame_predictions/{shard}.txt"),
         # the final outputs wait for the sample's duplicate-ID check

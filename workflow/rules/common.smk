@@ -125,15 +125,6 @@ DOWNLOADS = {
 # Set when the run uses the built-in demonstration models (the same files, wherever they lie): the
 # outputs then say so.
 MODELS_NOTE = models_note(MODEL_PATHS.values(), REPOSITORY / "resources" / "models")
-# A file replaced by another, even an older one, reruns everything from stage 1: the first jobs take
-# the identity records of their input and models as inputs (see virnucpro.run.config.record_identities).
-if workflow.is_main_process and not workflow.dryrun:
-    for name in record_identities(INPUTS, MODEL_PATHS):
-        logger.info(
-            f"Removed the results in results/{name}/: its input or a model changed."
-        )
-
-
 # Memory of a job in MB (the `mem_mb` resource; SLURM's --mem): a constant, since every job streams
 # its data in blocks of a fixed size (README, "Scale"). The embedding jobs hold a model as well.
 # Telemetry records each job's peak RSS against it.
@@ -150,6 +141,15 @@ if workflow.is_main_process and workflow.local_exec and not workflow.dryrun:
     _, DEVICE_WARNING = job_gpus(config["embedding"]["device"])
     if DEVICE_WARNING:
         logger.warning(f"Warning: {DEVICE_WARNING}")
+
+# A file replaced by another, even an older one, reruns everything from stage 1: the first jobs take
+# the identity records of their input and models as inputs (see virnucpro.run.config.record_identities).
+# After the device check, so that a run refused there writes nothing.
+if workflow.is_main_process and not workflow.dryrun:
+    for name in record_identities(INPUTS, MODEL_PATHS):
+        logger.info(
+            f"Removed the results in results/{name}/: its input or a model changed."
+        )
 
 
 wildcard_constraints:

@@ -205,7 +205,8 @@ class PartedTable:
 
 def parquet_to_tsv_gz(parquet_path: str | os.PathLike, tsv_path: str | os.PathLike, batch_rows: int = 65536) -> int:
     """A Parquet table as gzip-compressed TSV with a header line (nulls empty), batch by batch;
-    returns the number of rows. For readers without a Parquet library."""
+    returns the number of rows. For readers without a Parquet library. The gzip header holds no
+    name or time, so that the same table gives the same bytes."""
     import gzip
 
     import pyarrow.csv as csv
@@ -213,7 +214,8 @@ def parquet_to_tsv_gz(parquet_path: str | os.PathLike, tsv_path: str | os.PathLi
 
     table = pq.ParquetFile(parquet_path)
     rows = 0
-    with atomic_path(tsv_path) as temporary, gzip.open(temporary, "wb", compresslevel=6) as out, \
+    with atomic_path(tsv_path) as temporary, open(temporary, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=raw, mtime=0) as out, \
             csv.CSVWriter(out, table.schema_arrow, write_options=csv.WriteOptions(delimiter="\t")) as writer:
         for batch in table.iter_batches(batch_rows):
             writer.write_batch(batch)
