@@ -105,10 +105,10 @@ def test_the_profile_gives_each_embedding_job_a_gpu_and_no_other_job(tmp_path):
 
 def test_the_small_jobs_on_the_way_to_and_from_the_gpu_work_are_not_queued():
     """A cluster job waits in the queue and for the next status check (a dry run does not show
-    which jobs are local): the shard plans, the merge views and the reports run where Snakemake runs."""
+    which jobs are local): the shard plans, the part markers and the reports run where Snakemake runs."""
     block = re.search(r"^localrules:\n((?:    \w+,\n)+)", (REPO / "workflow/Snakefile").read_text(), re.MULTILINE)
     local = set(re.findall(r"\w+", block.group(1)))
-    assert {"plan_shards", "merge_features", "run_summary", "timing_report"} <= local and not local & GPU_RULES
+    assert {"plan_shards", "part_predicted", "run_summary", "timing_report"} <= local and not local & GPU_RULES
 
 
 @pytest.mark.slurm
