@@ -91,30 +91,40 @@ def test_a_training_input_name_follows_the_sample_name_pattern(tmp_path):
 
 def test_a_replaced_input_or_model_makes_its_results_go(tmp_path, monkeypatch):
     import os
+    import time
     from pathlib import Path
 
-    from virnucpro.run.config import record_identities
+    from virnucpro.run.config import identity_record, record_identities, remove_stale_results
 
     monkeypatch.chdir(tmp_path)
-    for name in ("a", "b", "model"):
+    for name in ("a", "b", "esm2", "classifier_500"):
         (tmp_path / name).write_text(name)
         os.utime(tmp_path / name, ns=(10**18, 10**18))
-    inputs, models = {"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}, {"esm2": str(tmp_path / "model")}
+    inputs = {"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}
+    models = {name: str(tmp_path / name) for name in ("esm2", "classifier_500")}
+    # a uses the ESM-2 model only, b the classifier as well
+    records_of = {"a": [identity_record("input", "a"), identity_record("model", "esm2")],
+                  "b": [identity_record("input", "b"), identity_record("model", "esm2"),
+                        identity_record("model", "classifier_500")]}
 
     def results():
+        time.sleep(0.01)  # made after the records
         for name in inputs:
             Path("results", name).mkdir(parents=True, exist_ok=True)
             Path("results", name, "read_predictions.parquet").write_text("made")
-        return sorted(str(path) for path in Path("results").glob("[ab]/*"))
 
-    assert record_identities(inputs, models) == [] and results()
-    assert record_identities(inputs, models) == [] and len(results()) == 2  # nothing changed
+    assert len(record_identities(inputs, models)) == 4
+    results()
+    assert record_identities(inputs, models) == [] and remove_stale_results(records_of) == []  # nothing changed
     (tmp_path / "a").write_text("A")  # same size, same time: its first bytes differ
     os.utime(tmp_path / "a", ns=(10**18, 10**18))
-    assert record_identities(inputs, models) == ["a"] and not Path("results/a/read_predictions.parquet").exists()
+    assert record_identities(inputs, models) == [identity_record("input", "a")]
+    assert remove_stale_results(records_of) == ["a"] and not Path("results/a/read_predictions.parquet").exists()
+    assert Path("results/b/read_predictions.parquet").exists()
     results()
-    os.utime(tmp_path / "model", ns=(10**17, 10**17))  # a model replaced by an older file
-    assert record_identities(inputs, models) == ["a", "b"]
+    os.utime(tmp_path / "classifier_500", ns=(10**17, 10**17))  # a model replaced by an older file
+    assert record_identities(inputs, models) == [identity_record("model", "classifier_500")]
+    assert remove_stale_results(records_of) == ["b"]  # not a, which does not use it
     assert record_identities(inputs, models) == []
 
 

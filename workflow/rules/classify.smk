@@ -36,8 +36,8 @@ rule predict_frames:
     input:
         nucleotide="results/{sample}/features/dnabert_s/{shard}.arrow",
         protein="results/{sample}/features/esm2/{shard}.arrow",
-        frames=part_files("results/{sample}/frames/{part}.arrow"),
-        reads=part_files("results/{sample}/reads/{part}.arrow"),
+        frames=parts_up_to("results/{sample}/frames/{part}.arrow"),
+        reads=parts_up_to("results/{sample}/reads/{part}.arrow"),
         classifier=classifier_path,
     output:
         predictions="results/{sample}/frame_predictions/{shard}.parquet",

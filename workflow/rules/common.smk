@@ -12,6 +12,7 @@ from virnucpro.model_store.download import DEFAULT_MODELS, manifest_paths
 from virnucpro.model_store.cache import ModelNotFound, locate_model, model_name
 from virnucpro.stages.partition import part_count
 from virnucpro.stages.sharding import read_shard_plan, shard_part
+from virnucpro.run.resume import running_owners
 from virnucpro.run.telemetry import RUN_ID_VARIABLE, new_run_id
 from virnucpro.run.config import (
     INPUT_RECORD,
@@ -22,6 +23,7 @@ from virnucpro.run.config import (
     package_requirement,
     read_training_inputs,
     record_identities,
+    remove_stale_results,
     identity_record,
     resolve_samples,
     schema_error,
@@ -74,7 +76,7 @@ if clashes:
     raise VirnucproError(
         f"config: samples and training inputs share names {sorted(clashes)}"
     )
-# Every sequence file the stages 1-7 may process, prediction samples and training inputs alike.
+# Every sequence file the stages 1-6 may process, prediction samples and training inputs alike.
 INPUTS = {
     **{name: sample.path for name, sample in SAMPLES.items()},
     **{row["name"]: row["path"] for row in TRAINING_INPUTS},
@@ -143,13 +145,11 @@ if workflow.is_main_process and workflow.local_exec and not workflow.dryrun:
         logger.warning(f"Warning: {DEVICE_WARNING}")
 
 # A file replaced by another, even an older one, reruns everything from stage 1: the first jobs take
-# the identity records of their input and models as inputs (see virnucpro.run.config.record_identities).
-# After the device check, so that a run refused there writes nothing.
-if workflow.is_main_process and not workflow.dryrun:
-    for name in record_identities(INPUTS, MODEL_PATHS):
-        logger.info(
-            f"Removed the results in results/{name}/: its input or a model changed."
-        )
+# the identity records of their input and models as inputs (see virnucpro.run.config.record_identities;
+# the results they make stale go when the run starts, `remove_stale_results`). After the device
+# check, so that a run refused there writes nothing, and not while another run uses the folder.
+if workflow.is_main_process and not workflow.dryrun and not running_owners():
+    record_identities(INPUTS, MODEL_PATHS)
 
 
 wildcard_constraints:
@@ -249,22 +249,23 @@ def is_last_part(wildcards):
     return wildcards.part == sample_parts(wildcards.sample)[-1]
 
 
-def frames_up_to_part(wildcards):
-    """The frames tables of the sample's parts up to the wildcards' part (that of its shard, if
-    any): the earlier parts' row counts place its rows in the sample's frames table."""
-    part = (
-        shard_part(wildcards.shard) if hasattr(wildcards, "shard") else wildcards.part
-    )
-    names = sample_parts(wildcards.sample)
-    return expand(
-        "results/{sample}/frames/{part}.arrow",
-        sample=wildcards.sample,
-        part=names[: names.index(part) + 1],
-    )
+def parts_up_to(pattern):
+    """An input function: `pattern` for each of the sample's parts up to the wildcards' part (that
+    of its shard, if any). The earlier parts' row counts place the part's rows in the sample's
+    tables, and a shard's rows lie in its part and the parts before it."""
 
+    def files(wildcards):
+        part = (
+            shard_part(wildcards.shard)
+            if hasattr(wildcards, "shard")
+            else wildcards.part
+        )
+        names = sample_parts(wildcards.sample)
+        return expand(
+            pattern, sample=wildcards.sample, part=names[: names.index(part) + 1]
+        )
 
-def parts(wildcards):
-    return sample_parts(wildcards.sample)
+    return files
 
 
 def input_part(directory, part):
@@ -350,15 +351,24 @@ def models_checked(wildcards):
     return ancient(f"results/checks/models.{check_purpose(wildcards.sample)}.json")
 
 
+def sample_identity_records(sample):
+    """The identity records of a sample's (or training input's) input and of the models it uses."""
+    return [
+        identity_record("model", name)
+        for name in checked_models(check_purpose(sample)).values()
+    ] + [identity_record("input", sample)]
+
+
 def identity_records(wildcards):
     """The identity records of a model check's models, and for a sample's first job of
     its input too; those not yet written (in a dry run) are left out."""
-    purpose = getattr(wildcards, "purpose", None) or check_purpose(wildcards.sample)
-    records = [
-        identity_record("model", name) for name in checked_models(purpose).values()
-    ]
-    if purpose != getattr(wildcards, "purpose", None):
-        records.append(identity_record("input", wildcards.sample))
+    if hasattr(wildcards, "purpose"):
+        records = [
+            identity_record("model", name)
+            for name in checked_models(wildcards.purpose).values()
+        ]
+    else:
+        records = sample_identity_records(wildcards.sample)
     return [record for record in records if Path(record).is_file()]
 
 

@@ -88,7 +88,7 @@ rule translate:
 # parts are still being prepared. The GPU work waits for the model check.
 checkpoint plan_shards:
     input:
-        frames=frames_up_to_part,
+        frames=parts_up_to("results/{sample}/frames/{part}.arrow"),
         earlier_plans=earlier_plans,
         models_checked=models_checked,
     output:
@@ -130,7 +130,7 @@ rule check_read_ids:
 rule tokenize_nucleotide:
     input:
         plan=shard_plan,
-        frames=frames_up_to_part,
+        frames=parts_up_to("results/{sample}/frames/{part}.arrow"),
         model=model_input("dnabert_s"),
     output:
         tokens=temp("results/{sample}/tokens/dnabert_s/{shard}.arrow"),
@@ -151,7 +151,7 @@ rule tokenize_nucleotide:
 rule tokenize_protein:
     input:
         plan=shard_plan,
-        frames=frames_up_to_part,
+        frames=parts_up_to("results/{sample}/frames/{part}.arrow"),
         model=model_input("esm2"),
     output:
         tokens=temp("results/{sample}/tokens/esm2/{shard}.arrow"),

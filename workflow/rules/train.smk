@@ -1,4 +1,4 @@
-# The `train` target: a classifier from labelled sequences (stages 1-7 as for prediction).
+# The `train` target: a classifier from labelled sequences (stages 1-6 as for prediction).
 
 
 rule train_classifier:

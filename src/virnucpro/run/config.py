@@ -184,21 +184,27 @@ def record_identities(inputs: dict[str, str], models: dict[str, str]) -> list[st
     """Record what identifies the content of each input and model by name (`virnucpro.io.identity`),
     rewriting a record only when it changes: the records are inputs of the first jobs, so that a
     file replaced by a different one reruns everything, even when the new file is older than the
-    results. The results in results/<input>/ of the content before are removed at once, so that a
-    run that then fails leaves none that look complete. Returns the inputs whose results were removed."""
+    results. Returns the records rewritten."""
     changed = changed_identities({**{identity_record("input", name): path for name, path in inputs.items()
                                      if Path(path).is_file()},  # a missing one is refused when a job needs it
                                   **{identity_record("model", name): path for name, path in models.items()}})
-    replaced = [record for record in changed if Path(record).is_file()]
-    a_model = any(Path(record).name.startswith("model.") for record in replaced)
-    removed = []
-    for name in inputs:
-        if a_model or identity_record("input", name) in replaced:
-            stale = [path for path in Path("results", name).glob("*") if path.is_file() and not path.is_symlink()]
-            for path in stale:
-                path.unlink()
-            removed += [name] if stale else []
     write_identities(changed)
+    return list(changed)
+
+
+def remove_stale_results(records_of: dict[str, list[str]]) -> list[str]:
+    """Remove the results in results/<input>/ that are older than one of the input's identity
+    records (`records_of`: input name -> the records of its file and of the models it uses): they
+    are of a content before, and a run that then fails must leave none that look complete. Returns
+    the inputs whose results were removed."""
+    removed = []
+    for name, records in records_of.items():
+        changed = max((Path(record).stat().st_mtime_ns for record in records if Path(record).is_file()), default=None)
+        stale = [path for path in Path("results", name).glob("*") if path.is_file() and not path.is_symlink()
+                 and changed is not None and path.stat().st_mtime_ns < changed]
+        for path in stale:
+            path.unlink()
+        removed += [name] if stale else []
     return removed
 
 
