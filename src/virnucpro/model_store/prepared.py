@@ -8,7 +8,8 @@ pinned buffers straight into one GPU allocation, on several threads, instead of 
 source and converting it: for ESM-2 3B, 5.6 GB instead of a 5.7 GB fp16 pickle plus conversion.
 
 A prepared copy is used only while it matches its source: the manifest records the source's path
-and the size and modification time of each of its files, the model's architecture and fingerprint
+and its identity as the workflow records it (`virnucpro.io.identity`: the size, first and last MiB
+and modification time of each of its files), the model's architecture and fingerprint
 (computed from the source), the dtype and the size of the weights file; anything that differs makes
 the job load the source and prepare the copy again. The weights file is written under a temporary
 name and renamed, then the manifest likewise: a preparation that is killed leaves no manifest, or
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from virnucpro.io.identity import identity
 from virnucpro.model_store.cache import virnucpro_cache
 
 log = logging.getLogger(__name__)
@@ -49,29 +51,10 @@ def prepared_root() -> Path:
     return virnucpro_cache()[0] / "prepared"
 
 
-def source_files(kind: str, path: str | os.PathLike) -> list[Path]:
-    """The files a model is loaded from, whose size and modification time identify its version."""
-    path = Path(path)
-    if kind == "esm2":
-        return [path]
-    weights = next((path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).exists()),
-                   path / "model.safetensors")
-    return [path / "config.json", weights]
-
-
 def prepared_dir(kind: str, path: str | os.PathLike, dtype: torch.dtype) -> Path:
     source = os.path.abspath(path)
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
     return prepared_root() / f"{kind}-{Path(source).name}-{str(dtype).removeprefix('torch.')}-{key}"
-
-
-def _source_stats(kind: str, path) -> list[dict]:
-    stats = []
-    for file in source_files(kind, path):
-        stat = os.stat(file)  # follows the Hugging Face cache's links to its blobs
-        stats.append({"name": os.path.relpath(file, path) if kind != "esm2" else file.name,
-                      "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-    return stats
 
 
 def _build(kind: str, config: dict) -> torch.nn.Module:
@@ -124,7 +107,7 @@ def load_prepared(kind: str, path: str | os.PathLike, device: torch.device,
     except FileNotFoundError:
         return None
     expected = {"format": FORMAT, "kind": kind, "source": os.path.abspath(path),
-                "source_files": _source_stats(kind, path), "dtype": str(dtype)}
+                "source_identity": identity(path), "dtype": str(dtype)}
     if any(manifest.get(key) != value for key, value in expected.items()):
         log.info("prepared copy of %s is out of date; preparing it again", path)
         return None
@@ -177,7 +160,7 @@ def prepare(kind: str, path: str | os.PathLike, model: torch.nn.Module, dtype: t
     size = write_safetensors(temporary, tensors)
     os.replace(temporary, weights)
     manifest = {"format": FORMAT, "kind": kind, "source": os.path.abspath(path),
-                "source_files": _source_stats(kind, path), "dtype": str(dtype),
+                "source_identity": identity(path), "dtype": str(dtype),
                 "architecture": model.config.architecture, "config": dataclasses.asdict(model.config),
                 "fingerprint": model.fingerprint, "buffers": sorted(buffers), "weights_bytes": size}
     temporary = directory / f".{MANIFEST}.tmp-{os.getpid()}"
