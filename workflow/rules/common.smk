@@ -229,9 +229,13 @@ def sample_shards(sample):
     ]
 
 
+# A part's shard plan (plan_shards' output).
+SHARD_PLAN = "results/{sample}/shards/{part}.tsv"
+
+
 def shard_plan(wildcards):
     """The shard plan of the part that the wildcards' shard belongs to."""
-    return f"results/{wildcards.sample}/shards/{shard_part(wildcards.shard)}.tsv"
+    return SHARD_PLAN.format(sample=wildcards.sample, part=shard_part(wildcards.shard))
 
 
 def earlier_plans(wildcards):
@@ -239,7 +243,7 @@ def earlier_plans(wildcards):
     they left)."""
     names = sample_parts(wildcards.sample)
     return expand(
-        "results/{sample}/shards/{part}.tsv",
+        SHARD_PLAN,
         sample=wildcards.sample,
         part=names[: names.index(wildcards.part)],
     )

@@ -92,7 +92,7 @@ checkpoint plan_shards:
         earlier_plans=earlier_plans,
         models_checked=models_checked,
     output:
-        plan="results/{sample}/shards/{part}.tsv",
+        plan=SHARD_PLAN,
     log:
         **job_logs("plan_shards", "{sample}", "{part}"),
     priority: GPU_WORK_PRIORITY
