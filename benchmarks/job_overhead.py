@@ -2,7 +2,7 @@
 first batch, and exit, for ESM-2 3B and DNABERT-S (random weights of the real sizes), each job
 run several times in a row as a fresh process the way Snakemake runs them (the first writes the
 prepared copy of the model and fills the Triton and compile caches; later ones show a node that
-has run the job before). The child does what `run_embedding_job` does, in the same order.
+has run the job before). The child does what an embedding job does (`workflow/scripts/embed.py`), in the same order.
 
     python benchmarks/job_overhead.py --data ../shared/data --out benchmarks/results
 """
